@@ -1,0 +1,101 @@
+"""Run journals: what each run created, written before and as it is created.
+
+A journal is one JSON file per run in the user's state directory. `teardown` reads them
+to find whatever a killed controller left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+OPEN = "open"
+CLEANED = "cleaned"
+
+
+def state_dir() -> Path:
+    """$CND_FAB_STATE_DIR, else $XDG_STATE_HOME/cnd-fab, else ~/.local/state/cnd-fab."""
+    explicit = os.environ.get("CND_FAB_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cnd-fab"
+
+
+def new_run_id() -> str:
+    return time.strftime("cnd-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+
+
+@dataclass
+class RunJournal:
+    """The record of one run's resources, saved on every change."""
+
+    run_id: str
+    provider: str
+    status: str = OPEN
+    created: float = field(default_factory=time.time)
+    resources: List[Dict[str, Any]] = field(default_factory=list)
+    details: Dict[str, Any] = field(default_factory=dict)
+    path: Path = field(default=Path(), compare=False)
+
+    @classmethod
+    def start(cls, provider: str, run_id: str | None = None) -> "RunJournal":
+        journal = cls(run_id=run_id or new_run_id(), provider=provider)
+        journal.path = state_dir() / "runs" / f"{journal.run_id}.json"
+        journal.save()
+        return journal
+
+    def record(self, kind: str, **fields: Any) -> None:
+        self.resources.append({"kind": kind, **fields})
+        self.save()
+
+    def close(self, status: str = CLEANED, **details: Any) -> None:
+        self.status = status
+        self.details.update(details)
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "run_id": self.run_id,
+            "provider": self.provider,
+            "status": self.status,
+            "created": self.created,
+            "resources": self.resources,
+            "details": self.details,
+        }
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(temporary, self.path)
+
+    @classmethod
+    def load(cls, path: Path) -> "RunJournal":
+        payload = json.loads(path.read_text())
+        journal = cls(
+            run_id=payload["run_id"],
+            provider=payload["provider"],
+            status=payload.get("status", OPEN),
+            created=payload.get("created", 0.0),
+            resources=list(payload.get("resources", [])),
+            details=dict(payload.get("details", {})),
+        )
+        journal.path = path
+        return journal
+
+    @classmethod
+    def all(cls) -> List["RunJournal"]:
+        folder = state_dir() / "runs"
+        if not folder.is_dir():
+            return []
+        journals = []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                journals.append(cls.load(path))
+            except (OSError, ValueError, KeyError):
+                continue
+        return journals

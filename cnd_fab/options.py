@@ -1,0 +1,137 @@
+"""Turns the raw flag values of `search` into a checked SearchRequest, or one InputError.
+
+Every numeric flag arrives as text: Invoke would turn `--difficulty abc` into a bare
+ValueError traceback if the task declared an int default, so the tasks take strings and
+the checks live here, where they give one clear line.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import InputError
+from .providers import provider_class
+from .spec import (
+    DEFAULT_BLOCK_TEXT,
+    MIN_UNIT_NONCES,
+    NONCE_WIDTHS,
+    Problem,
+    UnitSpace,
+    default_units,
+)
+
+DEFAULT_DIFFICULTY = 6
+DEFAULT_COUNT = 1
+DEFAULT_PROVIDER = "local"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A search as the user asked for it, every value checked."""
+
+    problem: Problem
+    space: UnitSpace
+    count: int
+    provider: str
+    timeout: Optional[float]
+    first_found_wins: bool
+    json_output: bool
+
+
+def parse_whole(flag: str, raw: object, low: int, high: Optional[int] = None) -> int:
+    text = str(raw).strip()
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise InputError(f"--{flag} must be a whole number, not {text!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise InputError(f"--{flag} must be {bounds}, not {value}")
+    return value
+
+
+def parse_seconds(flag: str, raw: object) -> float:
+    text = str(raw).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--{flag} must be a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"--{flag} must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+def parse_block(text: Optional[str], hex_text: Optional[str]) -> bytes:
+    if text is not None and hex_text is not None:
+        raise InputError("give --block or --block-hex, not both")
+    if hex_text is not None:
+        cleaned = hex_text.strip()
+        if len(cleaned) % 2:
+            raise InputError(f"--block-hex has an odd number of hex digits ({len(cleaned)})")
+        try:
+            block = binascii.unhexlify(cleaned)
+        except (binascii.Error, ValueError):
+            raise InputError(f"--block-hex is not hex: {hex_text[:40]!r}") from None
+    else:
+        block = (DEFAULT_BLOCK_TEXT if text is None else text).encode("utf-8")
+    if not block:
+        raise InputError("the block is empty; give a non-empty --block or --block-hex")
+    return block
+
+
+def parse_units(raw: Optional[str], nonce_bytes: int) -> int:
+    space = 1 << (8 * nonce_bytes)
+    most = space // MIN_UNIT_NONCES
+    if raw is None:
+        return default_units(nonce_bytes)
+    units = parse_whole("units", raw, 1)
+    if units & (units - 1):
+        raise InputError(
+            f"--units {units} does not split the 2^{8 * nonce_bytes} space into equal units; "
+            "use a power of two such as 1024"
+        )
+    if units > most:
+        raise InputError(
+            f"--units {units} makes units smaller than {MIN_UNIT_NONCES} nonces; "
+            f"use at most {most} units for {nonce_bytes}-byte nonces"
+        )
+    return units
+
+
+def parse_search(
+    *,
+    difficulty: Optional[str],
+    count: Optional[str],
+    block: Optional[str],
+    block_hex: Optional[str],
+    nonce_bytes: Optional[str],
+    units: Optional[str],
+    provider: Optional[str],
+    timeout: Optional[str],
+    first_found_wins: bool,
+    json_output: bool,
+) -> SearchRequest:
+    parsed_difficulty = parse_whole(
+        "difficulty", DEFAULT_DIFFICULTY if difficulty is None else difficulty, 1, 256
+    )
+    width = parse_whole("nonce-bytes", 4 if nonce_bytes is None else nonce_bytes, 0)
+    if width not in NONCE_WIDTHS:
+        raise InputError(f"--nonce-bytes must be 4 or 8, not {width}")
+    problem = Problem(parse_block(block, block_hex), width, parsed_difficulty)
+    space = UnitSpace(width, parse_units(units, width))
+    hosts = parse_whole("count", DEFAULT_COUNT if count is None else count, 1)
+    provider_name = (provider or DEFAULT_PROVIDER).strip()
+    provider_class(provider_name)
+    deadline = None if timeout is None else parse_seconds("timeout", timeout)
+    return SearchRequest(
+        problem=problem,
+        space=space,
+        count=hosts,
+        provider=provider_name,
+        timeout=deadline,
+        first_found_wins=first_found_wins,
+        json_output=json_output,
+    )

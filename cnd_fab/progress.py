@@ -1,0 +1,176 @@
+"""What the user sees: a rich live display on a terminal, plain log lines elsewhere.
+
+Everything here writes to stderr, so stdout holds only the result (text or --json) and can
+be piped. Events go through the console above the live area so they never tear it.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import List, Optional, Type
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .fleet import HostView, Reporter, SearchOutcome, Snapshot
+
+PLAIN_EVERY_SECONDS = 3.0
+
+
+def human_rate(rate: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rate >= scale:
+            return f"{rate / scale:.2f} {suffix}H/s"
+    return f"{rate:.0f} H/s"
+
+
+def human_seconds(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    if seconds >= 365 * 86400:
+        return f"{seconds / (365 * 86400):.1f} years"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    if seconds >= 60:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{seconds:.1f}s"
+
+
+def _ago(moment: Optional[float]) -> str:
+    if moment is None:
+        return "-"
+    return f"{time.monotonic() - moment:.1f}s ago"
+
+
+class LiveReporter(Reporter):
+    """A rich Live area: the overall bar and one row per host."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console = console
+        self.title = title
+        self.live = Live(console=console, refresh_per_second=8, transient=True)
+
+    def __enter__(self) -> "LiveReporter":
+        self.live.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        error: Optional[BaseException],
+        trace: Optional[TracebackType],
+    ) -> None:
+        self.live.stop()
+
+    def event(self, text: str) -> None:
+        self.live.console.log(text, markup=False, highlight=False)
+
+    def update(self, snapshot: Snapshot) -> None:
+        self.live.update(self.render(snapshot))
+
+    def render(self, snapshot: Snapshot) -> RenderableType:
+        header = Table.grid(padding=(0, 2))
+        header.add_column()
+        header.add_column()
+        header.add_row(
+            ProgressBar(
+                total=max(1, snapshot.units_total),
+                completed=snapshot.units_done,
+                width=40,
+            ),
+            Text(
+                f"{snapshot.units_done} done · {snapshot.units_in_flight} in flight · "
+                f"{snapshot.units_total} units"
+            ),
+        )
+        header.add_row(
+            Text(f"{human_rate(snapshot.rate)}  ·  {snapshot.checked:,} checked", style="bold"),
+            Text(
+                f"elapsed {human_seconds(snapshot.elapsed)}  ·  "
+                f"ETA to exhaust {human_seconds(snapshot.eta)}"
+                + (f"  ·  {snapshot.reissued} reissued" if snapshot.reissued else "")
+            ),
+        )
+        if snapshot.candidate is not None:
+            header.add_row(
+                Text(f"best so far: nonce {snapshot.candidate.nonce}", style="green"),
+                Text("waiting for the units below it" if snapshot.units_done < snapshot.units_total else ""),
+            )
+        return Group(Text(self.title, style="bold cyan"), header, host_table(snapshot.hosts))
+
+
+def host_table(hosts: List[HostView], final: bool = False) -> Table:
+    table = Table(title="hosts" if final else None, expand=False)
+    table.add_column("host")
+    table.add_column("state")
+    table.add_column("cores", justify="right")
+    table.add_column("kernel")
+    table.add_column("rate", justify="right")
+    table.add_column("units", justify="right")
+    table.add_column("hashes", justify="right")
+    table.add_column("error" if final else "last heartbeat")
+    for host in hosts:
+        style = {"lost": "red", "ready": "green"}.get(host.state, "")
+        table.add_row(
+            host.name,
+            Text(host.state, style=style),
+            str(host.cores or "-"),
+            host.kernel or "-",
+            human_rate(host.rate) if not final else human_rate(average_rate(host)),
+            str(host.units_done),
+            f"{host.hashes:,}",
+            host.error if final else _ago(host.last_heard),
+        )
+    return table
+
+
+def average_rate(host: HostView) -> float:
+    if host.first_unit_at is None or host.last_heard is None:
+        return 0.0
+    span = host.last_heard - host.first_unit_at
+    return host.hashes / span if span > 0 else 0.0
+
+
+class PlainReporter(Reporter):
+    """Log lines for pipes and files: events at once, progress every few seconds."""
+
+    def __init__(self, console: Console, every: float = PLAIN_EVERY_SECONDS) -> None:
+        self.console = console
+        self.every = every
+        self.next_line = time.monotonic() + every
+
+    def __enter__(self) -> "PlainReporter":
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        error: Optional[BaseException],
+        trace: Optional[TracebackType],
+    ) -> None:
+        pass
+
+    def event(self, text: str) -> None:
+        self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)
+
+    def update(self, snapshot: Snapshot) -> None:
+        if time.monotonic() < self.next_line:
+            return
+        self.next_line = time.monotonic() + self.every
+        ready = sum(1 for host in snapshot.hosts if host.state == "ready")
+        self.event(
+            f"units {snapshot.units_done}/{snapshot.units_total} done, "
+            f"{snapshot.units_in_flight} in flight; {snapshot.checked:,} checked at "
+            f"{human_rate(snapshot.rate)}; {ready}/{len(snapshot.hosts)} hosts ready; "
+            f"elapsed {human_seconds(snapshot.elapsed)}"
+        )
+
+
+def print_summary(console: Console, outcome: SearchOutcome) -> None:
+    console.print(host_table(outcome.hosts, final=True))

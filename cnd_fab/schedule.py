@@ -1,0 +1,177 @@
+"""Which unit goes to which host, and when the answer is settled.
+
+The scheduler is a plain state machine with no threads and no I/O, so the same code runs
+for every provider and is driven step by step by the property tests. It keeps:
+
+- a counter of fresh units (units below it have been issued at least once), so 2^42 units
+  cost nothing until they are reached;
+- a heap of units to reissue, always preferred to fresh ones, since a low unit left
+  unchecked holds back the lowest-nonce answer;
+- the units in flight, each held by exactly one host. A result is accepted only from the
+  host that holds the unit, so a unit is counted once even if a lost host answers late.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Set
+
+from .spec import Unit, UnitSpace
+
+
+@dataclass(frozen=True)
+class Golden:
+    """A golden nonce and its hash, found in a unit."""
+
+    unit: int
+    nonce: int
+    hash: str
+
+
+@dataclass
+class Completion:
+    """What the caller must do after a result: tell these hosts to drop units above `above`."""
+
+    accepted: bool
+    cancel_hosts: List[str] = field(default_factory=list)
+    above: Optional[int] = None
+
+
+class Scheduler:
+    """Hands out units lowest first, reissues lost ones and settles the answer."""
+
+    def __init__(self, space: UnitSpace, first_found_wins: bool = False) -> None:
+        self.space = space
+        self.first_found_wins = first_found_wins
+        self._next_fresh = 0
+        self._retry: List[int] = []
+        self._retry_set: Set[int] = set()
+        self._holder: Dict[int, str] = {}
+        self._held: Dict[str, Set[int]] = {}
+        # Units with an index at or above the cutoff are never issued: they cannot hold
+        # the answer. It falls to u + 1 once unit u is settled with a golden nonce.
+        self._cutoff = space.count
+        self._done: Set[int] = set()
+        self.units_done = 0
+        self.best: Optional[Golden] = None
+        self.reissued = 0
+
+    # --- hosts -------------------------------------------------------------------------
+    def add_host(self, host: str) -> None:
+        self._held.setdefault(host, set())
+
+    def held_by(self, host: str) -> Set[int]:
+        return set(self._held.get(host, ()))
+
+    def host_lost(self, host: str) -> List[int]:
+        """Forget a host; its units go back to be reissued, lowest first. Returns them."""
+        units = sorted(self._held.pop(host, set()))
+        for index in units:
+            del self._holder[index]
+            self._requeue(index)
+        return [index for index in units if index < self._cutoff]
+
+    def _requeue(self, index: int) -> None:
+        if index < self._cutoff and index not in self._retry_set:
+            heapq.heappush(self._retry, index)
+            self._retry_set.add(index)
+            self.reissued += 1
+
+    # --- issuing -----------------------------------------------------------------------
+    def take(self, host: str, wanted: int) -> List[Unit]:
+        """Give `host` up to `wanted` more units, lowest unsettled first."""
+        if host not in self._held:
+            raise KeyError(f"unknown host {host!r}")
+        given: List[Unit] = []
+        while len(given) < wanted and not self.finished:
+            index = self._next_index()
+            if index is None:
+                break
+            self._holder[index] = host
+            self._held[host].add(index)
+            given.append(self.space.unit(index))
+        return given
+
+    def _next_index(self) -> Optional[int]:
+        while self._retry:
+            index = heapq.heappop(self._retry)
+            self._retry_set.discard(index)
+            if index < self._cutoff:
+                return index
+        if self._next_fresh < self._cutoff:
+            self._next_fresh += 1
+            return self._next_fresh - 1
+        return None
+
+    # --- results -----------------------------------------------------------------------
+    def complete(self, host: str, index: int, golden: Optional[Golden]) -> Completion:
+        """A host settled a unit: whole if golden is None, else up to its lowest golden nonce."""
+        if self._holder.get(index) != host:
+            return Completion(accepted=False)
+        del self._holder[index]
+        self._held[host].discard(index)
+        self.units_done += 1
+        if index < self._cutoff:
+            self._done.add(index)
+        if golden is None:
+            return Completion(accepted=True)
+        return self._record_golden(golden)
+
+    def found(self, host: str, golden: Golden) -> Completion:
+        """A golden nonce seen before its unit settled; it ends the run only in --any mode."""
+        if not self.first_found_wins or self._holder.get(golden.unit) != host:
+            return Completion(accepted=False)
+        return self._record_golden(golden)
+
+    def _record_golden(self, golden: Golden) -> Completion:
+        if self.best is not None and self.best.nonce <= golden.nonce:
+            return Completion(accepted=True)
+        self.best = golden
+        self._cutoff = golden.unit + 1
+        self._done = {index for index in self._done if index < self._cutoff}
+        cancelled: Dict[str, None] = {}
+        for index, holder in list(self._holder.items()):
+            if index >= self._cutoff or self.first_found_wins:
+                del self._holder[index]
+                self._held[holder].discard(index)
+                cancelled[holder] = None
+        return Completion(accepted=True, cancel_hosts=list(cancelled), above=golden.unit)
+
+    # --- state -------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self._holder)
+
+    @property
+    def cutoff(self) -> int:
+        """Units below this still matter; the rest were cancelled by a golden nonce."""
+        return self._cutoff
+
+    @property
+    def finished(self) -> bool:
+        if self.first_found_wins and self.best is not None:
+            return True
+        return (
+            self._next_fresh >= self._cutoff
+            and not self._holder
+            and not any(index < self._cutoff for index in self._retry)
+        )
+
+    @property
+    def settled_units(self) -> Set[int]:
+        """Units settled that still matter (below the cutoff)."""
+        return set(self._done)
+
+    @property
+    def units_settled(self) -> int:
+        return len(self._done)
+
+    @property
+    def nonces_settled(self) -> int:
+        """Nonces proven checked, counting the answer's unit only up to the answer."""
+        size = self.space.unit_size
+        total = len(self._done) * size
+        if self.best is not None and self.best.unit in self._done:
+            total -= self.space.unit(self.best.unit).end - self.best.nonce - 1
+        return total

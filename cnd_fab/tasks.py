@@ -1,0 +1,110 @@
+"""The Fabric/Invoke tasks: flags in, cnd_fab.api out. fabfile.py and `cnd-fab` share them.
+
+Numeric flags default to None so Invoke passes their text through untouched; cnd_fab.options
+checks them and says what is wrong in one line (Invoke's own int parsing would crash with
+a ValueError traceback on `--difficulty abc`).
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import Any, Callable, Optional, TypeVar, cast
+
+from invoke import task
+from invoke.context import Context
+from invoke.exceptions import Exit
+
+from . import api
+from .errors import CndError
+from .options import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_PROVIDER
+from .providers import PROVIDERS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(body: F) -> F:
+    """Show a CndError as its one-line message and exit code, never as a traceback."""
+
+    @wraps(body)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            code = body(*args, **kwargs)
+        except CndError as error:
+            raise Exit(f"cnd-fab: {error}", code=error.exit_code) from None
+        if code:
+            raise Exit(code=code)
+        return code
+
+    return cast(F, wrapper)
+
+
+_COUNT_HELP = "; ".join(f"{name}: {cls.count_meaning}" for name, cls in sorted(PROVIDERS.items()))
+
+
+@task(
+    help={
+        "difficulty": f"leading zero bits a golden hash needs, 1..256 (default {DEFAULT_DIFFICULTY})",
+        "count": f"number of hosts (default {DEFAULT_COUNT}); {_COUNT_HELP}",
+        "block": "the block as UTF-8 text (default COMSM0010cloud)",
+        "block-hex": "the block as hex bytes, NUL included; instead of --block",
+        "nonce-bytes": "nonce width in bytes: 4 (default, 2^32 nonces) or 8 (2^64)",
+        "units": "units the space is cut into, a power of two (default 1024; 2^42 for 8-byte nonces)",
+        "provider": f"where hosts come from: {', '.join(sorted(PROVIDERS))} (default {DEFAULT_PROVIDER})",
+        "timeout": "stop everything after this many seconds and report how far it got",
+        "any": "stop at the first golden nonce any host finds, which may not be the lowest",
+        "json": "print the result as one JSON object on stdout",
+    }
+)
+@one_line_errors
+def search(
+    c: Context,
+    difficulty: Optional[str] = None,
+    count: Optional[str] = None,
+    block: Optional[str] = None,
+    block_hex: Optional[str] = None,
+    nonce_bytes: Optional[str] = None,
+    units: Optional[str] = None,
+    provider: Optional[str] = None,
+    timeout: Optional[str] = None,
+    any_: bool = False,
+    json_: bool = False,
+) -> int:
+    """Find the lowest golden nonce over a fleet of hosts, with live progress."""
+    return api.search(
+        difficulty=difficulty,
+        count=count,
+        block=block,
+        block_hex=block_hex,
+        nonce_bytes=nonce_bytes,
+        units=units,
+        provider=provider,
+        timeout=timeout,
+        first_found_wins=any_,
+        json_output=json_,
+    )
+
+
+@task(
+    help={
+        "run": "tear down only this run id",
+        "dry-run": "say what would be removed, remove nothing",
+    }
+)
+@one_line_errors
+def teardown(c: Context, run: Optional[str] = None, dry_run: bool = False) -> int:
+    """Kill and remove everything that runs left behind (safe to repeat)."""
+    return api.teardown(run_id=run, dry_run=dry_run)
+
+
+@task(
+    help={
+        "seconds": "seconds per measurement (default 5)",
+        "count": "hosts for the end-to-end search (default 1)",
+    }
+)
+@one_line_errors
+def bench(c: Context, seconds: Optional[str] = None, count: Optional[str] = None) -> int:
+    """Measure the worker's hash rate per core and the end-to-end search rate."""
+    from . import bench as benchmark
+
+    return benchmark.run(seconds=seconds, count=count)

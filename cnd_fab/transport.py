@@ -1,0 +1,85 @@
+"""How the controller talks to one worker: a line channel, whatever carries it."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from abc import ABC, abstractmethod
+from importlib import resources
+from pathlib import Path
+from typing import IO, List, Optional
+
+from .remote import worker as protocol
+
+__all__ = ["protocol", "worker_source", "WorkerChannel", "PipeChannel"]
+
+
+def worker_file() -> Path:
+    """The worker's own file: the controller runs or pushes exactly what it imports."""
+    return Path(str(resources.files("cnd_fab.remote").joinpath("worker.py")))
+
+
+def worker_source() -> bytes:
+    return worker_file().read_bytes()
+
+
+class WorkerChannel(ABC):
+    """A running worker's stdin and stdout, as lines. Implementations must be thread-safe
+    for one reader thread and one writer thread at a time."""
+
+    @abstractmethod
+    def send_line(self, line: str) -> None:
+        """Write one protocol line; raises OSError when the worker is gone."""
+
+    @abstractmethod
+    def read_line(self) -> str:
+        """Block until one line arrives; '' means the worker closed its stdout."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the worker's stdin, so it exits by itself, and release the channel."""
+
+    def stderr_tail(self) -> str:
+        """The last lines the worker wrote to stderr, for error messages."""
+        return ""
+
+
+class PipeChannel(WorkerChannel):
+    """A worker running as a local subprocess, over its pipes."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process = process
+        self._stdin: IO[bytes] = process.stdin
+        self._stdout: IO[bytes] = process.stdout
+        self._write_lock = threading.Lock()
+        self._stderr_lines: List[str] = []
+        self._stderr_thread: Optional[threading.Thread] = None
+        if process.stderr is not None:
+            self._stderr_thread = threading.Thread(
+                target=self._drain_stderr, args=(process.stderr,), daemon=True
+            )
+            self._stderr_thread.start()
+
+    def _drain_stderr(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            self._stderr_lines.append(raw.decode("utf-8", "replace").rstrip())
+            del self._stderr_lines[:-20]
+
+    def send_line(self, line: str) -> None:
+        with self._write_lock:
+            self._stdin.write(line.encode() + b"\n")
+            self._stdin.flush()
+
+    def read_line(self) -> str:
+        return self._stdout.readline().decode("utf-8", "replace")
+
+    def close(self) -> None:
+        with self._write_lock:
+            try:
+                self._stdin.close()
+            except OSError:
+                pass
+
+    def stderr_tail(self) -> str:
+        return "\n".join(self._stderr_lines[-5:])

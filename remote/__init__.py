@@ -1,0 +1,1 @@
+"""The files pushed to every host. Installed as cnd_fab.remote; see worker.py."""
