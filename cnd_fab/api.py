@@ -60,6 +60,14 @@ def stop_on_signals(stop: threading.Event, console: Console) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def stderr_console() -> Console:
+    """Progress and tables go to stderr; off a terminal, lines are not cut at 80 columns."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=max(console.width, 140))
+    return console
+
+
 def describe_odds(request: SearchRequest) -> str:
     problem = request.problem
     none_chance = problem.chance_space_has_none()
@@ -100,7 +108,7 @@ def search(
     chosen = provider_class(request.provider)()
     chosen.check(request.count)
     out = out or sys.stdout
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     started = time.monotonic()
     deadline = None if request.timeout is None else started + request.timeout
     journal = RunJournal.start(chosen.name)
@@ -139,6 +147,7 @@ def search(
                 stop=stop,
                 reporter=reporter,
                 on_lost=lambda host: host.stop_worker(),
+                started=started,
             )
             outcome = fleet.run()
     finally:
@@ -238,7 +247,7 @@ def result_text(request: SearchRequest, outcome: SearchOutcome, run_id: str) -> 
 
 def teardown(run_id: Optional[str] = None, dry_run: bool = False, console: Optional[Console] = None) -> int:
     """Remove whatever open run journals still name; safe to run any number of times."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     journals = [j for j in RunJournal.all() if j.status == OPEN or run_id == j.run_id]
     if run_id is not None:
         journals = [j for j in journals if j.run_id == run_id]

@@ -133,6 +133,7 @@ class FleetSearch:
         reporter: Optional[Reporter] = None,
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         on_lost: Optional[Callable[[Host], None]] = None,
+        started: Optional[float] = None,
     ) -> None:
         self.problem = problem
         self.space = space
@@ -147,7 +148,8 @@ class FleetSearch:
             host.name: _Session(host, HostView(host.name)) for host in hosts
         }
         self.events: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
-        self.started = time.monotonic()
+        # Wall time counts from the caller's start (the launch included), like the deadline.
+        self.started = time.monotonic() if started is None else started
         self.candidate: Optional[Golden] = None
         self._block_hex = problem.block.hex()
 

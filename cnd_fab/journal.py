@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ class RunJournal:
     resources: List[Dict[str, Any]] = field(default_factory=list)
     details: Dict[str, Any] = field(default_factory=dict)
     path: Path = field(default=Path(), compare=False)
+    # Host threads record their resources concurrently.
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @classmethod
     def start(cls, provider: str, run_id: str | None = None) -> "RunJournal":
@@ -51,15 +54,21 @@ class RunJournal:
         return journal
 
     def record(self, kind: str, **fields: Any) -> None:
-        self.resources.append({"kind": kind, **fields})
-        self.save()
+        with self._lock:
+            self.resources.append({"kind": kind, **fields})
+            self._save()
 
     def close(self, status: str = CLEANED, **details: Any) -> None:
-        self.status = status
-        self.details.update(details)
-        self.save()
+        with self._lock:
+            self.status = status
+            self.details.update(details)
+            self._save()
 
     def save(self) -> None:
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "run_id": self.run_id,

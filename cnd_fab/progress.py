@@ -114,7 +114,7 @@ def host_table(hosts: List[HostView], final: bool = False) -> Table:
     table.add_column("rate", justify="right")
     table.add_column("units", justify="right")
     table.add_column("hashes", justify="right")
-    table.add_column("error" if final else "last heartbeat")
+    table.add_column("error" if final else "last heartbeat", max_width=70, overflow="ellipsis")
     for host in hosts:
         style = {"lost": "red", "ready": "green"}.get(host.state, "")
         table.add_row(

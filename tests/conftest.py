@@ -1,0 +1,56 @@
+"""Fixtures every test gets: loopback-only networking, a private state dir, no ~/.ssh."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.helpers import GUARD_DIR, wait_for_no_workers, worker_processes
+from tests.loopback_guard.sitecustomize import ENV_FLAG, check
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail any socket connect to a non-loopback address, here and in every subprocess."""
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+
+    def guarded_connect(self: socket.socket, address: Any) -> Any:
+        check(self, address)
+        return real_connect(self, address)
+
+    def guarded_connect_ex(self: socket.socket, address: Any) -> Any:
+        check(self, address)
+        return real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+    # Subprocesses (the CLI, moto) load the same guard through sitecustomize.
+    monkeypatch.setenv(ENV_FLAG, "1")
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(GUARD_DIR) + (os.pathsep + path if path else ""))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own run journals and never reads the developer's ~/.ssh."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("CND_FAB_STATE_DIR", str(state))
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return state
+
+
+@pytest.fixture
+def no_leaked_workers() -> Iterator[None]:
+    """Fail the test if it leaves a worker process behind."""
+    before = set(worker_processes())
+    yield
+    left = {pid: cmd for pid, cmd in wait_for_no_workers().items() if pid not in before}
+    assert not left, f"worker processes left behind: {left}"

@@ -1,0 +1,225 @@
+"""The real CLI (`fab` and `cnd-fab`) driving real local workers, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from tests.helpers import REPO, cli, fab, run_cli, wait_for_no_workers, worker_processes
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_leaked_workers")]
+
+
+def search_json(*args: str) -> Dict[str, Any]:
+    result = run_cli(fab("search", "--json", *args))
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+@pytest.mark.parametrize(
+    "args, nonce, hash_start",
+    [
+        (["--difficulty", "8"], 330, "00f9a29f36ecb8fe"),
+        (["--difficulty", "18", "--count", "2"], 137342, "000029a4a99ae458"),
+        (["--difficulty", "16", "--block", "héllo, wörld ✓", "--count", "3"], 63167, "0000099f9ce5e8ff"),
+        (["--difficulty", "16", "--block-hex", "00ff" * 50, "--nonce-bytes", "8"], 167263, "00006fb3b68d0baf"),
+        (["--difficulty", "18", "--nonce-bytes", "8", "--count", "2"], 951771, "00003afee8f6b734"),
+    ],
+)
+def test_search_finds_the_spec_answer(args: List[str], nonce: int, hash_start: str) -> None:
+    record = search_json(*args)
+    assert record["status"] == "found" and record["lowest"] is True
+    assert record["nonce"] == nonce and record["hash"].startswith(hash_start)
+    assert record["zero_bits"] >= int(args[1])
+    assert record["nonce_hex"] == f"{nonce:0{2 * record['nonce_bytes']}x}"
+    assert record["checked"] >= nonce + 1 and record["rate"] > 0
+
+
+def test_lowest_answer_with_small_units_over_many_hosts() -> None:
+    # 65,536-nonce units: the answer at 137,342 lies in unit 2, so hosts race on units
+    # 0..3 and the lower ones must still be waited for.
+    record = search_json("--difficulty", "18", "--units", "65536", "--count", "4")
+    assert record["nonce"] == 137342 and record["lowest"] is True
+
+
+def test_any_says_it_may_not_be_the_lowest() -> None:
+    result = run_cli(cli("search", "--difficulty", "12", "--any", "--count", "2"))
+    assert result.returncode == 0, result.stderr
+    assert "--any" in result.stdout and "maybe not the lowest" in result.stdout
+    record = json.loads(run_cli(cli("search", "--difficulty", "12", "--any", "--json")).stdout)
+    assert record["lowest"] is False and record["zero_bits"] >= 12
+
+
+def test_text_output_names_every_figure() -> None:
+    result = run_cli(fab("search", "--difficulty", "8"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in ("golden nonce   330  (0x0000014a)", "hash           00f9a29f", "zero bits", "lowest         yes", "checked", "H/s"):
+        assert expected in out
+    assert "hosts" in result.stderr  # the summary table
+    assert "Traceback" not in result.stderr
+
+
+def test_json_stdout_is_exactly_one_object() -> None:
+    result = run_cli(fab("search", "--difficulty", "6", "--json"))
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["status"] == "found"
+
+
+def test_timeout_stops_everything_and_reports_progress() -> None:
+    started = time.monotonic()
+    result = run_cli(cli("search", "--difficulty", "256", "--timeout", "3", "--count", "2", "--json"))
+    assert time.monotonic() - started < 20
+    assert result.returncode == 3, result.stderr
+    record = json.loads(result.stdout)
+    assert record["status"] == "timeout" and record["found"] is False
+    assert 0 < record["checked"] and record["seconds"] >= 3
+    assert record["nonces_settled"] % (1 << 22) == 0
+
+
+def test_plain_progress_lines_when_not_a_terminal() -> None:
+    result = run_cli(cli("search", "--difficulty", "256", "--timeout", "7"))
+    assert result.returncode == 3
+    assert "timed out after" in result.stdout
+    progress = [line for line in result.stderr.splitlines() if "in flight" in line and "checked at" in line]
+    assert len(progress) >= 1, result.stderr
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
+def test_ctrl_c_stops_cleanly_and_leaves_no_worker(signum: int, code: int, private_state: Path) -> None:
+    process = subprocess.Popen(
+        cli("search", "--difficulty", "256", "--count", "2"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 30
+    joined = 0
+    while joined < 2 and time.monotonic() < deadline:
+        line = process.stderr.readline()
+        joined += " joined: " in line
+    assert joined == 2
+    run_ids = {cmd.split("--run-id ")[1].split()[0] for cmd in worker_processes().values() if "--run-id" in cmd}
+    assert run_ids
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == code, stderr
+    assert "interrupted after" in stdout
+    assert "Traceback" not in stderr
+    for run_id in run_ids:
+        assert not wait_for_no_workers(run_id.encode(), within=3.0)
+    journals = list((private_state / "runs").glob("*.json"))
+    assert journals and all(json.loads(p.read_text())["status"] == "cleaned" for p in journals)
+
+
+def test_killed_controller_leaves_journal_and_teardown_cleans(private_state: Path) -> None:
+    process = subprocess.Popen(
+        cli("search", "--difficulty", "256", "--count", "2"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    while " joined: " not in process.stderr.readline():
+        pass
+    process.kill()
+    process.wait()
+    journals = list((private_state / "runs").glob("*.json"))
+    assert len(journals) == 1
+    record = json.loads(journals[0].read_text())
+    assert record["status"] == "open" and len(record["resources"]) == 2
+    # The workers go by themselves when their stdin closes; teardown is the second line of
+    # defence and must leave the journal closed whatever it found.
+    first = run_cli(fab("teardown"))
+    assert first.returncode == 0, first.stderr
+    assert "from 1 run(s)" in first.stderr
+    second = run_cli(fab("teardown"))
+    assert second.returncode == 0 and "0 resource(s) from 0 run(s)" in second.stderr
+    assert json.loads(journals[0].read_text())["status"] == "cleaned"
+
+
+def test_teardown_kills_a_worker_a_journal_names(private_state: Path) -> None:
+    from cnd_fab.journal import RunJournal
+    from cnd_fab.transport import worker_file
+
+    journal = RunJournal.start("local", run_id="cnd-test-orphan")
+    read_end, write_end = os.pipe()
+    orphan = subprocess.Popen(
+        [sys.executable, str(worker_file()), "--processes", "1", "--run-id", journal.run_id],
+        stdin=read_end,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(read_end)
+    journal.record("local-worker", host="local-1", pid=orphan.pid)
+    try:
+        dry = run_cli(cli("teardown", "--dry-run"))
+        assert "would kill local worker pid" in dry.stderr and orphan.poll() is None
+        result = run_cli(cli("teardown"))
+        assert f"killed local worker pid {orphan.pid}" in result.stderr
+        assert orphan.wait(timeout=10) != 0
+        assert not wait_for_no_workers(journal.run_id.encode())
+        assert "0 resource(s)" in run_cli(cli("teardown")).stderr
+    finally:
+        os.close(write_end)
+        if orphan.poll() is None:
+            orphan.kill()
+
+
+BAD_INPUTS = [
+    (["--difficulty", "0"], "--difficulty must be from 1 to 256"),
+    (["--difficulty", "257"], "--difficulty must be from 1 to 256"),
+    (["--difficulty", "abc"], "--difficulty must be a whole number, not 'abc'"),
+    (["--difficulty", "6.5"], "--difficulty must be a whole number"),
+    (["--block-hex", "abc"], "odd number of hex digits"),
+    (["--block-hex", "zz"], "--block-hex is not hex"),
+    (["--block-hex", ""], "the block is empty"),
+    (["--block", ""], "the block is empty"),
+    (["--block", "x", "--block-hex", "00"], "not both"),
+    (["--count", "0"], "--count must be at least 1"),
+    (["--count", "-3"], "--count must be at least 1"),
+    (["--count", "many"], "--count must be a whole number"),
+    (["--units", "1000"], "--units 1000 does not split"),
+    (["--units", "0"], "--units must be at least 1"),
+    (["--units", str(1 << 20)], "smaller than 65536 nonces"),
+    (["--provider", "mars"], "--provider 'mars' is unknown"),
+    (["--timeout", "0"], "--timeout must be a number of seconds above 0"),
+    (["--timeout", "-5"], "--timeout must be a number of seconds above 0"),
+    (["--timeout", "soon"], "--timeout must be a number of seconds, not 'soon'"),
+    (["--timeout", "nan"], "--timeout must be a number of seconds above 0"),
+    (["--nonce-bytes", "5"], "--nonce-bytes must be 4 or 8"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_bad_input_gets_one_line_and_launches_nothing(args: List[str], message: str, private_state: Path) -> None:
+    result = run_cli(fab("search", *args))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (private_state / "runs").exists()
+
+
+def test_console_script_reports_bad_input_the_same_way() -> None:
+    result = run_cli(cli("search", "--difficulty", "abc"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "cnd-fab: --difficulty must be a whole number, not 'abc'"
+
+
+def test_loopback_guard_reaches_subprocesses() -> None:
+    code = "import socket; socket.create_connection(('192.0.2.1', 9), timeout=1)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "loopback guard: refused a connection" in result.stderr

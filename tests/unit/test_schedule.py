@@ -1,0 +1,201 @@
+"""The scheduler, driven by simulated hosts of random speed that fail at random."""
+
+from __future__ import annotations
+
+import random
+from typing import Dict, List, Optional, Set
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnd_fab.schedule import Golden, Scheduler
+from cnd_fab.spec import UnitSpace
+
+
+class SimulatedRun:
+    """A fleet in which the goldens are known in advance and hosts die on a coin toss."""
+
+    def __init__(
+        self,
+        space: UnitSpace,
+        goldens: List[int],
+        speeds: List[int],
+        failure_rate: float,
+        seed: int,
+        first_found_wins: bool = False,
+        prefetch: int = 2,
+    ) -> None:
+        self.space = space
+        self.goldens = sorted(goldens)
+        self.random = random.Random(seed)
+        self.scheduler = Scheduler(space, first_found_wins)
+        self.failure_rate = failure_rate
+        self.prefetch = prefetch
+        self.speeds: Dict[str, int] = {}
+        self.queues: Dict[str, List[int]] = {}
+        self.lost: Set[str] = set()
+        self.accepted: List[int] = []
+        self.joined = 0
+        for speed in speeds:
+            self.join(speed)
+
+    def join(self, speed: int) -> None:
+        name = f"host-{self.joined}"
+        self.joined += 1
+        self.speeds[name] = speed
+        self.queues[name] = []
+        self.scheduler.add_host(name)
+        self.fill(name)
+
+    def fill(self, name: str) -> None:
+        wanted = self.prefetch - len(self.scheduler.held_by(name))
+        if wanted > 0:
+            self.queues[name].extend(u.index for u in self.scheduler.take(name, wanted))
+
+    def lowest_golden_in(self, index: int) -> Optional[int]:
+        unit = self.space.unit(index)
+        return next((g for g in self.goldens if unit.start <= g < unit.end), None)
+
+    def step(self) -> None:
+        alive = [n for n in self.speeds if n not in self.lost and self.queues[n]]
+        if not alive:
+            # Everyone died or is idle: a fresh host joins, as a reissue target.
+            self.join(self.random.randint(1, 5))
+            return
+        name = self.random.choices(alive, weights=[self.speeds[n] for n in alive])[0]
+        if self.random.random() < self.failure_rate:
+            self.lost.add(name)
+            self.scheduler.host_lost(name)
+            # A lost host may still answer late; that answer must be refused.
+            if self.queues[name]:
+                index = self.queues[name][0]
+                late = self.scheduler.complete(name, index, self._golden(index))
+                assert not late.accepted
+            for other in self.speeds:
+                if other not in self.lost:
+                    self.fill(other)
+            return
+        index = self.queues[name].pop(0)
+        golden = self._golden(index)
+        if self.scheduler.first_found_wins and golden is not None:
+            outcome = self.scheduler.found(name, golden)
+        else:
+            outcome = self.scheduler.complete(name, index, golden)
+            if outcome.accepted:
+                self.accepted.append(index)
+        if outcome.above is not None:
+            for host in outcome.cancel_hosts:
+                self.queues[host] = [u for u in self.queues[host] if u <= outcome.above]
+        for other in self.speeds:
+            if other not in self.lost:
+                self.fill(other)
+
+    def _golden(self, index: int) -> Optional[Golden]:
+        nonce = self.lowest_golden_in(index)
+        return None if nonce is None else Golden(index, nonce, "")
+
+    def run(self, max_steps: int = 100_000) -> None:
+        for _ in range(max_steps):
+            if self.scheduler.finished:
+                return
+            self.step()
+        raise AssertionError("the simulated run did not finish")
+
+
+unit_counts = st.sampled_from([1, 2, 4, 8, 16, 64, 256])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    count=unit_counts,
+    golden_fractions=st.lists(st.floats(0, 1, exclude_max=True), max_size=6),
+    speeds=st.lists(st.integers(1, 20), min_size=1, max_size=6),
+    failure_rate=st.sampled_from([0.0, 0.01, 0.1, 0.3]),
+    prefetch=st.integers(1, 4),
+    seed=st.integers(0, 2**32),
+)
+def test_lowest_golden_and_every_nonce_below_it_settled_once(
+    count: int,
+    golden_fractions: List[float],
+    speeds: List[int],
+    failure_rate: float,
+    prefetch: int,
+    seed: int,
+) -> None:
+    space = UnitSpace(4, count)
+    goldens = [int(f * space.space) for f in golden_fractions]
+    run = SimulatedRun(space, goldens, speeds, failure_rate, seed, prefetch=prefetch)
+    run.run()
+    scheduler = run.scheduler
+    answer = min(goldens) if goldens else None
+    if answer is None:
+        assert scheduler.best is None
+        assert sorted(run.accepted) == list(range(count))
+        assert scheduler.nonces_settled == space.space
+        return
+    assert scheduler.best is not None and scheduler.best.nonce == answer
+    answer_unit = space.unit_of(answer)
+    below = [index for index in run.accepted if index <= answer_unit]
+    # Each unit up to the answer's was accepted exactly once, whoever died on the way.
+    assert sorted(below) == list(range(answer_unit + 1))
+    assert scheduler.nonces_settled == answer + 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    count=unit_counts,
+    golden_fractions=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=6),
+    speeds=st.lists(st.integers(1, 20), min_size=1, max_size=6),
+    failure_rate=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**32),
+)
+def test_any_mode_stops_at_a_golden_nonce(
+    count: int, golden_fractions: List[float], speeds: List[int], failure_rate: float, seed: int
+) -> None:
+    space = UnitSpace(4, count)
+    goldens = [int(f * space.space) for f in golden_fractions]
+    run = SimulatedRun(space, goldens, speeds, failure_rate, seed, first_found_wins=True)
+    run.run()
+    assert run.scheduler.best is not None and run.scheduler.best.nonce in goldens
+    assert run.scheduler.in_flight == 0
+
+
+def test_wide_space_is_never_listed() -> None:
+    space = UnitSpace(8, 1 << 42)
+    scheduler = Scheduler(space)
+    scheduler.add_host("a")
+    units = scheduler.take("a", 3)
+    assert [u.index for u in units] == [0, 1, 2]
+    assert scheduler.cutoff == 1 << 42 and not scheduler.finished
+    scheduler.complete("a", 1, Golden(1, units[1].start + 5, ""))
+    assert scheduler.cutoff == 2
+    assert scheduler.held_by("a") == {0}
+
+
+def test_reissued_units_go_out_before_fresh_ones() -> None:
+    scheduler = Scheduler(UnitSpace(4, 16))
+    for host in ("a", "b"):
+        scheduler.add_host(host)
+    assert [u.index for u in scheduler.take("a", 2)] == [0, 1]
+    assert [u.index for u in scheduler.take("b", 2)] == [2, 3]
+    assert scheduler.host_lost("a") == [0, 1]
+    assert [u.index for u in scheduler.take("b", 3)] == [0, 1, 4]
+    assert scheduler.reissued == 2
+
+
+def test_golden_cancels_units_above_and_waits_for_those_below() -> None:
+    scheduler = Scheduler(UnitSpace(4, 16))
+    for host in ("a", "b"):
+        scheduler.add_host(host)
+    scheduler.take("a", 2)  # 0, 1
+    scheduler.take("b", 2)  # 2, 3
+    unit2 = scheduler.space.unit(2)
+    completion = scheduler.complete("b", 2, Golden(2, unit2.start + 7, ""))
+    assert completion.cancel_hosts == ["b"] and completion.above == 2
+    assert scheduler.held_by("b") == set()
+    assert not scheduler.finished
+    assert scheduler.take("b", 5) == []  # nothing above unit 2 is issued any more
+    scheduler.complete("a", 0, None)
+    scheduler.complete("a", 1, None)
+    assert scheduler.finished and scheduler.best is not None
+    assert scheduler.nonces_settled == unit2.start + 8

@@ -1,0 +1,212 @@
+"""The real worker as a subprocess, spoken to line by line as the controller does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from cnd_fab.transport import protocol, worker_file
+from tests.helpers import wait_for_no_workers, worker_processes
+
+BLOCK = b"COMSM0010cloud"
+
+
+class WorkerProcess:
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(worker_file()), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def send(self, **message: Any) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def read(self) -> Dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, f"worker closed stdout; stderr: {self.process.stderr.read() if self.process.stderr else ''}"
+        return dict(json.loads(line))
+
+    def read_until(self, kind: str, limit: float = 30.0) -> List[Dict[str, Any]]:
+        seen = []
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            message = self.read()
+            seen.append(message)
+            if message["type"] == kind:
+                return seen
+        raise AssertionError(f"no {kind} within {limit}s: {seen[-5:]}")
+
+    def work(self, unit: int, start: int, end: int, difficulty: int, block: bytes = BLOCK, width: int = 4) -> None:
+        self.send(type=protocol.WORK, unit=unit, start=start, end=end, block=block.hex(), nonce_bytes=width, difficulty=difficulty)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+@pytest.fixture
+def worker() -> Iterator[WorkerProcess]:
+    process = WorkerProcess("--processes", "2", "--run-id", "test-run")
+    yield process
+    process.kill()
+
+
+def test_hello_is_first_and_describes_the_host(worker: WorkerProcess) -> None:
+    hello = worker.read()
+    assert hello["type"] == protocol.HELLO
+    assert hello["version"] == protocol.PROTOCOL_VERSION
+    assert hello["cores"] == 2
+    assert hello["kernel"] == protocol.KERNEL_NAME
+    assert hello["prefetch"] >= 2
+
+
+def test_done_reports_lowest_golden_of_the_unit(worker: WorkerProcess) -> None:
+    worker.read()
+    worker.work(0, 0, 1 << 20, 16)
+    messages = worker.read_until(protocol.DONE)
+    done = messages[-1]
+    assert done["unit"] == 0 and done["nonce"] == 133050
+    assert done["hash"].startswith("0000a77c6f4fa81e")
+    assert done["hashes"] >= 133051 and done["seconds"] > 0
+    found = [m for m in messages if m["type"] == protocol.FOUND]
+    assert found and found[-1]["nonce"] == 133050
+
+
+def test_eight_byte_nonces_and_hex_blocks(worker: WorkerProcess) -> None:
+    worker.read()
+    block = bytes.fromhex("00ff" * 50)
+    worker.work(3, 0, 1 << 19, 16, block=block, width=8)
+    done = worker.read_until(protocol.DONE)[-1]
+    assert done["unit"] == 3 and done["nonce"] == 167263
+    assert done["hash"].startswith("00006fb3b68d0baf")
+
+
+def test_unit_without_golden_reports_every_hash(worker: WorkerProcess) -> None:
+    worker.read()
+    worker.work(7, 5000, 5000 + 40000, 30)
+    done = worker.read_until(protocol.DONE)[-1]
+    assert done == {**done, "unit": 7, "nonce": None, "hash": None, "hashes": 40000}
+
+
+def test_progress_heartbeats_at_least_once_a_second(worker: WorkerProcess) -> None:
+    worker.read()
+    worker.work(0, 0, 1 << 24, 64)
+    stamps = []
+    hashes = []
+    for _ in range(6):
+        message = worker.read()
+        assert message["type"] == protocol.PROGRESS
+        stamps.append(time.monotonic())
+        hashes.append(message["hashes"])
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert max(gaps) < 1.0
+    assert hashes[-1] > hashes[0]
+
+
+def test_cancel_drops_units_above(worker: WorkerProcess) -> None:
+    worker.read()
+    worker.work(5, 0, 1 << 24, 64)
+    worker.work(1, 0, 20000, 64)
+    worker.send(type=protocol.CANCEL, above=1)
+    done = worker.read_until(protocol.DONE)[-1]
+    assert done["unit"] == 1
+    # Unit 5 is gone: the heartbeats stop listing it and no DONE ever comes for it.
+    for _ in range(4):
+        message = worker.read()
+        assert message["type"] == protocol.PROGRESS
+    assert message["units"] == []
+
+
+def test_malformed_work_comes_back_as_error_with_traceback(worker: WorkerProcess) -> None:
+    worker.read()
+    worker.send(type=protocol.WORK, unit=0, start=10, end=5, block="00", nonce_bytes=4, difficulty=8)
+    error = worker.read_until(protocol.ERROR)[-1]
+    assert "malformed WORK" in error["message"]
+    assert "Traceback" in error["traceback"]
+    assert worker.process.wait(timeout=10) == 1
+
+
+def test_stop_exits_and_leaves_no_child(worker: WorkerProcess) -> None:
+    worker.read()
+    worker.work(0, 0, 1 << 24, 64)
+    worker.read_until(protocol.PROGRESS)
+    worker.send(type=protocol.STOP)
+    assert worker.process.wait(timeout=10) == 0
+    assert not wait_for_no_workers(b"test-run")
+
+
+def test_stdin_eof_exits_and_leaves_no_child(worker: WorkerProcess) -> None:
+    worker.read()
+    worker.work(0, 0, 1 << 24, 64)
+    worker.read_until(protocol.PROGRESS)
+    assert worker.process.stdin is not None
+    worker.process.stdin.close()
+    assert worker.process.wait(timeout=10) == 0
+    assert not wait_for_no_workers(b"test-run")
+
+
+def test_worker_and_cores_die_with_their_parent(tmp_path: Any) -> None:
+    """A parent that is SIGKILLed leaves an orphan worker; it must notice and go."""
+    marker = "orphan-test-" + str(os.getpid())
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        textwrap.dedent(
+            f"""
+            import subprocess, sys, time
+            # Keep the worker's stdin open through a pipe inherited by nobody else, so
+            # only the parent check (not EOF) can end it.
+            read_end, write_end = __import__("os").pipe()
+            worker = subprocess.Popen([sys.executable, {str(worker_file())!r}, "--processes", "2", "--run-id", {marker!r}], stdin=read_end, stdout=subprocess.DEVNULL)
+            print(worker.pid, flush=True)
+            time.sleep(60)
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(launcher)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert parent.stdout is not None
+    int(parent.stdout.readline())
+    deadline = time.monotonic() + 10
+    while len(worker_processes(marker.encode())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(worker_processes(marker.encode())) == 3  # the worker and its two cores
+    parent.kill()
+    parent.wait()
+    assert not wait_for_no_workers(marker.encode(), within=5.0)
+
+
+def test_worker_file_is_stdlib_only_and_python38_compatible() -> None:
+    import ast
+
+    tree = ast.parse(worker_file().read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "vermin"), "--no-tips", "--violations", "-t=3.8-", "--no-parse-comments", str(worker_file())],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
