@@ -32,6 +32,8 @@ STOPPED = "stopped"
 
 DEFAULT_HEARTBEAT_TIMEOUT = 8.0
 HELLO_TIMEOUT = 30.0
+# How long the end of a run waits for the workers' exact final hash counts.
+FINAL_COUNT_WAIT = 0.5
 RATE_SMOOTHING = 0.3
 
 FOUND_STATUS = "found"
@@ -401,17 +403,35 @@ class FleetSearch:
                 self._fill(other)
 
     def _stop_all(self) -> None:
+        """Send STOP everywhere, then wait briefly for each worker's final count."""
         stop_line = json.dumps({"type": protocol.STOP})
+        waiting = set()
         for session in self.sessions.values():
             if session.view.state == READY and session.channel is not None:
                 try:
                     session.channel.send_line(stop_line)
+                    waiting.add(session.view.name)
                 except (OSError, EOFError):
                     pass
-            if session.channel is not None:
-                session.channel.close()
             if session.view.state in (READY, STARTING):
                 session.view.state = STOPPED
+        deadline = time.monotonic() + FINAL_COUNT_WAIT
+        while waiting and time.monotonic() < deadline:
+            try:
+                name, message = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if name not in waiting:
+                continue
+            if isinstance(message, dict) and message.get("type") == protocol.PROGRESS:
+                self._progress(self.sessions[name], int(message.get("hashes", 0)))
+                if message.get("final"):
+                    waiting.discard(name)
+            elif message is _EOF or isinstance(message, Exception):
+                waiting.discard(name)
+        for session in self.sessions.values():
+            if session.channel is not None:
+                session.channel.close()
 
     # --- views -------------------------------------------------------------------------
     def checked(self) -> int:

@@ -69,7 +69,7 @@ class LiveReporter(Reporter):
         self.live.stop()
 
     def event(self, text: str) -> None:
-        self.live.console.log(text, markup=False, highlight=False)
+        self.live.console.print(Text.assemble((time.strftime("%H:%M:%S "), "dim"), text))
 
     def update(self, snapshot: Snapshot) -> None:
         self.live.update(self.render(snapshot))

@@ -105,6 +105,6 @@ def teardown(c: Context, run: Optional[str] = None, dry_run: bool = False) -> in
 @one_line_errors
 def bench(c: Context, seconds: Optional[str] = None, count: Optional[str] = None) -> int:
     """Measure the worker's hash rate per core and the end-to-end search rate."""
-    from . import bench as benchmark
+    from .bench import run as run_benchmark
 
-    return benchmark.run(seconds=seconds, count=count)
+    return run_benchmark(seconds=seconds, count=count)

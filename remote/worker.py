@@ -7,7 +7,8 @@ imports this same file for its protocol constants, so the two sides cannot drift
 Protocol: one JSON object per line, each with a "type" field.
 
     worker -> controller   HELLO     first line: version, cores, kernel, prefetch, pid
-                           PROGRESS  heartbeat, at least once a second: cumulative hashes
+                           PROGRESS  heartbeat, at least once a second: cumulative hashes;
+                                     the answer to STOP is a last one marked "final"
                            FOUND     a golden nonce, as soon as any core sees one
                            DONE      a unit is settled: its hashes, seconds and lowest golden
                            ERROR     a failure, with the traceback text; the worker then exits
@@ -247,7 +248,11 @@ class Worker(object):
                 except queue.Empty:
                     kind, payload = None, None
                 if kind == "stdin":
-                    if payload is None or payload.get("type") == STOP:
+                    if payload is None:
+                        return 0
+                    if payload.get("type") == STOP:
+                        # The exact count, so a stopped run reports what was really checked.
+                        self.send(PROGRESS, hashes=sum(self.counters), units=sorted(self.units), final=True)
                         return 0
                     self._handle_command(payload)
                 elif kind == "result":
