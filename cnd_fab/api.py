@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -89,6 +90,9 @@ def search(
     timeout: Flag = None,
     first_found_wins: bool = False,
     json_output: bool = False,
+    inventory: Optional[str] = None,
+    accept_new_host_key: bool = False,
+    image: Optional[str] = None,
     out: Optional[IO[str]] = None,
     console: Optional[Console] = None,
 ) -> int:
@@ -104,14 +108,17 @@ def search(
         timeout=_text(timeout),
         first_found_wins=first_found_wins,
         json_output=json_output,
+        inventory=inventory,
+        accept_new_host_key=accept_new_host_key,
+        image=image,
     )
-    chosen = provider_class(request.provider)()
-    chosen.check(request.count)
+    chosen = request.provider
     out = out or sys.stdout
     console = console or stderr_console()
     started = time.monotonic()
     deadline = None if request.timeout is None else started + request.timeout
     journal = RunJournal.start(chosen.name)
+    journal.details["controller_pid"] = os.getpid()
     journal.details.update(
         difficulty=request.problem.difficulty,
         block_hex=request.problem.block.hex(),
@@ -183,7 +190,7 @@ def result_record(request: SearchRequest, outcome: SearchOutcome, run_id: str) -
         "space": problem.space,
         "seconds": round(outcome.seconds, 6),
         "rate": round(outcome.rate, 1),
-        "provider": request.provider,
+        "provider": request.provider.name,
         "run_id": run_id,
         "reissued": outcome.reissued,
         "hosts": [
@@ -241,26 +248,76 @@ def result_text(request: SearchRequest, outcome: SearchOutcome, run_id: str) -> 
         else:
             lines.append("lowest         not proven: some nonces below it were not checked")
     lines.append(f"checked        {checked}")
-    lines.append(f"run            {run_id} on {request.provider}, {len(outcome.hosts)} host(s)")
+    lines.append(f"run            {run_id} on {request.provider.name}, {len(outcome.hosts)} host(s)")
     return "\n".join(lines)
 
 
-def teardown(run_id: Optional[str] = None, dry_run: bool = False, console: Optional[Console] = None) -> int:
-    """Remove whatever open run journals still name; safe to run any number of times."""
+INCOMPLETE = ("could not", "cannot")
+
+
+def _controller_alive(journal: RunJournal) -> bool:
+    """True while the controller that wrote an open journal still runs."""
+    pid = journal.details.get("controller_pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"fab" in handle.read()
+    except OSError:
+        return False
+
+
+def teardown(
+    run_id: Optional[str] = None,
+    dry_run: bool = False,
+    inventory: Optional[str] = None,
+    console: Optional[Console] = None,
+) -> int:
+    """Remove whatever runs left behind: open journals, and containers by their run label.
+
+    Safe to run any number of times. A run whose controller is still alive is skipped
+    unless it is named with --run.
+    """
+    from . import inventory as inventory_file
+    from .providers import ProviderOptions
+    from .providers.docker import DockerProvider
+
     console = console or stderr_console()
-    journals = [j for j in RunJournal.all() if j.status == OPEN or run_id == j.run_id]
+    options = ProviderOptions(inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory())
+    journals = RunJournal.all()
     if run_id is not None:
-        journals = [j for j in journals if j.run_id == run_id]
-        if not journals:
-            raise CndError(f"no run journal for --run {run_id!r}")
+        chosen = [j for j in journals if j.run_id == run_id]
+    else:
+        chosen = []
+        for journal in journals:
+            if journal.status != OPEN:
+                continue
+            if _controller_alive(journal):
+                console.print(f"skipping {journal.run_id}: its controller is still running (use --run to force)")
+                continue
+            chosen.append(journal)
+    # Containers whose journal is lost or closed are still found by their label.
+    docker = DockerProvider(options)
+    try:
+        labelled = docker.labelled_runs()
+    except CndError:
+        labelled = []
+    known = {j.run_id for j in chosen}
+    live = {j.run_id for j in journals if j.status == OPEN and j.run_id not in known}
+    for label_run in labelled:
+        if label_run not in known and label_run not in live and (run_id is None or label_run == run_id):
+            chosen.append(RunJournal(run_id=label_run, provider=DockerProvider.name))
+    if run_id is not None and not chosen:
+        raise CndError(f"nothing is known of run {run_id!r}: no journal and no labelled container")
     handled = 0
-    for journal in journals:
-        provider = provider_class(journal.provider)()
-        for line in provider.teardown(journal, dry_run=dry_run):
-            console.print(line, highlight=False)
-            handled += 1
-        if not dry_run:
+    for journal in chosen:
+        provider = provider_class(journal.provider)(options)
+        lines = provider.teardown(journal, dry_run=dry_run)
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+        handled += sum(1 for line in lines if not line.startswith(INCOMPLETE))
+        if not dry_run and journal.path.name and not any(line.startswith(INCOMPLETE) for line in lines):
             journal.close(CLEANED)
     verb = "would remove" if dry_run else "removed"
-    console.print(f"teardown: {verb} {handled} resource(s) from {len(journals)} run(s)", highlight=False)
+    console.print(f"teardown: {verb} {handled} resource(s) from {len(chosen)} run(s)", highlight=False)
     return EXIT_OK

@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from . import inventory as inventory_file
 from .errors import InputError
-from .providers import provider_class
+from .providers import Provider, ProviderOptions, provider_class
 from .spec import (
     DEFAULT_BLOCK_TEXT,
     MIN_UNIT_NONCES,
@@ -24,7 +25,6 @@ from .spec import (
 )
 
 DEFAULT_DIFFICULTY = 6
-DEFAULT_COUNT = 1
 DEFAULT_PROVIDER = "local"
 
 
@@ -35,7 +35,7 @@ class SearchRequest:
     problem: Problem
     space: UnitSpace
     count: int
-    provider: str
+    provider: Provider
     timeout: Optional[float]
     first_found_wins: bool
     json_output: bool
@@ -113,6 +113,9 @@ def parse_search(
     timeout: Optional[str],
     first_found_wins: bool,
     json_output: bool,
+    inventory: Optional[str] = None,
+    accept_new_host_key: bool = False,
+    image: Optional[str] = None,
 ) -> SearchRequest:
     parsed_difficulty = parse_whole(
         "difficulty", DEFAULT_DIFFICULTY if difficulty is None else difficulty, 1, 256
@@ -122,15 +125,26 @@ def parse_search(
         raise InputError(f"--nonce-bytes must be 4 or 8, not {width}")
     problem = Problem(parse_block(block, block_hex), width, parsed_difficulty)
     space = UnitSpace(width, parse_units(units, width))
-    hosts = parse_whole("count", DEFAULT_COUNT if count is None else count, 1)
-    provider_name = (provider or DEFAULT_PROVIDER).strip()
-    provider_class(provider_name)
+    requested_hosts = None if count is None else parse_whole("count", count, 1)
+    chosen_class = provider_class((provider or DEFAULT_PROVIDER).strip())
     deadline = None if timeout is None else parse_seconds("timeout", timeout)
+    if image is not None and not image.strip():
+        raise InputError("--image is empty")
+    options = ProviderOptions(
+        inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory(),
+        accept_new_host_key=accept_new_host_key,
+        image=image.strip() if image else None,
+    )
+    chosen = chosen_class(options)
+    hosts = chosen.default_count() if requested_hosts is None else requested_hosts
+    # The provider's own checks (count limits, image present, keys readable) also come
+    # before anything is launched.
+    chosen.check(hosts)
     return SearchRequest(
         problem=problem,
         space=space,
         count=hosts,
-        provider=provider_name,
+        provider=chosen,
         timeout=deadline,
         first_found_wins=first_found_wins,
         json_output=json_output,

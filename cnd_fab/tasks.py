@@ -16,7 +16,7 @@ from invoke.exceptions import Exit
 
 from . import api
 from .errors import CndError
-from .options import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_PROVIDER
+from .options import DEFAULT_DIFFICULTY, DEFAULT_PROVIDER
 from .providers import PROVIDERS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,7 +44,7 @@ _COUNT_HELP = "; ".join(f"{name}: {cls.count_meaning}" for name, cls in sorted(P
 @task(
     help={
         "difficulty": f"leading zero bits a golden hash needs, 1..256 (default {DEFAULT_DIFFICULTY})",
-        "count": f"number of hosts (default {DEFAULT_COUNT}); {_COUNT_HELP}",
+        "count": f"number of hosts (default 1; static: every inventory host); {_COUNT_HELP}",
         "block": "the block as UTF-8 text (default COMSM0010cloud)",
         "block-hex": "the block as hex bytes, NUL included; instead of --block",
         "nonce-bytes": "nonce width in bytes: 4 (default, 2^32 nonces) or 8 (2^64)",
@@ -53,6 +53,9 @@ _COUNT_HELP = "; ".join(f"{name}: {cls.count_meaning}" for name, cls in sorted(P
         "timeout": "stop everything after this many seconds and report how far it got",
         "any": "stop at the first golden nonce any host finds, which may not be the lowest",
         "json": "print the result as one JSON object on stdout",
+        "inventory": "YAML file of static hosts and provider settings (see inventory.example.yaml)",
+        "accept-new-host-key": "trust unknown static host keys on first use and save them (unsafe; says so)",
+        "image": "docker provider: the SSH host image (default cnd-fab-sshd:latest)",
     }
 )
 @one_line_errors
@@ -68,6 +71,9 @@ def search(
     timeout: Optional[str] = None,
     any_: bool = False,
     json_: bool = False,
+    inventory: Optional[str] = None,
+    accept_new_host_key: bool = False,
+    image: Optional[str] = None,
 ) -> int:
     """Find the lowest golden nonce over a fleet of hosts, with live progress."""
     return api.search(
@@ -81,19 +87,23 @@ def search(
         timeout=timeout,
         first_found_wins=any_,
         json_output=json_,
+        inventory=inventory,
+        accept_new_host_key=accept_new_host_key,
+        image=image,
     )
 
 
 @task(
     help={
-        "run": "tear down only this run id",
+        "run": "tear down only this run id (even if its controller still runs)",
         "dry-run": "say what would be removed, remove nothing",
+        "inventory": "the inventory of static hosts, to clean their run directories",
     }
 )
 @one_line_errors
-def teardown(c: Context, run: Optional[str] = None, dry_run: bool = False) -> int:
+def teardown(c: Context, run: Optional[str] = None, dry_run: bool = False, inventory: Optional[str] = None) -> int:
     """Kill and remove everything that runs left behind (safe to repeat)."""
-    return api.teardown(run_id=run, dry_run=dry_run)
+    return api.teardown(run_id=run, dry_run=dry_run, inventory=inventory)
 
 
 @task(

@@ -233,6 +233,7 @@ class Worker(object):
             mode=self.mode,
             prefetch=self.prefetch(),
             pid=os.getpid(),
+            pgid=os.getpgid(0),
             python=platform.python_version(),
             host=platform.node(),
         )
@@ -370,17 +371,77 @@ class Worker(object):
                 core.join()
 
 
+RUN_DIR_PREFIX = "cnd-fab-"
+PIDFILE_NAME = "worker.pid"
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="cnd-fab worker (speaks JSON lines on stdin/stdout)")
     parser.add_argument("--processes", type=int, default=0, help="cores to use (0: all this host may use)")
     parser.add_argument("--mode", choices=(SPLIT, WHOLE), default=SPLIT)
     parser.add_argument("--chunk-nonces", type=int, default=DEFAULT_CHUNK_NONCES)
     parser.add_argument("--run-id", default="", help="only to label the process for teardown")
+    parser.add_argument("--own-session", action="store_true", help="lead a new session, so one kill ends every core")
+    parser.add_argument("--pidfile", default="", help="write the session's process group id here")
+    parser.add_argument("--cleanup", default="", metavar="RUN_DIR", help="kill the worker of RUN_DIR, then remove it")
     return parser.parse_args(argv)
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def cleanup(run_dir, grace=1.0):
+    """Kill the process group named in RUN_DIR's pidfile (TERM, then KILL), remove RUN_DIR.
+
+    Runs on the host, started by the controller over SSH, so killing needs no shell and no
+    procps. Only directories named like ours are removed.
+    """
+    import shutil
+
+    run_dir = os.path.abspath(run_dir)
+    if not os.path.basename(run_dir).startswith(RUN_DIR_PREFIX):
+        sys.stderr.write("refusing to clean %r: not a cnd-fab run directory\n" % run_dir)
+        return 2
+    killed = None
+    try:
+        with open(os.path.join(run_dir, PIDFILE_NAME)) as handle:
+            pgid = int(handle.read().strip())
+    except (OSError, ValueError):
+        pgid = None
+    if pgid is not None and pgid > 1 and pgid != os.getpgid(0):
+        killed = False
+        if _group_alive(pgid):
+            os.killpg(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if _group_alive(pgid):
+                os.killpg(pgid, signal.SIGKILL)
+            killed = True
+    shutil.rmtree(run_dir, ignore_errors=True)
+    sys.stdout.write(json.dumps({"cleaned": run_dir, "pgid": pgid, "killed": killed}) + "\n")
+    return 0
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.cleanup:
+        return cleanup(args.cleanup)
+    if args.own_session:
+        try:
+            os.setsid()
+        except OSError:
+            pass  # already a session leader, as under sshd: the group is ours either way
+    if args.pidfile:
+        with open(args.pidfile, "w") as handle:
+            handle.write("%d\n" % os.getpgid(0))
     processes = args.processes if args.processes > 0 else effective_cores()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))

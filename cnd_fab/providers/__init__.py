@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Dict, Type
 
 from ..errors import InputError
-from .base import Host, Provider
+from .base import Host, Provider, ProviderOptions
+from .docker import DockerProvider
 from .local import LocalProvider
+from .static import StaticProvider
 
 PROVIDERS: Dict[str, Type[Provider]] = {
-    LocalProvider.name: LocalProvider,
+    provider.name: provider for provider in (LocalProvider, DockerProvider, StaticProvider)
 }
 
 
@@ -21,4 +23,4 @@ def provider_class(name: str) -> Type[Provider]:
         raise InputError(f"--provider {name!r} is unknown; choose one of: {known}") from None
 
 
-__all__ = ["Host", "Provider", "PROVIDERS", "provider_class"]
+__all__ = ["Host", "Provider", "ProviderOptions", "PROVIDERS", "provider_class"]

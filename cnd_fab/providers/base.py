@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, List
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, List, Optional
 
+from ..inventory import Inventory
 from ..journal import RunJournal
 from ..transport import WorkerChannel
+
+
+def _print_warning(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class ProviderOptions:
+    """What every provider may be configured with: the inventory and the flags over it."""
+
+    inventory: Inventory = field(default_factory=Inventory)
+    accept_new_host_key: bool = False
+    image: Optional[str] = None
+    warn: Callable[[str], None] = _print_warning
 
 
 class Host(ABC):
@@ -30,8 +48,14 @@ class Provider(ABC):
     #: What --count means for this provider, for help texts and the README.
     count_meaning: ClassVar[str]
 
+    def __init__(self, options: Optional[ProviderOptions] = None) -> None:
+        self.options = options or ProviderOptions()
+
+    def default_count(self) -> int:
+        return 1
+
     def check(self, count: int) -> None:
-        """Reject a request before anything is launched. Raises InputError."""
+        """Reject a request before anything is launched. Raises InputError or ProviderError."""
 
     @abstractmethod
     def launch(self, count: int, journal: RunJournal) -> List[Host]:

@@ -13,7 +13,7 @@ from typing import List, Optional
 from ..errors import HostConnectError, InputError
 from ..journal import RunJournal
 from ..transport import PipeChannel, WorkerChannel, protocol, worker_file
-from .base import Host, Provider
+from .base import Host, Provider, ProviderOptions
 
 MAX_LOCAL_HOSTS = 64
 
@@ -106,7 +106,8 @@ class LocalProvider(Provider):
         "them (each gets at least one)"
     )
 
-    def __init__(self, cores: Optional[int] = None) -> None:
+    def __init__(self, options: Optional[ProviderOptions] = None, cores: Optional[int] = None) -> None:
+        super().__init__(options)
         self.cores = cores or protocol.effective_cores()
 
     def check(self, count: int) -> None:

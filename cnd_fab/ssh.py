@@ -1,0 +1,320 @@
+"""SSH hosts on Fabric Connections: connect with retries, pin host keys, push, run, kill.
+
+Every paramiko, socket and SFTP error is turned into a HostConnectError that names the host
+here, at the edge, so the rest of cnd-fab never sees a library exception.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fabric import Config, Connection
+
+from .errors import HostConnectError
+from .journal import RunJournal
+from .providers.base import Host
+from .transport import WorkerChannel, protocol, worker_source
+
+DEFAULT_CONNECT_DEADLINE = 60.0
+COMMAND_TIMEOUT = 10.0
+STOP_CONNECT_DEADLINE = 5.0
+REMOTE_ROOT = "/tmp"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """An ed25519 key: paramiko's object, the OpenSSH private text and the public line."""
+
+    key: paramiko.PKey
+    private_openssh: str
+    public_line: str
+
+    @classmethod
+    def generate(cls, comment: str) -> "KeyPair":
+        private = Ed25519PrivateKey.generate()
+        text = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ).decode()
+        key = paramiko.Ed25519Key.from_private_key(io.StringIO(text))
+        return cls(key, text, f"{key.get_name()} {key.get_base64()} {comment}")
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+    """--accept-new-host-key: trust an unknown key once, save it, and say so loudly."""
+
+    def __init__(self, known_hosts: Path, warn: Callable[[str], None]) -> None:
+        self.known_hosts = known_hosts
+        self.warn = warn
+        self.lock = threading.Lock()
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        with self.lock:
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            with self.known_hosts.open("a") as handle:
+                handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.warn(
+            f"WARNING: trusting the unverified host key of {hostname} "
+            f"({key.get_name()} {key.fingerprint}) on first use, as --accept-new-host-key asks; "
+            f"saved to {self.known_hosts}"
+        )
+
+
+@dataclass
+class SshTarget:
+    """How to reach one SSH host and how to check that it is the right one."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    login_key: paramiko.PKey
+    pinned_host_keys: List[paramiko.PKey] = field(default_factory=list)
+    known_hosts: Optional[Path] = None
+    accept_new_host_key: bool = False
+    processes: Optional[int] = None
+    connect_deadline: float = DEFAULT_CONNECT_DEADLINE
+    #: New cloud hosts may refuse a key until cloud-init has installed it.
+    retry_auth: bool = False
+    python: str = "python3"
+    warn: Callable[[str], None] = print
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+class SshChannel(WorkerChannel):
+    """A worker on an exec channel: its stdout read as lines, its stdin written."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+        self._stdout = channel.makefile("rb")
+        self._stderr_lines: List[str] = []
+        # Unread stderr would fill the channel window and stall stdout too.
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+
+    def _drain_stderr(self) -> None:
+        try:
+            for raw in self.channel.makefile_stderr("rb"):
+                self._stderr_lines.append(raw.decode("utf-8", "replace").rstrip())
+                del self._stderr_lines[:-20]
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def send_line(self, line: str) -> None:
+        try:
+            self.channel.sendall((line + "\n").encode())
+        except (socket.error, paramiko.SSHException) as error:
+            raise OSError(str(error)) from error
+
+    def read_line(self) -> str:
+        try:
+            return bytes(self._stdout.readline()).decode("utf-8", "replace")
+        except (OSError, EOFError, paramiko.SSHException):
+            return ""
+
+    def close(self) -> None:
+        try:
+            self.channel.shutdown_write()
+            self.channel.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def stderr_tail(self) -> str:
+        return "\n".join(self._stderr_lines[-5:])
+
+
+class SshHost(Host):
+    """A worker on a host reached over SSH: one Fabric Connection for the whole run."""
+
+    def __init__(self, target: SshTarget, run_id: str, index: int, journal: Optional[RunJournal] = None) -> None:
+        self.name = target.name
+        self.target = target
+        self.journal = journal
+        # Built only from our own run id and a number: nothing a user typed reaches a shell.
+        self.run_dir = f"{REMOTE_ROOT}/{protocol.RUN_DIR_PREFIX}{run_id}-{index}"
+        self.connection: Optional[Connection] = None
+        self.started_worker = False
+        self._lock = threading.Lock()
+
+    # --- connecting --------------------------------------------------------------------
+    def _new_connection(self, timeout: float) -> Connection:
+        target = self.target
+        connection = Connection(
+            target.host,
+            user=target.user,
+            port=target.port,
+            config=Config(overrides={"load_ssh_configs": False}),
+            connect_timeout=max(1, int(timeout)),
+            connect_kwargs={
+                "pkey": target.login_key,
+                "look_for_keys": False,
+                "allow_agent": False,
+                "banner_timeout": timeout,
+                "auth_timeout": timeout,
+            },
+        )
+        client: paramiko.SSHClient = connection.client
+        # Never Fabric's AutoAddPolicy: a key is pinned, known, or explicitly trusted.
+        if target.known_hosts is not None and target.known_hosts.exists():
+            client.load_host_keys(str(target.known_hosts))
+        name = known_hosts_name(target.host, target.port)
+        for key in target.pinned_host_keys:
+            client.get_host_keys().add(name, key.get_name(), key)
+        if target.accept_new_host_key and target.known_hosts is not None:
+            client.set_missing_host_key_policy(TrustOnFirstUse(target.known_hosts, target.warn))
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        return connection
+
+    def connect(self, deadline: Optional[float] = None) -> Connection:
+        """Open the connection, retrying with jittered backoff while the host comes up."""
+        if self.connection is not None and self.connection.is_connected:
+            return self.connection
+        target = self.target
+        deadline = deadline or time.monotonic() + target.connect_deadline
+        delay = 0.1
+        last = "no attempt made"
+        while True:
+            remaining = deadline - time.monotonic()
+            connection = self._new_connection(min(10.0, max(1.0, remaining)))
+            try:
+                connection.open()
+                self.connection = connection
+                return connection
+            except paramiko.BadHostKeyException as error:
+                connection.close()
+                raise HostConnectError(
+                    f"{self.name} ({target.address}): host key mismatch: expected "
+                    f"{error.expected_key.fingerprint}, got {error.key.fingerprint}; refusing to connect"
+                ) from None
+            except paramiko.AuthenticationException as error:
+                connection.close()
+                last = f"authentication failed: {error}"
+                if not target.retry_auth:
+                    raise HostConnectError(f"{self.name} ({target.address}): {last}") from None
+            except paramiko.SSHException as error:
+                connection.close()
+                if "not found in known_hosts" in str(error):
+                    raise HostConnectError(
+                        f"{self.name} ({target.address}): unknown host key (not pinned, not in "
+                        f"{target.known_hosts or 'known_hosts'}); add it, or pass --accept-new-host-key "
+                        "to trust it on first use"
+                    ) from None
+                last = f"SSH error: {error}"
+            except (socket.error, EOFError, ValueError) as error:
+                connection.close()
+                last = f"{type(error).__name__}: {error}"
+            if time.monotonic() + delay > deadline:
+                raise HostConnectError(
+                    f"{self.name} ({target.address}): not reachable over SSH within "
+                    f"{target.connect_deadline:.0f}s; last error: {last}"
+                )
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(2.0, delay * 2)
+
+    # --- the worker --------------------------------------------------------------------
+    def push(self, connection: Connection) -> None:
+        """Copy the worker into a private per-run directory over SFTP."""
+        try:
+            sftp = connection.sftp()
+            try:
+                sftp.mkdir(self.run_dir, mode=0o700)
+            except OSError:
+                sftp.stat(self.run_dir)  # already there from an earlier attempt
+            sftp.putfo(io.BytesIO(worker_source()), f"{self.run_dir}/worker.py")
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise HostConnectError(f"{self.name}: pushing the worker over SFTP failed: {error}") from error
+
+    def worker_command(self, run_id: str) -> str:
+        argv = [
+            "exec",
+            self.target.python,
+            f"{self.run_dir}/worker.py",
+            "--own-session",
+            "--pidfile",
+            f"{self.run_dir}/{protocol.PIDFILE_NAME}",
+            "--run-id",
+            run_id,
+        ]
+        if self.target.processes:
+            argv += ["--processes", str(int(self.target.processes))]
+        return " ".join(shlex.quote(part) for part in argv)
+
+    def start_worker(self, run_id: str) -> WorkerChannel:
+        connection = self.connect()
+        if self.journal is not None:
+            self.journal.record("ssh-run-dir", host=self.name, address=self.target.address, run_dir=self.run_dir)
+        self.push(connection)
+        try:
+            channel = connection.client.get_transport().open_session(timeout=COMMAND_TIMEOUT)
+            channel.exec_command(self.worker_command(run_id))
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise HostConnectError(f"{self.name}: starting the worker failed: {error}") from error
+        self.started_worker = True
+        return SshChannel(channel)
+
+    def run_command(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Tuple[int, str]:
+        """Run a short command on the open connection; (exit status, output)."""
+        assert self.connection is not None
+        try:
+            channel = self.connection.client.get_transport().open_session(timeout=timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            output = channel.makefile("rb").read().decode("utf-8", "replace")
+            if not channel.status_event.wait(timeout):
+                raise socket.timeout(f"no exit status within {timeout:.0f}s")
+            return channel.exit_status, output
+        except (OSError, EOFError, paramiko.SSHException, socket.timeout) as error:
+            raise HostConnectError(f"{self.name}: {command.split()[0]!r} failed: {error}") from error
+
+    def cleanup_command(self) -> str:
+        return " ".join(
+            shlex.quote(part)
+            for part in (self.target.python, f"{self.run_dir}/worker.py", "--cleanup", self.run_dir)
+        )
+
+    def stop_worker(self) -> None:
+        """Kill the worker's process group (TERM, then KILL) and remove the run directory."""
+        with self._lock:
+            if not self.started_worker and self.connection is None:
+                return
+            try:
+                # A dropped connection may leave a live worker: reconnect briefly to kill it.
+                self.connect(deadline=time.monotonic() + STOP_CONNECT_DEADLINE)
+                self.run_command(self.cleanup_command(), timeout=STOP_CONNECT_DEADLINE)
+            except HostConnectError:
+                pass  # gone or hung: the provider removes it, or teardown tries again
+            finally:
+                if self.connection is not None:
+                    self.connection.close()
+                self.connection = None
+                self.started_worker = False
+
+
+def stop_all(hosts: List[Host], within: float = 15.0) -> None:
+    """Stop every host's worker in parallel; a hung host costs at most `within` seconds."""
+    threads = [threading.Thread(target=host.stop_worker, daemon=True) for host in hosts]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + within
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
