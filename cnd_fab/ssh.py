@@ -23,8 +23,7 @@ from fabric import Config, Connection
 
 from .errors import HostConnectError
 from .journal import RunJournal
-from .providers.base import Host
-from .transport import WorkerChannel, protocol, worker_source
+from .transport import Host, WorkerChannel, protocol, worker_source
 
 DEFAULT_CONNECT_DEADLINE = 60.0
 COMMAND_TIMEOUT = 10.0

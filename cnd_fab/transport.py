@@ -11,7 +11,7 @@ from typing import IO, List, Optional
 
 from .remote import worker as protocol
 
-__all__ = ["protocol", "worker_source", "WorkerChannel", "PipeChannel"]
+__all__ = ["protocol", "worker_source", "WorkerChannel", "PipeChannel", "Host"]
 
 
 def worker_file() -> Path:
@@ -83,3 +83,17 @@ class PipeChannel(WorkerChannel):
 
     def stderr_tail(self) -> str:
         return "\n".join(self._stderr_lines[-5:])
+
+
+class Host(ABC):
+    """One machine (or stand-in) that runs one worker for the whole run."""
+
+    name: str
+
+    @abstractmethod
+    def start_worker(self, run_id: str) -> WorkerChannel:
+        """Start the worker and return its line channel. Raises HostConnectError."""
+
+    @abstractmethod
+    def stop_worker(self) -> None:
+        """Kill the worker's whole process group and remove its files. Idempotent."""

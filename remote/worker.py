@@ -98,19 +98,35 @@ def scan_range(block, nonce_bytes, difficulty, start, end, on_stride=None):
     return None, None, end - start
 
 
+def _cgroup_cpu_limit():
+    """The CPU quota of this process's cgroup in cores (v2, then v1), or None."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as handle:
+            quota, period = handle.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for folder in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
+        try:
+            with open(folder + "/cpu.cfs_quota_us") as handle:
+                quota = int(handle.read())
+            with open(folder + "/cpu.cfs_period_us") as handle:
+                period = int(handle.read())
+        except (OSError, ValueError):
+            continue
+        return None if quota <= 0 or period <= 0 else quota / period
+    return None
+
+
 def effective_cores():
-    """Cores this process may really use: affinity, capped by a cgroup v2 CPU quota."""
+    """Cores this process may really use: affinity, capped by a cgroup CPU quota."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as handle:
-            quota, period = handle.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, int(-(-limit // 1)))
     return max(1, cores)
 
 

@@ -8,7 +8,9 @@ from typing import Callable, ClassVar, List, Optional
 
 from ..inventory import Inventory
 from ..journal import RunJournal
-from ..transport import WorkerChannel
+from ..transport import Host
+
+__all__ = ["Host", "Provider", "ProviderOptions"]
 
 
 def _print_warning(text: str) -> None:
@@ -25,20 +27,6 @@ class ProviderOptions:
     accept_new_host_key: bool = False
     image: Optional[str] = None
     warn: Callable[[str], None] = _print_warning
-
-
-class Host(ABC):
-    """One machine (or stand-in) that runs one worker for the whole run."""
-
-    name: str
-
-    @abstractmethod
-    def start_worker(self, run_id: str) -> WorkerChannel:
-        """Start the worker and return its line channel. Raises HostConnectError."""
-
-    @abstractmethod
-    def stop_worker(self) -> None:
-        """Kill the worker's whole process group and remove its files. Idempotent."""
 
 
 class Provider(ABC):
