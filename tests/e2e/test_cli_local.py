@@ -199,6 +199,10 @@ BAD_INPUTS = [
     (["--timeout", "soon"], "--timeout must be a number of seconds, not 'soon'"),
     (["--timeout", "nan"], "--timeout must be a number of seconds above 0"),
     (["--nonce-bytes", "5"], "--nonce-bytes must be 4 or 8"),
+    (["--provider", "static"], "--provider static needs --inventory FILE"),
+    (["--provider", "static", "--inventory", "/nonexistent.yaml"], "cannot read the inventory /nonexistent.yaml"),
+    (["--provider", "static", "--inventory", "inventory.example.yaml"], "inventory.example.yaml:12: hosts[0].key names"),
+    (["--count", "65"], "--count 65 is too many local workers"),
 ]
 
 
