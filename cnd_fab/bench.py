@@ -13,6 +13,7 @@ import multiprocessing
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional
 
 from rich.console import Console
@@ -22,6 +23,7 @@ from .fleet import FleetSearch
 from .journal import RunJournal
 from .options import parse_seconds, parse_whole
 from .progress import human_rate
+from .providers import Provider, ProviderOptions, provider_class
 from .providers.local import LocalProvider
 from .spec import DEFAULT_BLOCK_TEXT, Problem, UnitSpace
 from .transport import PipeChannel, protocol, worker_file
@@ -162,11 +164,121 @@ def end_to_end_rate(count: int, seconds: float) -> Dict[str, float]:
     }
 
 
-def run(seconds: Optional[str] = None, count: Optional[str] = None) -> int:
+def _processes_of(run_id: str) -> int:
+    """Processes on this machine (containers included: same kernel) carrying the run id."""
+    marker = run_id.encode()
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    count += 1
+            except OSError:
+                continue
+    return count
+
+
+@dataclass
+class FleetFigures:
+    hosts: int
+    launch_to_reachable: float
+    reachable_to_running: float
+    rate: float
+    checked: int
+    found_to_no_worker: Optional[float]
+    found_to_released: float
+
+
+def fleet_figures(provider: Provider, count: int, seconds: float) -> FleetFigures:
+    """One timed search (nothing to find) and one that finds quickly, on `provider`'s hosts."""
+    journal = RunJournal.start(provider.name)
+    began = time.monotonic()
+    hosts = provider.launch(count, journal)
+    try:
+        fleet = FleetSearch(
+            Problem(BLOCK, 4, NEVER_GOLDEN), UnitSpace(4, 1024), hosts, journal.run_id, deadline=began + seconds, started=began
+        )
+        outcome = fleet.run()
+    finally:
+        provider.release(hosts, journal)
+        journal.close()
+    reachable = max(host.reachable_at or began for host in hosts)
+    running = max(view.running_at or reachable for view in outcome.hosts)
+    assert fleet.finished_at is not None
+    rate = outcome.checked / (fleet.finished_at - reachable)
+
+    journal = RunJournal.start(provider.name)
+    hosts = provider.launch(count, journal)
+    gone: List[float] = []
+    try:
+        # D = 20: the answer (1,027,827) is settled within a couple of seconds.
+        found = FleetSearch(Problem(BLOCK, 4, 20), UnitSpace(4, 1024), hosts, journal.run_id)
+        found.run()
+        assert found.finished_at is not None
+
+        def watch() -> None:
+            while _processes_of(journal.run_id):
+                time.sleep(0.002)
+            gone.append(time.monotonic())
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        provider.release(hosts, journal)
+        released = time.monotonic()
+        watcher.join(10)
+    finally:
+        journal.close()
+    return FleetFigures(
+        hosts=count,
+        launch_to_reachable=reachable - began,
+        reachable_to_running=running - reachable,
+        rate=rate,
+        checked=outcome.checked,
+        found_to_no_worker=gone[0] - found.finished_at if gone else None,
+        found_to_released=released - found.finished_at,
+    )
+
+
+def run_fleet(provider_name: str, count: int, seconds: float, inventory: Optional[str]) -> int:
+    from . import inventory as inventory_file
+
+    options = ProviderOptions(inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory())
+    provider = provider_class(provider_name)(options)
+    provider.check(count)
+    console = Console(width=160)
+    console.print(f"cnd-fab bench: {count} {provider.name} host(s) against the local provider, {seconds:g}s searches")
+    local = fleet_figures(LocalProvider(), 1, seconds)
+    fleet = fleet_figures(provider, count, seconds)
+    table = Table(title="fleet figures")
+    for column in ("provider", "hosts", "launch to reachable", "reachable to a unit on every host", "rate", "vs local", "found to no worker process", "found to hosts released"):
+        table.add_column(column, justify="right")
+    for name, figures in (("local", local), (provider.name, fleet)):
+        table.add_row(
+            name,
+            str(figures.hosts),
+            f"{figures.launch_to_reachable:.2f}s",
+            f"{figures.reachable_to_running:.2f}s",
+            human_rate(figures.rate),
+            f"{figures.rate / local.rate:.1%}",
+            "-" if figures.found_to_no_worker is None else f"{figures.found_to_no_worker:.2f}s",
+            f"{figures.found_to_released:.2f}s",
+        )
+    console.print(table)
+    return 0
+
+
+def run(
+    seconds: Optional[str] = None,
+    count: Optional[str] = None,
+    provider: Optional[str] = None,
+    inventory: Optional[str] = None,
+) -> int:
     duration = 5.0 if seconds is None else parse_seconds("seconds", seconds)
     hosts = 1 if count is None else parse_whole("count", count, 1, 64)
+    if provider is not None and provider != LocalProvider.name:
+        return run_fleet(provider, hosts, duration * 3, inventory)
     cores = protocol.effective_cores()
-    console = Console()
+    console = Console(width=160)
     console.print(f"cnd-fab bench: {cores} cores, {duration:g}s per measurement, kernel {protocol.KERNEL_NAME}")
 
     one = kernel_rate(1, duration)

@@ -58,6 +58,7 @@ class HostView:
     last_heard: Optional[float] = None
     joined_at: Optional[float] = None
     first_unit_at: Optional[float] = None
+    running_at: Optional[float] = None
     error: str = ""
 
 
@@ -153,6 +154,7 @@ class FleetSearch:
         # Wall time counts from the caller's start (the launch included), like the deadline.
         self.started = time.monotonic() if started is None else started
         self.candidate: Optional[Golden] = None
+        self.finished_at: Optional[float] = None
         self._block_hex = problem.block.hex()
 
     # --- per-host threads --------------------------------------------------------------
@@ -219,6 +221,7 @@ class FleetSearch:
                     self.reporter.update(self.snapshot())
                     last_update = time.monotonic()
         finally:
+            self.finished_at = time.monotonic()
             self._stop_all()
         self.reporter.update(self.snapshot())
         return self._outcome(status)
@@ -250,6 +253,8 @@ class FleetSearch:
             self._hello(session, message)
         elif kind == protocol.PROGRESS:
             self._progress(session, int(message.get("hashes", 0)))
+            if message.get("units") and session.view.running_at is None:
+                session.view.running_at = time.monotonic()
         elif kind == protocol.FOUND:
             self._found(session, message)
         elif kind == protocol.DONE:

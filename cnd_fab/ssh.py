@@ -198,6 +198,8 @@ class SshHost(Host):
             try:
                 connection.open()
                 self.connection = connection
+                if self.reachable_at is None:
+                    self.reachable_at = time.monotonic()
                 return connection
             except paramiko.BadHostKeyException as error:
                 connection.close()

@@ -89,6 +89,8 @@ class Host(ABC):
     """One machine (or stand-in) that runs one worker for the whole run."""
 
     name: str
+    #: When the host first became reachable (monotonic clock), for start-up figures.
+    reachable_at: Optional[float] = None
 
     @abstractmethod
     def start_worker(self, run_id: str) -> WorkerChannel:

@@ -331,6 +331,9 @@ class Worker(object):
                 self.pending,
                 (index, chunk_start, min(end, chunk_start + step), block, nonce_bytes, difficulty),
             )
+        if len(self.units) == 1:
+            # Tell the controller at once that this host went from idle to working.
+            self.send(PROGRESS, hashes=sum(self.counters), units=sorted(self.units))
 
     def _cancel_above(self, above):
         self.cancel_floor = min(self.cancel_floor, above)

@@ -73,18 +73,29 @@ class LocalHost(Host):
             )
         except OSError as error:
             raise HostConnectError(f"{self.name}: cannot start the worker: {error}") from error
+        self.reachable_at = time.monotonic()
         self.journal.record("local-worker", host=self.name, pid=self.process.pid)
         return PipeChannel(self.process)
 
     def stop_worker(self) -> None:
         if self.process is None:
             return
-        kill_process_group(self.process.pid)
+        # Our own child: wait() reaps it, where polling the group would see a zombie.
+        group = self.process.pid
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(group, signum)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                continue
         try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            os.killpg(group, signal.SIGKILL)  # any core that outlived its worker
+        except ProcessLookupError:
+            pass
+        self.process.wait()
         for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
             if stream is not None:
                 try:
