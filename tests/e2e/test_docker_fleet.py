@@ -105,14 +105,27 @@ def test_uneven_hosts_get_units_in_proportion(tmp_path: Path) -> None:
         assert abs(host["units"] / total_units - host["hashes"] / total_hashes) < 0.05, hosts
 
 
-@pytest.mark.parametrize("action", ["kill", "pause"])
+# Kills every sshd session process (not the listener): the host's connection drops.
+DROP_CONNECTIONS = (
+    "import os, signal\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    try: cmd = open('/proc/%s/cmdline' % pid, 'rb').read()\n"
+    "    except OSError: continue\n"
+    "    if cmd.startswith(b'sshd: root'): os.kill(int(pid), signal.SIGKILL)\n"
+)
+
+
+@pytest.mark.parametrize("action", ["kill", "pause", "drop"])
 def test_lost_container_mid_run_still_gives_the_lowest(docker_client: Any, action: str) -> None:
     run = LiveRun("--provider", "docker", "--count", "4", "--difficulty", "24")
     run.joined(4)
     assert run.run_id is not None
     # docker-1 joined first or not, it holds low units: units 0..7 are all in flight.
     victim = docker_client.containers.get(f"{run.run_id}-1")
-    getattr(victim, action)()
+    if action == "drop":
+        assert victim.exec_run(["python3", "-c", DROP_CONNECTIONS]).exit_code == 0
+    else:
+        getattr(victim, action)()
     record = run.result()
     assert run.process.returncode == 0, run.stderr
     assert record["nonce"] == LOWEST_D24 and record["lowest"] is True
