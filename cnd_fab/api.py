@@ -14,7 +14,7 @@ from typing import IO, Any, Dict, Iterator, List, Optional, Union
 
 from rich.console import Console
 
-from .errors import CndError
+from .errors import CndError, InputError
 from .fleet import (
     FOUND_STATUS,
     INTERRUPTED_STATUS,
@@ -69,6 +69,28 @@ def stderr_console() -> Console:
     return console
 
 
+def confirm_cost(request: SearchRequest, console: Console) -> None:
+    """Show what a paid run may cost; refuse or ask before anything is launched."""
+    estimate = request.provider.cost_estimate(request.count, request.timeout)
+    if estimate is None:
+        return
+    console.print(estimate.describe(), highlight=False, soft_wrap=True)
+    if request.max_cost is not None:
+        if estimate.total is None:
+            raise InputError(f"--max-cost cannot be checked: no built-in price for {estimate.instance_type}")
+        if estimate.total > request.max_cost:
+            raise InputError(
+                f"the estimate ${estimate.total:.4f} is above --max-cost ${request.max_cost:.4f}; nothing was launched"
+            )
+    if request.confirmed:
+        return
+    if not sys.stdin.isatty():
+        raise InputError("this run launches paid instances: pass --yes to confirm it when not on a terminal")
+    answer = console.input(f"launch {request.count} {request.provider.name} instance(s)? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise InputError("not confirmed; nothing was launched")
+
+
 def describe_odds(request: SearchRequest) -> str:
     problem = request.problem
     none_chance = problem.chance_space_has_none()
@@ -93,6 +115,12 @@ def search(
     inventory: Optional[str] = None,
     accept_new_host_key: bool = False,
     image: Optional[str] = None,
+    region: Optional[str] = None,
+    instance_type: Optional[str] = None,
+    ami: Optional[str] = None,
+    ssh_cidr: Optional[str] = None,
+    yes: bool = False,
+    max_cost: Flag = None,
     out: Optional[IO[str]] = None,
     console: Optional[Console] = None,
 ) -> int:
@@ -111,10 +139,17 @@ def search(
         inventory=inventory,
         accept_new_host_key=accept_new_host_key,
         image=image,
+        region=region,
+        instance_type=instance_type,
+        ami=ami,
+        ssh_cidr=ssh_cidr,
+        confirmed=yes,
+        max_cost=_text(max_cost),
     )
     chosen = request.provider
     out = out or sys.stdout
     console = console or stderr_console()
+    confirm_cost(request, console)
     started = time.monotonic()
     deadline = None if request.timeout is None else started + request.timeout
     journal = RunJournal.start(chosen.name)
@@ -161,8 +196,13 @@ def search(
         chosen.release(hosts, journal)
         journal.close(CLEANED, outcome=outcome.status if outcome else "failed")
     print_summary(console, outcome)
+    cost = chosen.incurred_cost()
+    if cost is not None:
+        console.print(f"cost incurred: about ${cost:.4f} (per-second billing, 60 s minimum per instance)", highlight=False)
     if request.json_output:
-        out.write(json.dumps(result_record(request, outcome, journal.run_id)) + "\n")
+        record = result_record(request, outcome, journal.run_id)
+        record["cost_usd"] = None if cost is None else round(cost, 6)
+        out.write(json.dumps(record) + "\n")
     else:
         out.write(result_text(request, outcome, journal.run_id) + "\n")
     out.flush()
@@ -267,57 +307,146 @@ def _controller_alive(journal: RunJournal) -> bool:
         return False
 
 
+def _journal_regions(journals: List[RunJournal], extra: Optional[str]) -> List[str]:
+    regions = {str(j.details["region"]) for j in journals if j.provider == "ec2" and j.details.get("region")}
+    if extra:
+        regions.add(extra)
+    return sorted(regions)
+
+
+def find_leftovers(
+    run_id: Optional[str], all_runs: bool, expired: bool, region: Optional[str], console: Console
+) -> List[RunJournal]:
+    """The runs to tear down: open journals whose controller is gone, plus containers and
+    instances found by their run label or tag (their journal may be lost or closed)."""
+    from .providers.docker import DockerProvider
+    from .providers.ec2 import Ec2Provider
+
+    journals = RunJournal.all()
+    chosen: Dict[str, RunJournal] = {}
+    busy = set()
+    for journal in journals:
+        if run_id is not None:
+            if journal.run_id == run_id:
+                chosen[run_id] = journal
+            continue
+        if journal.status != OPEN or expired:
+            continue
+        if _controller_alive(journal) and not all_runs:
+            busy.add(journal.run_id)
+            console.print(f"skipping {journal.run_id}: its controller is still running (use --run or --all)")
+            continue
+        chosen[journal.run_id] = journal
+
+    def consider(found_run: str, provider: str, **details: Any) -> None:
+        if found_run in chosen or found_run in busy or (run_id is not None and found_run != run_id):
+            return
+        chosen[found_run] = RunJournal(run_id=found_run, provider=provider, details=dict(details))
+
+    if not expired:
+        try:
+            for found_run in DockerProvider().labelled_runs():
+                consider(found_run, DockerProvider.name)
+        except CndError:
+            pass  # no Docker engine here: nothing of ours can run on it
+    regions = _journal_regions(journals, region)
+    if regions:
+        ec2 = Ec2Provider()
+        try:
+            for found_run, found_region in ec2.labelled_runs(regions, expired_only=expired).items():
+                consider(found_run, Ec2Provider.name, region=found_region)
+        except Exception as error:  # botocore's errors: report and go on with what is known
+            console.print(f"cannot search EC2 in {', '.join(regions)} by tag: {error}", highlight=False)
+    return list(chosen.values())
+
+
 def teardown(
     run_id: Optional[str] = None,
+    all_runs: bool = False,
+    expired: bool = False,
     dry_run: bool = False,
     inventory: Optional[str] = None,
+    region: Optional[str] = None,
     console: Optional[Console] = None,
 ) -> int:
-    """Remove whatever runs left behind: open journals, and containers by their run label.
-
-    Safe to run any number of times. A run whose controller is still alive is skipped
-    unless it is named with --run.
-    """
+    """Remove whatever runs left behind. Safe to run any number of times."""
     from . import inventory as inventory_file
     from .providers import ProviderOptions
-    from .providers.docker import DockerProvider
 
     console = console or stderr_console()
-    options = ProviderOptions(inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory())
-    journals = RunJournal.all()
-    if run_id is not None:
-        chosen = [j for j in journals if j.run_id == run_id]
-    else:
-        chosen = []
-        for journal in journals:
-            if journal.status != OPEN:
-                continue
-            if _controller_alive(journal):
-                console.print(f"skipping {journal.run_id}: its controller is still running (use --run to force)")
-                continue
-            chosen.append(journal)
-    # Containers whose journal is lost or closed are still found by their label.
-    docker = DockerProvider(options)
-    try:
-        labelled = docker.labelled_runs()
-    except CndError:
-        labelled = []
-    known = {j.run_id for j in chosen}
-    live = {j.run_id for j in journals if j.status == OPEN and j.run_id not in known}
-    for label_run in labelled:
-        if label_run not in known and label_run not in live and (run_id is None or label_run == run_id):
-            chosen.append(RunJournal(run_id=label_run, provider=DockerProvider.name))
+    options = ProviderOptions(
+        inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory(), region=region
+    )
+    chosen = find_leftovers(run_id, all_runs, expired, region, console)
     if run_id is not None and not chosen:
-        raise CndError(f"nothing is known of run {run_id!r}: no journal and no labelled container")
+        raise CndError(f"nothing is known of run {run_id!r}: no journal, no labelled container or tagged instance")
     handled = 0
+    incomplete = 0
     for journal in chosen:
         provider = provider_class(journal.provider)(options)
         lines = provider.teardown(journal, dry_run=dry_run)
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
-        handled += sum(1 for line in lines if not line.startswith(INCOMPLETE))
-        if not dry_run and journal.path.name and not any(line.startswith(INCOMPLETE) for line in lines):
+        failed = [line for line in lines if line.startswith(INCOMPLETE)]
+        incomplete += len(failed)
+        handled += len(lines) - len(failed)
+        if not dry_run and journal.path.name and not failed:
             journal.close(CLEANED)
     verb = "would remove" if dry_run else "removed"
     console.print(f"teardown: {verb} {handled} resource(s) from {len(chosen)} run(s)", highlight=False)
+    if incomplete:
+        raise CndError(f"teardown left {incomplete} resource(s) it could not remove; see above, then run it again")
+    return EXIT_OK
+
+
+def status(region: Optional[str] = None, console: Optional[Console] = None) -> int:
+    """Print the live runs: open journals, cnd-fab containers and tagged EC2 instances."""
+    from rich.table import Table
+
+    from .providers.docker import RUN_LABEL, DockerProvider
+    from .providers.ec2 import Ec2Provider, EXPIRES_TAG, LIVE_STATES, RUN_TAG, TOOL_TAG
+
+    console = console or Console()
+    journals = [j for j in RunJournal.all() if j.status == OPEN]
+    table = Table(title="open runs")
+    for column in ("run", "provider", "started", "controller", "resources"):
+        table.add_column(column)
+    for journal in journals:
+        table.add_row(
+            journal.run_id,
+            journal.provider,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(journal.created)),
+            "running" if _controller_alive(journal) else "gone",
+            ", ".join(sorted({str(r.get("kind")) for r in journal.resources})) or "-",
+        )
+    console.print(table)
+    try:
+        containers = DockerProvider()._containers()
+    except CndError:
+        containers = []
+    if containers:
+        boxes = Table(title="cnd-fab containers")
+        for column in ("container", "state", "run"):
+            boxes.add_column(column)
+        for container in containers:
+            boxes.add_row(container.name, container.status, container.labels.get(RUN_LABEL, "?"))
+        console.print(boxes)
+    regions = _journal_regions(RunJournal.all(), region)
+    if regions:
+        instances = Table(title=f"cnd-fab instances in {', '.join(regions)}")
+        for column in ("instance", "type", "state", "run", "expires"):
+            instances.add_column(column)
+        ec2 = Ec2Provider()
+        for each in regions:
+            found = ec2.client("ec2", each).describe_instances(
+                Filters=[{"Name": f"tag:{TOOL_TAG}", "Values": ["cnd-fab"]}, {"Name": "instance-state-name", "Values": LIVE_STATES}]
+            )
+            for reservation in found["Reservations"]:
+                for instance in reservation["Instances"]:
+                    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                    instances.add_row(
+                        instance["InstanceId"], instance["InstanceType"], instance["State"]["Name"],
+                        tags.get(RUN_TAG, "?"), tags.get(EXPIRES_TAG, "?"),
+                    )
+        console.print(instances)
     return EXIT_OK

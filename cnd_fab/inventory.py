@@ -43,6 +43,11 @@ class Ec2Settings:
     region: Optional[str] = None
     instance_type: Optional[str] = None
     ami: Optional[str] = None
+    #: The public SSM parameter that names the AMI when `ami` is not given.
+    ami_parameter: Optional[str] = None
+    ssh_cidr: Optional[str] = None
+    #: Seconds to wait for SSH on new instances.
+    ssh_timeout: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -175,12 +180,11 @@ def load(path_text: str) -> Inventory:
 
     ec2 = Ec2Settings()
     if data.get("ec2") is not None:
-        raw_ec2 = check.mapping(data["ec2"], ("ec2",), ("region", "instance_type", "ami"))
-        ec2 = Ec2Settings(
-            region=None if "region" not in raw_ec2 else check.text(raw_ec2["region"], ("ec2", "region")),
-            instance_type=None
-            if "instance_type" not in raw_ec2
-            else check.text(raw_ec2["instance_type"], ("ec2", "instance_type")),
-            ami=None if "ami" not in raw_ec2 else check.text(raw_ec2["ami"], ("ec2", "ami")),
-        )
+        text_fields = ("region", "instance_type", "ami", "ami_parameter", "ssh_cidr")
+        raw_ec2 = check.mapping(data["ec2"], ("ec2",), text_fields + ("ssh_timeout",))
+        texts = {name: check.text(raw_ec2[name], ("ec2", name)) for name in text_fields if name in raw_ec2}
+        ssh_timeout = None
+        if "ssh_timeout" in raw_ec2:
+            ssh_timeout = float(check.whole(raw_ec2["ssh_timeout"], ("ec2", "ssh_timeout"), 1))
+        ec2 = Ec2Settings(ssh_timeout=ssh_timeout, **texts)
     return Inventory(path=path, hosts=tuple(hosts), known_hosts=known_hosts, docker=docker, ec2=ec2)

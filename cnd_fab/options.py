@@ -39,6 +39,8 @@ class SearchRequest:
     timeout: Optional[float]
     first_found_wins: bool
     json_output: bool
+    confirmed: bool = False
+    max_cost: Optional[float] = None
 
 
 def parse_whole(flag: str, raw: object, low: int, high: Optional[int] = None) -> int:
@@ -116,6 +118,12 @@ def parse_search(
     inventory: Optional[str] = None,
     accept_new_host_key: bool = False,
     image: Optional[str] = None,
+    region: Optional[str] = None,
+    instance_type: Optional[str] = None,
+    ami: Optional[str] = None,
+    ssh_cidr: Optional[str] = None,
+    confirmed: bool = False,
+    max_cost: Optional[str] = None,
 ) -> SearchRequest:
     parsed_difficulty = parse_whole(
         "difficulty", DEFAULT_DIFFICULTY if difficulty is None else difficulty, 1, 256
@@ -128,12 +136,27 @@ def parse_search(
     requested_hosts = None if count is None else parse_whole("count", count, 1)
     chosen_class = provider_class((provider or DEFAULT_PROVIDER).strip())
     deadline = None if timeout is None else parse_seconds("timeout", timeout)
-    if image is not None and not image.strip():
-        raise InputError("--image is empty")
+    texts = {"image": image, "region": region, "instance-type": instance_type, "ami": ami, "ssh-cidr": ssh_cidr}
+    for flag, value in texts.items():
+        if value is not None and not value.strip():
+            raise InputError(f"--{flag} is empty")
+    cost_cap = None
+    if max_cost is not None:
+        try:
+            cost_cap = float(str(max_cost).strip().lstrip("$"))
+        except ValueError:
+            raise InputError(f"--max-cost must be an amount in USD, not {max_cost!r}") from None
+        if not math.isfinite(cost_cap) or cost_cap < 0:
+            raise InputError(f"--max-cost must be an amount in USD of 0 or more, not {max_cost!r}")
     options = ProviderOptions(
         inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory(),
         accept_new_host_key=accept_new_host_key,
         image=image.strip() if image else None,
+        region=region.strip() if region else None,
+        instance_type=instance_type.strip() if instance_type else None,
+        ami=ami.strip() if ami else None,
+        ssh_cidr=ssh_cidr.strip() if ssh_cidr else None,
+        timeout=deadline,
     )
     chosen = chosen_class(options)
     hosts = chosen.default_count() if requested_hosts is None else requested_hosts
@@ -148,4 +171,6 @@ def parse_search(
         timeout=deadline,
         first_found_wins=first_found_wins,
         json_output=json_output,
+        confirmed=confirmed,
+        max_cost=cost_cap,
     )

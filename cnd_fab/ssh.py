@@ -47,6 +47,10 @@ class KeyPair:
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         ).decode()
+        return cls.from_private(text, comment)
+
+    @classmethod
+    def from_private(cls, text: str, comment: str) -> "KeyPair":
         key = paramiko.Ed25519Key.from_private_key(io.StringIO(text))
         return cls(key, text, f"{key.get_name()} {key.get_base64()} {comment}")
 

@@ -56,6 +56,12 @@ _COUNT_HELP = "; ".join(f"{name}: {cls.count_meaning}" for name, cls in sorted(P
         "inventory": "YAML file of static hosts and provider settings (see inventory.example.yaml)",
         "accept-new-host-key": "trust unknown static host keys on first use and save them (unsafe; says so)",
         "image": "docker provider: the SSH host image (default cnd-fab-sshd:latest)",
+        "region": "ec2: the AWS region (default: ec2.region, then AWS_DEFAULT_REGION)",
+        "instance-type": "ec2: the instance type (default c7a.large)",
+        "ami": "ec2: the AMI (default: the current Ubuntu LTS, from its public SSM parameter)",
+        "ssh-cidr": "ec2: who may reach port 22 (default: this machine's public address /32)",
+        "yes": "ec2: launch without asking to confirm the cost estimate",
+        "max-cost": "ec2: refuse to launch if the estimate is above this many USD",
     }
 )
 @one_line_errors
@@ -74,6 +80,12 @@ def search(
     inventory: Optional[str] = None,
     accept_new_host_key: bool = False,
     image: Optional[str] = None,
+    region: Optional[str] = None,
+    instance_type: Optional[str] = None,
+    ami: Optional[str] = None,
+    ssh_cidr: Optional[str] = None,
+    yes: bool = False,
+    max_cost: Optional[str] = None,
 ) -> int:
     """Find the lowest golden nonce over a fleet of hosts, with live progress."""
     return api.search(
@@ -90,20 +102,46 @@ def search(
         inventory=inventory,
         accept_new_host_key=accept_new_host_key,
         image=image,
+        region=region,
+        instance_type=instance_type,
+        ami=ami,
+        ssh_cidr=ssh_cidr,
+        yes=yes,
+        max_cost=max_cost,
     )
 
 
 @task(
     help={
         "run": "tear down only this run id (even if its controller still runs)",
+        "all": "every run found by journal, label or tag, even with a live controller",
+        "expired": "only EC2 runs whose cnd-fab:expires-at tag has passed",
         "dry-run": "say what would be removed, remove nothing",
         "inventory": "the inventory of static hosts, to clean their run directories",
+        "region": "also search this AWS region for tagged instances",
     }
 )
 @one_line_errors
-def teardown(c: Context, run: Optional[str] = None, dry_run: bool = False, inventory: Optional[str] = None) -> int:
+def teardown(
+    c: Context,
+    run: Optional[str] = None,
+    all_: bool = False,
+    expired: bool = False,
+    dry_run: bool = False,
+    inventory: Optional[str] = None,
+    region: Optional[str] = None,
+) -> int:
     """Kill and remove everything that runs left behind (safe to repeat)."""
-    return api.teardown(run_id=run, dry_run=dry_run, inventory=inventory)
+    return api.teardown(
+        run_id=run, all_runs=all_, expired=expired, dry_run=dry_run, inventory=inventory, region=region
+    )
+
+
+@task(help={"region": "also search this AWS region for tagged instances"})
+@one_line_errors
+def status(c: Context, region: Optional[str] = None) -> int:
+    """List live runs and their resources (journals, containers, instances)."""
+    return api.status(region=region)
 
 
 @task(

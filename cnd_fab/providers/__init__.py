@@ -7,11 +7,12 @@ from typing import Dict, Type
 from ..errors import InputError
 from .base import Host, Provider, ProviderOptions
 from .docker import DockerProvider
+from .ec2 import Ec2Provider
 from .local import LocalProvider
 from .static import StaticProvider
 
 PROVIDERS: Dict[str, Type[Provider]] = {
-    provider.name: provider for provider in (LocalProvider, DockerProvider, StaticProvider)
+    provider.name: provider for provider in (LocalProvider, DockerProvider, StaticProvider, Ec2Provider)
 }
 
 

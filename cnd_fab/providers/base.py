@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, List, Optional
 
+from ..cost import CostEstimate
 from ..inventory import Inventory
 from ..journal import RunJournal
 from ..transport import Host
@@ -26,6 +27,12 @@ class ProviderOptions:
     inventory: Inventory = field(default_factory=Inventory)
     accept_new_host_key: bool = False
     image: Optional[str] = None
+    region: Optional[str] = None
+    instance_type: Optional[str] = None
+    ami: Optional[str] = None
+    ssh_cidr: Optional[str] = None
+    #: The run's --timeout, for providers whose hosts must outlive no controller.
+    timeout: Optional[float] = None
     warn: Callable[[str], None] = _print_warning
 
 
@@ -41,6 +48,14 @@ class Provider(ABC):
 
     def default_count(self) -> int:
         return 1
+
+    def cost_estimate(self, count: int, timeout: Optional[float]) -> Optional[CostEstimate]:
+        """What the run may cost at most; None where it costs nothing."""
+        return None
+
+    def incurred_cost(self) -> Optional[float]:
+        """What the run cost in USD, after release; None where it costs nothing."""
+        return None
 
     def check(self, count: int) -> None:
         """Reject a request before anything is launched. Raises InputError or ProviderError."""

@@ -36,8 +36,8 @@ def free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _key_archive(host_key: KeyPair, login_key: KeyPair) -> bytes:
-    """A tar of the container's key directory: its host key and our login key."""
+def key_archive(host_key: KeyPair, authorized_key: str) -> bytes:
+    """A tar of the container's key directory: its host key and the login key it accepts."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         folder = tarfile.TarInfo("cnd-fab")
@@ -46,7 +46,7 @@ def _key_archive(host_key: KeyPair, login_key: KeyPair) -> bytes:
         for name, text, mode in (
             ("host_key", host_key.private_openssh, 0o600),
             ("host_key.pub", host_key.public_line + "\n", 0o644),
-            ("authorized_keys", login_key.public_line + "\n", 0o644),
+            ("authorized_keys", authorized_key + "\n", 0o644),
         ):
             data = text.encode()
             info = tarfile.TarInfo(f"cnd-fab/{name}")
@@ -154,7 +154,7 @@ class DockerProvider(Provider):
                     nano_cpus=int(cpus * 1e9) if cpus else None,
                     detach=True,
                 )
-                container.put_archive("/etc/ssh", _key_archive(host_key, login_key))
+                container.put_archive("/etc/ssh", key_archive(host_key, login_key.public_line))
                 container.start()
             except docker_sdk.errors.DockerException as error:
                 raise ProviderError(f"docker: starting container {name} failed: {error}") from None

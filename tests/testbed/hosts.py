@@ -12,9 +12,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
-from cnd_fab.providers.docker import LOOPBACK, TOOL_LABEL, _key_archive, free_loopback_port, sshd_command
+from cnd_fab.providers.docker import LOOPBACK, TOOL_LABEL, free_loopback_port, key_archive, sshd_command
 from cnd_fab.ssh import KeyPair
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,23 +65,22 @@ class TestbedHost:
         return f"[{LOOPBACK}]:{self.port} {key.get_name()} {key.get_base64()}"
 
 
+def start_host(client: Any, name: str, host_key: KeyPair, authorized_key: str, labels: Dict[str, str]) -> TestbedHost:
+    """One sshd container on its own loopback port, not yet known to answer."""
+    port = free_loopback_port()
+    container = client.containers.create(
+        IMAGE, command=sshd_command(port), name=name, network_mode="host", labels=labels, detach=True
+    )
+    container.put_archive("/etc/ssh", key_archive(host_key, authorized_key))
+    container.start()
+    return TestbedHost(name, port, host_key, container)
+
+
 def start_hosts(client: Any, count: int, login_key: KeyPair, prefix: str) -> List[TestbedHost]:
-    hosts: List[TestbedHost] = []
-    for index in range(count):
-        name = f"{prefix}-{index + 1}"
-        port = free_loopback_port()
-        host_key = KeyPair.generate(name)
-        container = client.containers.create(
-            IMAGE,
-            command=sshd_command(port),
-            name=name,
-            network_mode="host",
-            labels={TESTBED_LABEL: prefix},
-            detach=True,
-        )
-        container.put_archive("/etc/ssh", _key_archive(host_key, login_key))
-        container.start()
-        hosts.append(TestbedHost(name, port, host_key, container))
+    hosts = [
+        start_host(client, f"{prefix}-{i + 1}", KeyPair.generate(prefix), login_key.public_line, {TESTBED_LABEL: prefix})
+        for i in range(count)
+    ]
     for host in hosts:
         wait_for_banner(host.port)
     return hosts
