@@ -1,0 +1,300 @@
+"""The EC2 provider against a moto server on 127.0.0.1, with local sshd stand-ins.
+
+moto's gaps, and how each is covered: it does not deduplicate ClientToken, ignores
+CreditSpecification, passes waiters at once and never runs user-data. So the requests we
+send are recorded and asserted on, and the stand-ins "boot" from the user-data themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+import yaml
+
+from cnd_fab.errors import ProviderError
+from cnd_fab.journal import RunJournal
+from cnd_fab.providers import ProviderOptions
+from cnd_fab.providers.ec2 import EXPIRES_TAG, RUN_TAG, TOOL_TAG, Ec2Provider
+from cnd_fab.inventory import load
+from tests.helpers import REPO, cli, run_cli, wait_for_no_workers
+from tests.testbed import ec2_standin
+from tests.testbed.moto_server import AMI_PARAMETER, REGION, MotoServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_leaked_workers", "no_leaked_standins")]
+
+LOWEST_D20 = 1027827
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A clean moto for each test, and the environment every process needs to reach it."""
+    import boto3
+
+    moto_server.reset()
+    for name, value in moto_server.environment().items():
+        monkeypatch.setenv(name, value)
+    return boto3.client("ec2", region_name=REGION)
+
+
+@pytest.fixture
+def no_leaked_standins(docker_client: Any) -> Iterator[None]:
+    yield
+    for container in docker_client.containers.list(all=True, filters={"label": f"{ec2_standin.STANDIN_LABEL}"}):
+        container.remove(force=True)
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"ec2": {"region": REGION, "instance_type": "c7a.large", "ami_parameter": AMI_PARAMETER, "ssh_timeout": 20}}
+        )
+    )
+    return path
+
+
+def ec2_cli(*args: str) -> List[str]:
+    return [sys.executable, "-m", "tests.testbed.ec2_cli", *args]
+
+
+def live_instances(ec2: Any) -> List[Dict[str, Any]]:
+    found = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
+    return [i for r in found["Reservations"] for i in r["Instances"]]
+
+
+def run_groups(ec2: Any) -> List[str]:
+    return [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"].startswith("cnd-fab-")]
+
+
+def run_keys(ec2: Any) -> List[str]:
+    return [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"].startswith("cnd-fab-")]
+
+
+def assert_nothing_left(ec2: Any) -> None:
+    assert live_instances(ec2) == []
+    assert run_groups(ec2) == [] and run_keys(ec2) == []
+
+
+def test_search_on_ec2_launches_searches_and_removes_everything(aws: Any, inventory: Path, private_state: Path) -> None:
+    result = run_cli(
+        ec2_cli("search", "--provider", "ec2", "--inventory", str(inventory), "--count", "3",
+                "--difficulty", "20", "--timeout", "300", "--yes", "--json")
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["nonce"] == LOWEST_D20 and record["lowest"] is True
+    assert len(record["hosts"]) == 3 and all(h["name"].startswith("i-") for h in record["hosts"])
+    assert record["cost_usd"] > 0
+    assert "cost estimate: 3 × c7a.large at $0.1027/h for up to 5.0 min = $0.0257" in result.stderr
+    assert "cost incurred: about $" in result.stderr
+    instances = aws.describe_instances()["Reservations"][0]["Instances"]
+    assert len(instances) == 3 and {i["State"]["Name"] for i in instances} == {"terminated"}
+    assert_nothing_left(aws)
+    journal = json.loads(next((private_state / "runs").glob("*.json")).read_text())
+    assert journal["status"] == "cleaned" and journal["details"]["cost_usd"] > 0
+    kinds = [r["kind"] for r in journal["resources"]]
+    assert kinds.index("ec2-key-pair") < kinds.index("ec2-security-group") < kinds.index("ec2-launch") < kinds.index("ec2-instances")
+
+
+class Recorder:
+    """Keeps the parameters of every call of one operation, as boto3 sends them."""
+
+    def __init__(self) -> None:
+        self.calls: List[Dict[str, Any]] = []
+
+    def __call__(self, params: Dict[str, Any], **kwargs: Any) -> None:
+        self.calls.append(dict(params))
+
+
+def provider_for(inventory: Path, timeout: float = 300, **overrides: Any) -> Ec2Provider:
+    ec2_standin.install()
+    return Ec2Provider(ProviderOptions(inventory=load(str(inventory)), timeout=timeout, **overrides))
+
+
+@pytest.mark.parametrize("instance_type, burstable", [("c7a.large", False), ("t3.micro", True)])
+def test_launch_request_carries_every_setting(aws: Any, inventory: Path, instance_type: str, burstable: bool) -> None:
+    provider = provider_for(inventory, timeout=600, instance_type=instance_type)
+    recorded = {op: Recorder() for op in ("RunInstances", "AuthorizeSecurityGroupIngress", "ImportKeyPair")}
+    for op, recorder in recorded.items():
+        provider.ec2.meta.events.register(f"provide-client-params.ec2.{op}", recorder)
+    journal = RunJournal.start("ec2")
+    hosts = provider.launch(2, journal)
+    try:
+        [request] = recorded["RunInstances"].calls
+        assert request["MinCount"] == request["MaxCount"] == 2
+        assert request["ClientToken"] == journal.run_id
+        assert request["InstanceInitiatedShutdownBehavior"] == "terminate"
+        assert request["MetadataOptions"]["HttpTokens"] == "required"
+        assert "IamInstanceProfile" not in request
+        assert ("CreditSpecification" in request) == burstable
+        if burstable:
+            assert request["CreditSpecification"] == {"CpuCredits": "unlimited"}
+        specs = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in request["TagSpecifications"]}
+        assert set(specs) == {"instance", "volume"}
+        for tags in specs.values():
+            assert tags[TOOL_TAG] == "cnd-fab" and tags[RUN_TAG] == journal.run_id and tags[EXPIRES_TAG].endswith("Z")
+        user_data = yaml.safe_load(request["UserData"].split("\n", 1)[1])
+        assert user_data["runcmd"] == [["shutdown", "-P", "+20"]]  # 600 s timeout + 10 min margin
+        assert user_data["ssh_keys"]["ed25519_public"].startswith("ssh-ed25519 ")
+        [ingress] = recorded["AuthorizeSecurityGroupIngress"].calls
+        assert ingress["IpPermissions"] == [
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "127.0.0.1/32", "Description": "cnd-fab controller"}]}
+        ]
+        assert recorded["ImportKeyPair"].calls[0]["KeyName"] == f"cnd-fab-{journal.run_id}"
+        described = aws.describe_instances(InstanceIds=provider.instance_ids)["Reservations"][0]["Instances"]
+        assert {i["InstanceType"] for i in described} == {instance_type}
+        assert {tag["Value"] for i in described for tag in i["Tags"] if tag["Key"] == RUN_TAG} == {journal.run_id}
+        # The pinned host key is the one in the user-data, not one learnt from the host.
+        for host in hosts:
+            assert host.target.pinned_host_keys[0].get_base64() in user_data["ssh_keys"]["ed25519_public"]  # type: ignore[attr-defined]
+    finally:
+        provider.release(hosts, journal)
+    assert_nothing_left(aws)
+
+
+class FailingSend:
+    """A before-send handler that answers an EC2 call with an error `times` times."""
+
+    def __init__(self, code: str, status: int, times: int) -> None:
+        self.code, self.status, self.left, self.calls = code, status, times, 0
+
+    def __call__(self, request: Any, **kwargs: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        self.calls += 1
+        if self.left == 0:
+            return None
+        self.left -= 1
+        body = f"<Response><Errors><Error><Code>{self.code}</Code><Message>injected</Message></Error></Errors><RequestID>t</RequestID></Response>".encode()
+
+        class Raw:
+            def stream(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+                yield body
+
+        return AWSResponse(request.url, self.status, {}, Raw())
+
+
+def test_throttling_is_retried_by_botocore(aws: Any, inventory: Path) -> None:
+    provider = provider_for(inventory)
+    throttle = FailingSend("RequestLimitExceeded", 503, times=2)
+    provider.ec2.meta.events.register("before-send.ec2.RunInstances", throttle)
+    journal = RunJournal.start("ec2")
+    hosts = provider.launch(1, journal)
+    provider.release(hosts, journal)
+    assert throttle.calls == 3
+    assert_nothing_left(aws)
+
+
+@pytest.mark.parametrize(
+    "code, status, message",
+    [
+        ("InsufficientInstanceCapacity", 500, "AWS has no spare capacity for c7a.large right now"),
+        ("VcpuLimitExceeded", 400, "vCPU quota is too low for this many c7a.large instances; request more On-Demand vCPUs in Service Quotas (code L-1216C47A)"),
+    ],
+)
+def test_failed_launch_is_a_clear_error_and_leaves_nothing(aws: Any, inventory: Path, code: str, status: int, message: str) -> None:
+    provider = provider_for(inventory)
+    failure = FailingSend(code, status, times=100)
+    provider.ec2.meta.events.register("before-send.ec2.RunInstances", failure)
+    journal = RunJournal.start("ec2")
+    with pytest.raises(ProviderError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        provider.launch(2, journal)
+    assert run_groups(aws) and run_keys(aws)  # made before the launch failed
+    provider.release([], journal)
+    assert_nothing_left(aws)
+
+
+def test_unreachable_instance_is_lost_and_the_run_goes_on(aws: Any, inventory: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    short = tmp_path / "short.yaml"
+    document = yaml.safe_load(inventory.read_text())
+    document["ec2"]["ssh_timeout"] = 4
+    short.write_text(yaml.safe_dump(document))
+    monkeypatch.setenv(ec2_standin.UNREACHABLE_ENV, "2")
+    # D = 24 keeps the one good host busy (about 10 s) past the other's 4 s SSH deadline.
+    result = run_cli(ec2_cli("search", "--provider", "ec2", "--inventory", str(short), "--count", "2", "--difficulty", "24", "--yes", "--json"))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["nonce"] == 30074393 and record["lowest"] is True
+    states = sorted(h["state"] for h in record["hosts"])
+    assert states == ["lost", "stopped"]
+    assert "not reachable over SSH within 4s" in result.stderr
+    assert_nothing_left(aws)
+
+
+def test_killed_controller_then_teardown_twice(aws: Any, inventory: Path, private_state: Path) -> None:
+    process = subprocess.Popen(
+        ec2_cli("search", "--provider", "ec2", "--inventory", str(inventory), "--count", "2", "--difficulty", "256", "--yes"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stderr is not None
+    joined = 0
+    deadline = time.monotonic() + 120
+    while joined < 2 and time.monotonic() < deadline:
+        joined += " joined: " in process.stderr.readline()
+    assert joined == 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(live_instances(aws)) == 2 and run_groups(aws) and run_keys(aws)
+    first = run_cli(cli("teardown"))
+    assert first.returncode == 0, first.stderr
+    assert "terminated 2 instance(s)" in first.stderr
+    assert "deleted security group" in first.stderr and "deleted key pair" in first.stderr
+    assert_nothing_left(aws)
+    second = run_cli(cli("teardown"))
+    assert second.returncode == 0 and "removed 0 resource(s) from 0 run(s)" in second.stderr
+    assert not wait_for_no_workers(within=5)
+
+
+def test_teardown_expired_finds_instances_by_tag_alone(aws: Any) -> None:
+    image = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+
+    def launch(run: str, expires: str) -> str:
+        tags = [{"Key": TOOL_TAG, "Value": "cnd-fab"}, {"Key": RUN_TAG, "Value": run}, {"Key": EXPIRES_TAG, "Value": expires}]
+        answer = aws.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+        return str(answer["Instances"][0]["InstanceId"])
+
+    old = launch("cnd-old", "2020-01-01T00:00:00Z")
+    fresh = launch("cnd-fresh", "2999-01-01T00:00:00Z")
+    status = run_cli(cli("status", "--region", REGION))
+    assert old in status.stdout and fresh in status.stdout
+    result = run_cli(cli("teardown", "--expired", "--region", REGION))
+    assert result.returncode == 0, result.stderr
+    assert f"terminated 1 instance(s) of cnd-old in {REGION}: {old}" in result.stderr
+    assert [i["InstanceId"] for i in live_instances(aws)] == [fresh]
+    everything = run_cli(cli("teardown", "--all", "--region", REGION))
+    assert f"cnd-fresh in {REGION}: {fresh}" in everything.stderr
+    assert live_instances(aws) == []
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-cost", "0.001", "--yes"], "the estimate $0.0257 is above --max-cost $0.0010; nothing was launched"),
+        ([], "this run launches paid instances: pass --yes to confirm it when not on a terminal"),
+        (["--max-cost", "lots"], "--max-cost must be an amount in USD, not 'lots'"),
+        (["--instance-type", "huge"], "--instance-type 'huge' is not an instance type such as c7a.large"),
+        (["--ssh-cidr", "everyone"], "--ssh-cidr 'everyone' is not an address range"),
+    ],
+)
+def test_refusals_come_before_any_launch(aws: Any, inventory: Path, extra: List[str], message: str) -> None:
+    result = run_cli(ec2_cli("search", "--provider", "ec2", "--inventory", str(inventory), "--count", "3", "--timeout", "300", *extra))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"cnd-fab: {message}" or message in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert_nothing_left(aws)
+    assert aws.describe_instances()["Reservations"] == []
