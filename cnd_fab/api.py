@@ -86,7 +86,7 @@ def confirm_cost(request: SearchRequest, console: Console) -> None:
         return
     if not sys.stdin.isatty():
         raise InputError("this run launches paid instances: pass --yes to confirm it when not on a terminal")
-    answer = console.input(f"launch {request.count} {request.provider.name} instance(s)? [y/N] ")
+    answer = console.input(f"launch {request.count} {request.provider.name} instance(s)? [y/N] ", markup=False)
     if answer.strip().lower() not in ("y", "yes"):
         raise InputError("not confirmed; nothing was launched")
 

@@ -203,6 +203,8 @@ BAD_INPUTS = [
     (["--provider", "static", "--inventory", "/nonexistent.yaml"], "cannot read the inventory /nonexistent.yaml"),
     (["--provider", "static", "--inventory", "inventory.example.yaml"], "inventory.example.yaml:12: hosts[0].key names"),
     (["--count", "65"], "--count 65 is too many local workers"),
+    (["--provider", "ec2"], "no AWS region: give --region"),
+    (["--provider", "ec2", "--region", "eu-west-2"], "no AWS credentials found"),
 ]
 
 

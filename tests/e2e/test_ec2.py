@@ -298,3 +298,22 @@ def test_refusals_come_before_any_launch(aws: Any, inventory: Path, extra: List[
     assert "Traceback" not in result.stderr
     assert_nothing_left(aws)
     assert aws.describe_instances()["Reservations"] == []
+
+
+def test_terminal_asks_before_launching(aws: Any, inventory: Path) -> None:
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        ec2_cli("search", "--provider", "ec2", "--inventory", str(inventory), "--count", "2", "--timeout", "60"),
+        cwd=REPO, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    os.close(slave)
+    os.write(master, b"n\n")
+    _, stderr = process.communicate(timeout=60)
+    os.close(master)
+    assert process.returncode == 2, stderr
+    assert "launch 2 ec2 instance(s)? [y/N]" in stderr
+    assert stderr.strip().splitlines()[-1] == "cnd-fab: not confirmed; nothing was launched"
+    assert_nothing_left(aws)
