@@ -24,6 +24,8 @@ from .fleet import (
     SearchOutcome,
 )
 from .journal import CLEANED, OPEN, RunJournal
+from .kernels import ensure_kernels
+from .transport import WorkerPayload
 from .options import SearchRequest, parse_search
 from .progress import LiveReporter, PlainReporter, human_rate, human_seconds, print_summary
 from .providers import provider_class
@@ -91,6 +93,18 @@ def confirm_cost(request: SearchRequest, console: Console) -> None:
         raise InputError("not confirmed; nothing was launched")
 
 
+def prepare_payload(kernel: str, console: Console) -> WorkerPayload:
+    """Build (or find cached) native kernels for every host architecture before launching."""
+    if kernel == "python":
+        return WorkerPayload(kernel="python")
+    folder, problems = ensure_kernels()
+    for problem in problems:
+        console.print(f"warning: {problem}; those hosts will use pure Python", highlight=False)
+    if folder is None and kernel == "native":
+        raise CndError("--kernel native: no native kernel could be built; see the warnings above")
+    return WorkerPayload(kernel_dir=folder, kernel=kernel)
+
+
 def describe_odds(request: SearchRequest) -> str:
     problem = request.problem
     none_chance = problem.chance_space_has_none()
@@ -121,6 +135,7 @@ def search(
     ssh_cidr: Optional[str] = None,
     yes: bool = False,
     max_cost: Flag = None,
+    kernel: Optional[str] = None,
     out: Optional[IO[str]] = None,
     console: Optional[Console] = None,
 ) -> int:
@@ -145,11 +160,13 @@ def search(
         ssh_cidr=ssh_cidr,
         confirmed=yes,
         max_cost=_text(max_cost),
+        kernel=kernel,
     )
     chosen = request.provider
     out = out or sys.stdout
     console = console or stderr_console()
     confirm_cost(request, console)
+    payload = prepare_payload(request.kernel, console)
     started = time.monotonic()
     deadline = None if request.timeout is None else started + request.timeout
     journal = RunJournal.start(chosen.name)
@@ -190,6 +207,7 @@ def search(
                 reporter=reporter,
                 on_lost=lambda host: host.stop_worker(),
                 started=started,
+                payload=payload,
             )
             outcome = fleet.run()
     finally:

@@ -23,7 +23,7 @@ from .errors import CndError, FleetLostError, WorkerError
 from .providers.base import Host
 from .schedule import Golden, Scheduler
 from .spec import Problem, UnitSpace
-from .transport import WorkerChannel, protocol
+from .transport import WorkerChannel, WorkerPayload, protocol
 
 STARTING = "starting"
 READY = "ready"
@@ -137,7 +137,9 @@ class FleetSearch:
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         on_lost: Optional[Callable[[Host], None]] = None,
         started: Optional[float] = None,
+        payload: WorkerPayload = WorkerPayload(),
     ) -> None:
+        self.payload = payload
         self.problem = problem
         self.space = space
         self.run_id = run_id
@@ -161,7 +163,7 @@ class FleetSearch:
     def _pump(self, session: _Session) -> None:
         name = session.host.name
         try:
-            channel = session.host.start_worker(self.run_id)
+            channel = session.host.start_worker(self.run_id, self.payload)
             session.channel = channel
             self.events.put((name, "opened"))
             while True:
@@ -281,7 +283,10 @@ class FleetSearch:
         view.joined_at = time.monotonic()
         session.prefetch = max(1, int(message.get("prefetch", 2)))
         self.scheduler.add_host(view.name)
-        self.reporter.event(f"{view.name} joined: {view.cores} cores, kernel {view.kernel}")
+        note = message.get("kernel_note")
+        self.reporter.event(
+            f"{view.name} joined: {view.cores} cores, kernel {view.kernel}" + (f" ({note})" if note else "")
+        )
         self._fill(session)
 
     def _progress(self, session: _Session, hashes: int) -> None:

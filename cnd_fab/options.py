@@ -26,6 +26,7 @@ from .spec import (
 
 DEFAULT_DIFFICULTY = 6
 DEFAULT_PROVIDER = "local"
+KERNEL_CHOICES = ("auto", "native", "python")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class SearchRequest:
     json_output: bool
     confirmed: bool = False
     max_cost: Optional[float] = None
+    kernel: str = "auto"
 
 
 def parse_whole(flag: str, raw: object, low: int, high: Optional[int] = None) -> int:
@@ -124,6 +126,7 @@ def parse_search(
     ssh_cidr: Optional[str] = None,
     confirmed: bool = False,
     max_cost: Optional[str] = None,
+    kernel: Optional[str] = None,
 ) -> SearchRequest:
     parsed_difficulty = parse_whole(
         "difficulty", DEFAULT_DIFFICULTY if difficulty is None else difficulty, 1, 256
@@ -136,6 +139,9 @@ def parse_search(
     requested_hosts = None if count is None else parse_whole("count", count, 1)
     chosen_class = provider_class((provider or DEFAULT_PROVIDER).strip())
     deadline = None if timeout is None else parse_seconds("timeout", timeout)
+    kernel_choice = (kernel or "auto").strip()
+    if kernel_choice not in KERNEL_CHOICES:
+        raise InputError(f"--kernel must be one of {', '.join(KERNEL_CHOICES)}, not {kernel_choice!r}")
     texts = {"image": image, "region": region, "instance-type": instance_type, "ami": ami, "ssh-cidr": ssh_cidr}
     for flag, value in texts.items():
         if value is not None and not value.strip():
@@ -173,4 +179,5 @@ def parse_search(
         json_output=json_output,
         confirmed=confirmed,
         max_cost=cost_cap,
+        kernel=kernel_choice,
     )

@@ -23,7 +23,8 @@ from fabric import Config, Connection
 
 from .errors import HostConnectError
 from .journal import RunJournal
-from .transport import Host, WorkerChannel, protocol, worker_source
+from .kernels import kernel_files
+from .transport import Host, WorkerChannel, WorkerPayload, protocol, worker_source
 
 DEFAULT_CONNECT_DEADLINE = 60.0
 COMMAND_TIMEOUT = 10.0
@@ -237,8 +238,8 @@ class SshHost(Host):
             delay = min(2.0, delay * 2)
 
     # --- the worker --------------------------------------------------------------------
-    def push(self, connection: Connection) -> None:
-        """Copy the worker into a private per-run directory over SFTP."""
+    def push(self, connection: Connection, payload: WorkerPayload) -> None:
+        """Copy the worker and the kernel binaries into a private per-run directory over SFTP."""
         try:
             sftp = connection.sftp()
             try:
@@ -246,10 +247,14 @@ class SshHost(Host):
             except OSError:
                 sftp.stat(self.run_dir)  # already there from an earlier attempt
             sftp.putfo(io.BytesIO(worker_source()), f"{self.run_dir}/worker.py")
+            if payload.kernel != "python":
+                for name, data in kernel_files(payload.kernel_dir).items():
+                    sftp.putfo(io.BytesIO(data), f"{self.run_dir}/{name}")
+                    sftp.chmod(f"{self.run_dir}/{name}", 0o755)
         except (OSError, EOFError, paramiko.SSHException) as error:
             raise HostConnectError(f"{self.name}: pushing the worker over SFTP failed: {error}") from error
 
-    def worker_command(self, run_id: str) -> str:
+    def worker_command(self, run_id: str, payload: WorkerPayload = WorkerPayload()) -> str:
         argv = [
             "exec",
             self.target.python,
@@ -262,16 +267,17 @@ class SshHost(Host):
         ]
         if self.target.processes:
             argv += ["--processes", str(int(self.target.processes))]
+        argv += payload.worker_args(self.run_dir if payload.kernel_dir else None)
         return " ".join(shlex.quote(part) for part in argv)
 
-    def start_worker(self, run_id: str) -> WorkerChannel:
+    def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
         connection = self.connect()
         if self.journal is not None:
             self.journal.record("ssh-run-dir", host=self.name, address=self.target.address, run_dir=self.run_dir)
-        self.push(connection)
+        self.push(connection, payload)
         try:
             channel = connection.client.get_transport().open_session(timeout=COMMAND_TIMEOUT)
-            channel.exec_command(self.worker_command(run_id))
+            channel.exec_command(self.worker_command(run_id, payload))
         except (OSError, EOFError, paramiko.SSHException) as error:
             raise HostConnectError(f"{self.name}: starting the worker failed: {error}") from error
         self.started_worker = True

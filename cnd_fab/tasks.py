@@ -62,6 +62,7 @@ _COUNT_HELP = "; ".join(f"{name}: {cls.count_meaning}" for name, cls in sorted(P
         "ssh-cidr": "ec2: who may reach port 22 (default: this machine's public address /32)",
         "yes": "ec2: launch without asking to confirm the cost estimate",
         "max-cost": "ec2: refuse to launch if the estimate is above this many USD",
+        "kernel": "auto (native where it runs, else Python), native (required) or python",
     }
 )
 @one_line_errors
@@ -86,6 +87,7 @@ def search(
     ssh_cidr: Optional[str] = None,
     yes: bool = False,
     max_cost: Optional[str] = None,
+    kernel: Optional[str] = None,
 ) -> int:
     """Find the lowest golden nonce over a fleet of hosts, with live progress."""
     return api.search(
@@ -108,6 +110,7 @@ def search(
         ssh_cidr=ssh_cidr,
         yes=yes,
         max_cost=max_cost,
+        kernel=kernel,
     )
 
 

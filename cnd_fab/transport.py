@@ -5,13 +5,34 @@ from __future__ import annotations
 import subprocess
 import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import IO, List, Optional
 
 from .remote import worker as protocol
 
-__all__ = ["protocol", "worker_source", "WorkerChannel", "PipeChannel", "Host"]
+__all__ = ["protocol", "worker_source", "WorkerChannel", "PipeChannel", "Host", "WorkerPayload"]
+
+
+@dataclass(frozen=True)
+class WorkerPayload:
+    """What every worker is given besides its own file: native kernels and which to use."""
+
+    #: A local folder of sha256d-<architecture> binaries, or None for pure Python only.
+    kernel_dir: Optional[Path] = None
+    #: auto (native when it runs and passes its self-test), python or native.
+    kernel: str = "auto"
+    #: Force one native path (sha-ni, armv8-sha2, portable), for tests and benchmarks.
+    kernel_path: Optional[str] = None
+
+    def worker_args(self, kernel_dir: Optional[str]) -> List[str]:
+        args = ["--kernel", self.kernel]
+        if kernel_dir:
+            args += ["--kernel-dir", kernel_dir]
+        if self.kernel_path:
+            args += ["--kernel-path", self.kernel_path]
+        return args
 
 
 def worker_file() -> Path:
@@ -93,7 +114,7 @@ class Host(ABC):
     reachable_at: Optional[float] = None
 
     @abstractmethod
-    def start_worker(self, run_id: str) -> WorkerChannel:
+    def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
         """Start the worker and return its line channel. Raises HostConnectError."""
 
     @abstractmethod

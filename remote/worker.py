@@ -45,11 +45,19 @@ ERROR = "ERROR"
 STOP = "STOP"
 
 KERNEL_NAME = "python-hashlib"
+NATIVE_PREFIX = "native:"
+KERNEL_BINARY_PREFIX = "sha256d-"
 HEARTBEAT_SECONDS = 0.5
-# Chunks are the pieces a unit is cut into for the cores. About a quarter of a second of
-# work each at pure-Python speed keeps cancellation and progress prompt while the
-# per-chunk queue overhead stays far below 1%.
+# Chunks are the pieces a unit is cut into for the cores: about a quarter of a second of
+# work each (2^18 nonces in Python, 2^22 in the native kernel), so cancellation and
+# progress stay prompt while the per-chunk overhead (a queue hop, and for the kernel a pipe
+# round trip of some tens of microseconds) stays far below 1%.
 DEFAULT_CHUNK_NONCES = 1 << 18
+NATIVE_CHUNK_NONCES = 1 << 22
+MIN_CHUNK_NONCES = 1 << 14
+# The kernel must find this SPEC vector before it is trusted: COMSM0010cloud, D = 16.
+SELF_TEST = ("434f4d534d30303130636c6f7564", "4", "16", "0", "140000")
+SELF_TEST_ANSWER = "1 133050 133051 0000a77c6f4fa81ede0bb05ea58430a21d2bceeb80660c573e678a703d006afd"
 # How often a core publishes its hash count and looks for a cancel.
 COUNT_STRIDE = 1 << 14
 NO_CANCEL = (1 << 64) - 1
@@ -130,6 +138,74 @@ def effective_cores():
     return max(1, cores)
 
 
+def machine_architecture():
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def select_kernel(kernel_dir, choice="auto", forced_path=None):
+    """(argv of the native kernel or None, its name for HELLO, a note on why not native).
+
+    The binary for this machine must run, list its paths and pass the SPEC self-test;
+    anything less falls back to the pure-Python scan, and says why.
+    """
+    import subprocess
+
+    if choice == "python":
+        return None, KERNEL_NAME, "pure Python was asked for"
+    binary = os.path.join(kernel_dir or "", KERNEL_BINARY_PREFIX + machine_architecture())
+    note = None
+    if not kernel_dir or not os.path.isfile(binary):
+        note = "no native kernel for %s" % machine_architecture()
+    else:
+        try:
+            if not os.access(binary, os.X_OK):
+                os.chmod(binary, 0o755)
+            listed = subprocess.run([binary, "--paths"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+            paths = listed.stdout.decode().split()
+            if listed.returncode != 0 or not paths:
+                note = "the native kernel does not run here (exit %d)" % listed.returncode
+            elif forced_path and forced_path not in paths:
+                note = "kernel path %s is not available on this CPU (it has: %s)" % (forced_path, ", ".join(paths))
+            else:
+                path = forced_path or paths[0]
+                argv = [binary, "--path", path]
+                tested = subprocess.run(argv + ["--once"] + list(SELF_TEST), stdout=subprocess.PIPE, timeout=30)
+                if tested.stdout.decode().strip() != SELF_TEST_ANSWER:
+                    note = "the native kernel failed its self-test"
+                else:
+                    return argv, NATIVE_PREFIX + path, None
+        except (OSError, subprocess.SubprocessError) as error:
+            note = "the native kernel does not run here (%s)" % error
+    if choice == "native":
+        raise RuntimeError("a native kernel was required: " + note)
+    return None, KERNEL_NAME, note
+
+
+class NativeScanner(object):
+    """One long-lived kernel process per core, fed one chunk per line."""
+
+    def __init__(self, argv):
+        import subprocess
+
+        self.process = subprocess.Popen(argv + ["--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        ready = self.process.stdout.readline().decode()
+        if not ready.startswith("ready "):
+            raise RuntimeError("the native kernel did not start: %r" % ready)
+
+    def scan(self, block, nonce_bytes, difficulty, start, end):
+        """(nonce, hash, checked) like scan_range, or None when the kernel refuses the job."""
+        request = "%s %d %d %d %d\n" % (block.hex() or "-", nonce_bytes, difficulty, start, end)
+        self.process.stdin.write(request.encode())
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().decode().split()
+        if len(answer) != 4 or answer[0] not in ("0", "1"):
+            return None
+        if answer[0] == "1":
+            return int(answer[1]), bytes.fromhex(answer[3]), int(answer[2])
+        return None, None, int(answer[2])
+
+
 def _die_with_parent():
     """Ask Linux to SIGKILL this process when its parent dies, so no core outlives the worker."""
     try:
@@ -142,10 +218,17 @@ def _die_with_parent():
         pass
 
 
-def _core_main(slot, tasks, results, counters, cancel_above, parent_pid):
+def _core_main(slot, tasks, results, counters, cancel_above, parent_pid, kernel_argv):
     """One core: take chunks off the task queue until told to quit or orphaned."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    native = None
+    if kernel_argv:
+        try:
+            native = NativeScanner(kernel_argv)
+        except Exception:
+            results.put(("error", traceback.format_exc()))
+            return
     base = 0
     while True:
         task = tasks.get()
@@ -164,7 +247,10 @@ def _core_main(slot, tasks, results, counters, cancel_above, parent_pid):
             results.put(("chunk", unit, start, end, None, None, 0, 0.0, True))
             continue
         try:
-            nonce, digest, checked = scan_range(block, nonce_bytes, difficulty, start, end, on_stride)
+            answer = native.scan(block, nonce_bytes, difficulty, start, end) if native else None
+            if answer is None:  # pure Python, or a job the kernel refuses (a huge block)
+                answer = scan_range(block, nonce_bytes, difficulty, start, end, on_stride)
+            nonce, digest, checked = answer
         except Exception:  # reported, not raised: the main process turns it into ERROR
             results.put(("error", traceback.format_exc()))
             return
@@ -197,9 +283,11 @@ class UnitState(object):
 class Worker(object):
     """The main process: reads the protocol, feeds the cores, writes results."""
 
-    def __init__(self, processes, mode, chunk_nonces, out=None):
+    def __init__(self, processes, mode, chunk_nonces, kernel_argv=None, kernel_name=KERNEL_NAME, kernel_note=None, out=None):
         import multiprocessing
 
+        self.kernel_name = kernel_name
+        self.kernel_note = kernel_note
         self.out = out or sys.stdout
         self.out_lock = threading.Lock()
         self.processes = processes
@@ -219,7 +307,7 @@ class Worker(object):
         self.cores = [
             context.Process(
                 target=_core_main,
-                args=(slot, self.tasks, self.results, self.counters, self.cancel_above, os.getpid()),
+                args=(slot, self.tasks, self.results, self.counters, self.cancel_above, os.getpid(), kernel_argv),
                 daemon=True,
             )
             for slot in range(processes)
@@ -245,7 +333,8 @@ class Worker(object):
             HELLO,
             version=PROTOCOL_VERSION,
             cores=self.processes,
-            kernel=KERNEL_NAME,
+            kernel=self.kernel_name,
+            kernel_note=self.kernel_note,
             mode=self.mode,
             prefetch=self.prefetch(),
             pid=os.getpid(),
@@ -323,7 +412,11 @@ class Worker(object):
             raise ValueError("malformed WORK %r" % (message,))
         if index > self.cancel_floor:
             return
-        step = end - start if self.mode == WHOLE else self.chunk_nonces
+        if self.mode == WHOLE:
+            step = end - start
+        else:
+            # At least one chunk per core, so a single unit keeps every core busy.
+            step = max(MIN_CHUNK_NONCES, min(self.chunk_nonces, -(-(end - start) // self.processes)))
         starts = list(range(start, end, step))
         self.units[index] = UnitState(index, start, end, starts)
         for chunk_start in starts:
@@ -398,7 +491,10 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="cnd-fab worker (speaks JSON lines on stdin/stdout)")
     parser.add_argument("--processes", type=int, default=0, help="cores to use (0: all this host may use)")
     parser.add_argument("--mode", choices=(SPLIT, WHOLE), default=SPLIT)
-    parser.add_argument("--chunk-nonces", type=int, default=DEFAULT_CHUNK_NONCES)
+    parser.add_argument("--chunk-nonces", type=int, default=0, help="nonces per chunk (0: suit the kernel)")
+    parser.add_argument("--kernel-dir", default="", help="folder holding sha256d-<architecture> binaries")
+    parser.add_argument("--kernel", choices=("auto", "python", "native"), default="auto")
+    parser.add_argument("--kernel-path", default=None, help="force a native kernel path, such as portable")
     parser.add_argument("--run-id", default="", help="only to label the process for teardown")
     parser.add_argument("--own-session", action="store_true", help="lead a new session, so one kill ends every core")
     parser.add_argument("--pidfile", default="", help="write the session's process group id here")
@@ -466,7 +562,9 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     worker = None
     try:
-        worker = Worker(processes, args.mode, max(1, args.chunk_nonces))
+        kernel_argv, kernel_name, kernel_note = select_kernel(args.kernel_dir, args.kernel, args.kernel_path)
+        chunk = args.chunk_nonces or (NATIVE_CHUNK_NONCES if kernel_argv else DEFAULT_CHUNK_NONCES)
+        worker = Worker(processes, args.mode, max(1, chunk), kernel_argv, kernel_name, kernel_note)
         return worker.run()
     except SystemExit:
         raise

@@ -9,8 +9,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.helpers import GUARD_DIR, wait_for_no_workers, worker_processes
+from tests.helpers import GUARD_DIR, REPO, wait_for_no_workers, worker_processes
 from tests.loopback_guard.sitecustomize import ENV_FLAG, check
+
+# Native kernels are built once into the clone and shared by every test and subprocess.
+os.environ.setdefault("CND_FAB_CACHE_DIR", str(REPO / ".cache" / "cnd-fab"))
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from ..errors import HostConnectError, InputError
 from ..journal import RunJournal
-from ..transport import PipeChannel, WorkerChannel, protocol, worker_file
+from ..transport import PipeChannel, WorkerChannel, WorkerPayload, protocol, worker_file
 from .base import Host, Provider, ProviderOptions
 
 MAX_LOCAL_HOSTS = 64
@@ -54,7 +54,7 @@ class LocalHost(Host):
         self.journal = journal
         self.process: Optional[subprocess.Popen[bytes]] = None
 
-    def start_worker(self, run_id: str) -> WorkerChannel:
+    def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
         argv = [
             sys.executable,
             str(worker_file()),
@@ -62,6 +62,7 @@ class LocalHost(Host):
             str(self.processes),
             "--run-id",
             run_id,
+            *payload.worker_args(str(payload.kernel_dir) if payload.kernel_dir else None),
         ]
         try:
             self.process = subprocess.Popen(

@@ -4,7 +4,7 @@
  * One static binary per architecture, run by the worker's core processes. Two ways to run it:
  *
  *   sha256d --serve [--path P]   read jobs on stdin, one per line:
- *                                  <block hex> <nonce bytes> <difficulty> <start> <end>
+ *                                  <block hex, or - when empty> <nonce bytes> <difficulty> <start> <end>
  *                                answer each with one line:
  *                                  <found 0|1> <nonce> <checked> <hash hex or ->
  *   sha256d --paths              print the paths this CPU can run, best first
@@ -50,7 +50,7 @@ static const uint32_t IV[8] = {
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 };
 
-#define MAX_BLOCK 4096
+#define MAX_BLOCK 65536
 
 /* Everything about a job that does not change from one nonce to the next. */
 typedef struct {
@@ -397,8 +397,9 @@ static int hex_value(int c) {
 /* Returns 0 and fills `job`, or -1 with a reason in `why`. */
 static int prepare(job_t *job, const char *block_hex, int nonce_bytes, int difficulty, const char **why) {
     static uint8_t block[MAX_BLOCK];
+    if (strcmp(block_hex, "-") == 0) block_hex = ""; /* the empty block */
     size_t hex_len = strlen(block_hex);
-    if (hex_len == 0 || hex_len % 2 || hex_len / 2 > MAX_BLOCK) { *why = "bad block length"; return -1; }
+    if (hex_len % 2 || hex_len / 2 > MAX_BLOCK) { *why = "bad block length"; return -1; }
     size_t block_len = hex_len / 2;
     for (size_t i = 0; i < block_len; i++) {
         int hi = hex_value(block_hex[2 * i]), lo = hex_value(block_hex[2 * i + 1]);

@@ -88,7 +88,7 @@ def test_uneven_hosts_get_units_in_proportion(tmp_path: Path) -> None:
     result = run_cli(
         cli(
             "search", "--provider", "docker", "--inventory", str(inventory), "--count", "4",
-            "--difficulty", "256", "--units", "16384", "--timeout", "20", "--json",
+            "--difficulty", "256", "--units", "16384", "--timeout", "20", "--json", "--kernel", "python",
         )
     )
     assert result.returncode == 3, result.stderr
@@ -117,7 +117,8 @@ DROP_CONNECTIONS = (
 
 @pytest.mark.parametrize("action", ["kill", "pause", "drop"])
 def test_lost_container_mid_run_still_gives_the_lowest(docker_client: Any, action: str) -> None:
-    run = LiveRun("--provider", "docker", "--count", "4", "--difficulty", "24")
+    # Pure Python keeps the run long enough (about 10 s) to lose a host in the middle of it.
+    run = LiveRun("--provider", "docker", "--count", "4", "--difficulty", "24", "--kernel", "python")
     run.joined(4)
     assert run.run_id is not None
     # docker-1 joined first or not, it holds low units: units 0..7 are all in flight.

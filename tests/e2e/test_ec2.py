@@ -226,7 +226,7 @@ def test_unreachable_instance_is_lost_and_the_run_goes_on(aws: Any, inventory: P
     short.write_text(yaml.safe_dump(document))
     monkeypatch.setenv(ec2_standin.UNREACHABLE_ENV, "2")
     # D = 24 keeps the one good host busy (about 10 s) past the other's 4 s SSH deadline.
-    result = run_cli(ec2_cli("search", "--provider", "ec2", "--inventory", str(short), "--count", "2", "--difficulty", "24", "--yes", "--json"))
+    result = run_cli(ec2_cli("search", "--provider", "ec2", "--inventory", str(short), "--count", "2", "--difficulty", "24", "--yes", "--json", "--kernel", "python"))
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["nonce"] == 30074393 and record["lowest"] is True
