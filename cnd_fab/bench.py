@@ -14,19 +14,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from rich.console import Console
 from rich.table import Table
 
+from .errors import InputError
 from .fleet import FleetSearch
+from .kernels import ensure_kernels, machine_architecture
 from .journal import RunJournal
 from .options import parse_seconds, parse_whole
 from .progress import human_rate
 from .providers import Provider, ProviderOptions, provider_class
 from .providers.local import LocalProvider
 from .spec import DEFAULT_BLOCK_TEXT, Problem, UnitSpace
-from .transport import PipeChannel, protocol, worker_file
+from .transport import PipeChannel, WorkerPayload, protocol, worker_file
 
 NEVER_GOLDEN = 256
 BLOCK = DEFAULT_BLOCK_TEXT.encode()
@@ -134,7 +136,12 @@ def worker_mode_rate(mode: str, processes: int, seconds: float, unit_nonces: int
         process.wait()
 
 
-def end_to_end_rate(count: int, seconds: float) -> Dict[str, float]:
+def native_payload() -> WorkerPayload:
+    folder, _ = ensure_kernels()
+    return WorkerPayload(kernel_dir=folder)
+
+
+def end_to_end_rate(count: int, seconds: float, payload: WorkerPayload) -> Dict[str, Any]:
     """A real search (local provider, D=256 so nothing is found) stopped at a deadline."""
     provider = LocalProvider()
     journal = RunJournal.start(provider.name)
@@ -149,6 +156,7 @@ def end_to_end_rate(count: int, seconds: float) -> Dict[str, float]:
             deadline=began + seconds,
             stop=threading.Event(),
             started=began,
+            payload=payload,
         )
         outcome = fleet.run()
     finally:
@@ -157,6 +165,7 @@ def end_to_end_rate(count: int, seconds: float) -> Dict[str, float]:
     ready = [h.first_unit_at for h in outcome.hosts if h.first_unit_at is not None]
     startup = (min(ready) - began) if ready else 0.0
     return {
+        "kernel": outcome.hosts[0].kernel,
         "wall_rate": outcome.checked / outcome.seconds,
         "startup": startup,
         "seconds": outcome.seconds,
@@ -180,6 +189,7 @@ def _processes_of(run_id: str) -> int:
 
 @dataclass
 class FleetFigures:
+    kernel: str
     hosts: int
     launch_to_reachable: float
     reachable_to_running: float
@@ -189,14 +199,20 @@ class FleetFigures:
     found_to_released: float
 
 
-def fleet_figures(provider: Provider, count: int, seconds: float) -> FleetFigures:
+def fleet_figures(provider: Provider, count: int, seconds: float, payload: WorkerPayload) -> FleetFigures:
     """One timed search (nothing to find) and one that finds quickly, on `provider`'s hosts."""
     journal = RunJournal.start(provider.name)
     began = time.monotonic()
     hosts = provider.launch(count, journal)
     try:
         fleet = FleetSearch(
-            Problem(BLOCK, 4, NEVER_GOLDEN), UnitSpace(4, 1024), hosts, journal.run_id, deadline=began + seconds, started=began
+            Problem(BLOCK, 4, NEVER_GOLDEN),
+            UnitSpace(4, 1024),
+            hosts,
+            journal.run_id,
+            deadline=began + seconds,
+            started=began,
+            payload=payload,
         )
         outcome = fleet.run()
     finally:
@@ -212,7 +228,7 @@ def fleet_figures(provider: Provider, count: int, seconds: float) -> FleetFigure
     gone: List[float] = []
     try:
         # D = 20: the answer (1,027,827) is settled within a couple of seconds.
-        found = FleetSearch(Problem(BLOCK, 4, 20), UnitSpace(4, 1024), hosts, journal.run_id)
+        found = FleetSearch(Problem(BLOCK, 4, 20), UnitSpace(4, 1024), hosts, journal.run_id, payload=payload)
         found.run()
         assert found.finished_at is not None
 
@@ -229,6 +245,7 @@ def fleet_figures(provider: Provider, count: int, seconds: float) -> FleetFigure
     finally:
         journal.close()
     return FleetFigures(
+        kernel=outcome.hosts[0].kernel,
         hosts=count,
         launch_to_reachable=reachable - began,
         reachable_to_running=running - reachable,
@@ -239,7 +256,7 @@ def fleet_figures(provider: Provider, count: int, seconds: float) -> FleetFigure
     )
 
 
-def run_fleet(provider_name: str, count: int, seconds: float, inventory: Optional[str]) -> int:
+def run_fleet(provider_name: str, count: int, seconds: float, inventory: Optional[str], kernel: str) -> int:
     from . import inventory as inventory_file
 
     options = ProviderOptions(inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory())
@@ -247,14 +264,16 @@ def run_fleet(provider_name: str, count: int, seconds: float, inventory: Optiona
     provider.check(count)
     console = Console(width=160)
     console.print(f"cnd-fab bench: {count} {provider.name} host(s) against the local provider, {seconds:g}s searches")
-    local = fleet_figures(LocalProvider(), 1, seconds)
-    fleet = fleet_figures(provider, count, seconds)
+    payload = native_payload() if kernel != "python" else WorkerPayload(kernel="python")
+    local = fleet_figures(LocalProvider(), 1, seconds, payload)
+    fleet = fleet_figures(provider, count, seconds, payload)
     table = Table(title="fleet figures")
-    for column in ("provider", "hosts", "launch to reachable", "reachable to a unit on every host", "rate", "vs local", "found to no worker process", "found to hosts released"):
+    for column in ("provider", "kernel", "hosts", "launch to reachable", "reachable to a unit on every host", "rate", "vs local", "found to no worker process", "found to hosts released"):
         table.add_column(column, justify="right")
     for name, figures in (("local", local), (provider.name, fleet)):
         table.add_row(
             name,
+            figures.kernel,
             str(figures.hosts),
             f"{figures.launch_to_reachable:.2f}s",
             f"{figures.reachable_to_running:.2f}s",
@@ -267,19 +286,74 @@ def run_fleet(provider_name: str, count: int, seconds: float, inventory: Optiona
     return 0
 
 
+def native_rate(binary: Path, path: str, processes: int, nonces: int) -> float:
+    """Total nonces/s of `processes` kernel processes, each scanning `nonces` fresh nonces."""
+    import subprocess
+
+    began = time.perf_counter()
+    children = [
+        subprocess.Popen(
+            [str(binary), "--path", path, "--once", BLOCK.hex(), "4", str(NEVER_GOLDEN), str(index * nonces), str((index + 1) * nonces)],
+            stdout=subprocess.DEVNULL,
+        )
+        for index in range(processes)
+    ]
+    for child in children:
+        child.wait()
+    return processes * nonces / (time.perf_counter() - began)
+
+
+def kernel_table(console: Console, cores: int, duration: float, python_one: float) -> Optional[float]:
+    """Per-path rates with one process and with one per core; returns the best all-core rate."""
+    import subprocess
+
+    folder, problems = ensure_kernels()
+    for problem in problems:
+        console.print(f"warning: {problem}")
+    binary = None if folder is None else folder / f"sha256d-{machine_architecture()}"
+    if binary is None or not binary.exists():
+        return None
+    paths = subprocess.run([str(binary), "--paths"], capture_output=True, text=True).stdout.split()
+    table = Table(title="native kernel (remote/kernel/sha256d.c)")
+    for column in ("path", "1 process", f"{cores} processes", "per core", "scaling 1→" + str(cores), "vs pure Python"):
+        table.add_column(column, justify="right")
+    best = None
+    for path in paths:
+        # Size the runs from a short probe so each takes about `duration` seconds.
+        probe = native_rate(binary, path, 1, 1 << 20)
+        nonces = max(1 << 20, int(probe * duration))
+        one = native_rate(binary, path, 1, nonces)
+        every = native_rate(binary, path, cores, nonces)
+        best = max(best or 0.0, every)
+        table.add_row(
+            path,
+            human_rate(one),
+            human_rate(every),
+            human_rate(every / cores),
+            f"{every / (cores * one):.1%}",
+            f"{one / python_one:.1f}×",
+        )
+    console.print(table)
+    return best
+
+
 def run(
     seconds: Optional[str] = None,
     count: Optional[str] = None,
     provider: Optional[str] = None,
     inventory: Optional[str] = None,
+    kernel: Optional[str] = None,
 ) -> int:
     duration = 5.0 if seconds is None else parse_seconds("seconds", seconds)
     hosts = 1 if count is None else parse_whole("count", count, 1, 64)
+    choice = kernel or "auto"
+    if choice not in ("auto", "python"):
+        raise InputError("--kernel for bench is auto (native where it runs) or python")
     if provider is not None and provider != LocalProvider.name:
-        return run_fleet(provider, hosts, duration * 3, inventory)
+        return run_fleet(provider, hosts, duration * 4, inventory, choice)
     cores = protocol.effective_cores()
     console = Console(width=160)
-    console.print(f"cnd-fab bench: {cores} cores, {duration:g}s per measurement, kernel {protocol.KERNEL_NAME}")
+    console.print(f"cnd-fab bench: {cores} cores, {duration:g}s per measurement")
 
     one = kernel_rate(1, duration)
     every = kernel_rate(cores, duration)
@@ -289,9 +363,12 @@ def run(
     scan.add_row("1", human_rate(one), human_rate(one), "1.00")
     scan.add_row(str(cores), human_rate(every), human_rate(every / cores), f"{every / (cores * one):.2f}")
     console.print(scan)
+    native_best = kernel_table(console, cores, duration, one) if choice == "auto" else None
+    raw = native_best or every
+    payload = native_payload() if native_best else WorkerPayload(kernel="python")
 
     unit_nonces = UnitSpace(4, 1024).unit_size
-    modes = Table(title=f"worker modes ({cores} cores, units of {unit_nonces:,} nonces)")
+    modes = Table(title=f"worker modes ({cores} cores, units of {unit_nonces:,} nonces, pure Python)")
     for column in ("mode", "steady rate", "vs raw", "unit 0 settled after"):
         modes.add_column(column, justify="right")
     figures = [worker_mode_rate(mode, cores, duration * 2, unit_nonces) for mode in (protocol.SPLIT, protocol.WHOLE)]
@@ -304,15 +381,16 @@ def run(
         )
     console.print(modes)
 
-    e2e = end_to_end_rate(hosts, duration * 3)
+    e2e = end_to_end_rate(hosts, duration * 4, payload)
     end = Table(title=f"end-to-end search (local provider, {hosts} host(s), scheduler and protocol included)")
-    for column in ("wall time", "checked", "rate", "vs raw all-core rate", "launch to first unit"):
+    for column in ("kernel", "wall time", "checked", "rate", "vs raw all-core rate", "launch to first unit"):
         end.add_column(column, justify="right")
     end.add_row(
+        str(e2e["kernel"]),
         f"{e2e['seconds']:.1f}s",
         f"{int(e2e['checked']):,}",
         human_rate(e2e["wall_rate"]),
-        f"{e2e['wall_rate'] / every:.1%}",
+        f"{e2e['wall_rate'] / raw:.1%}",
         f"{e2e['startup']:.2f}s",
     )
     console.print(end)

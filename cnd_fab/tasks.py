@@ -153,6 +153,7 @@ def status(c: Context, region: Optional[str] = None) -> int:
         "count": "hosts for the end-to-end search (default 1)",
         "provider": "measure a fleet of this provider against the local one (docker, static)",
         "inventory": "inventory file for --provider static or docker settings",
+        "kernel": "auto (measure the native kernel too; the default) or python",
     }
 )
 @one_line_errors
@@ -162,8 +163,9 @@ def bench(
     count: Optional[str] = None,
     provider: Optional[str] = None,
     inventory: Optional[str] = None,
+    kernel: Optional[str] = None,
 ) -> int:
     """Measure hash rates per core, end-to-end search rates and fleet start/stop times."""
     from .bench import run as run_benchmark
 
-    return run_benchmark(seconds=seconds, count=count, provider=provider, inventory=inventory)
+    return run_benchmark(seconds=seconds, count=count, provider=provider, inventory=inventory, kernel=kernel)
