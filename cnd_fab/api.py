@@ -97,7 +97,11 @@ def prepare_payload(kernel: str, console: Console) -> WorkerPayload:
     """Build (or find cached) native kernels for every host architecture before launching."""
     if kernel == "python":
         return WorkerPayload(kernel="python")
-    folder, problems = ensure_kernels()
+    folder, problems = ensure_kernels(
+        on_build=lambda arch: console.print(
+            f"building the native kernel for {arch} (once; cached after that)…", highlight=False
+        )
+    )
     for problem in problems:
         console.print(f"warning: {problem}; those hosts will use pure Python", highlight=False)
     if folder is None and kernel == "native":

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 ARCHITECTURES = ("x86_64", "aarch64")
 BINARY_PREFIX = "sha256d-"
@@ -66,7 +66,9 @@ def _compile(architecture: str, source: Path, output: Path, cache: Path) -> Tupl
     return True, ""
 
 
-def ensure_kernels(architectures: Tuple[str, ...] = ARCHITECTURES) -> Tuple[Optional[Path], List[str]]:
+def ensure_kernels(
+    architectures: Tuple[str, ...] = ARCHITECTURES, on_build: Optional[Callable[[str], None]] = None
+) -> Tuple[Optional[Path], List[str]]:
     """The folder holding sha256d-<arch> for each architecture that could be built, and
     one line per architecture that could not (the worker then falls back to Python there)."""
     source_bytes = kernel_source()
@@ -82,6 +84,8 @@ def ensure_kernels(architectures: Tuple[str, ...] = ARCHITECTURES) -> Tuple[Opti
         binary = folder / f"{BINARY_PREFIX}{architecture}"
         if binary.exists():
             continue
+        if on_build is not None:
+            on_build(architecture)
         built, why = _compile(architecture, source, binary, root)
         if not built:
             problems.append(f"no native kernel for {architecture}: {why}")
