@@ -35,13 +35,6 @@ EXIT_OK = 0
 EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130
 
-Flag = Union[str, int, float, None]
-
-
-def _text(value: Flag) -> Optional[str]:
-    return None if value is None else str(value)
-
-
 @contextmanager
 def stop_on_signals(stop: threading.Event, console: Console) -> Iterator[None]:
     """SIGINT and SIGTERM ask the run to stop cleanly; a second SIGINT gives up waiting."""
@@ -119,53 +112,12 @@ def describe_odds(request: SearchRequest) -> str:
     )
 
 
-def search(
-    difficulty: Flag = None,
-    count: Flag = None,
-    block: Optional[str] = None,
-    block_hex: Optional[str] = None,
-    nonce_bytes: Flag = None,
-    units: Flag = None,
-    provider: Optional[str] = None,
-    timeout: Flag = None,
-    first_found_wins: bool = False,
-    json_output: bool = False,
-    inventory: Optional[str] = None,
-    accept_new_host_key: bool = False,
-    image: Optional[str] = None,
-    region: Optional[str] = None,
-    instance_type: Optional[str] = None,
-    ami: Optional[str] = None,
-    ssh_cidr: Optional[str] = None,
-    yes: bool = False,
-    max_cost: Flag = None,
-    kernel: Optional[str] = None,
-    out: Optional[IO[str]] = None,
-    console: Optional[Console] = None,
-) -> int:
-    """Run one search end to end and print its result; returns the process exit code."""
-    request = parse_search(
-        difficulty=_text(difficulty),
-        count=_text(count),
-        block=block,
-        block_hex=block_hex,
-        nonce_bytes=_text(nonce_bytes),
-        units=_text(units),
-        provider=provider,
-        timeout=_text(timeout),
-        first_found_wins=first_found_wins,
-        json_output=json_output,
-        inventory=inventory,
-        accept_new_host_key=accept_new_host_key,
-        image=image,
-        region=region,
-        instance_type=instance_type,
-        ami=ami,
-        ssh_cidr=ssh_cidr,
-        confirmed=yes,
-        max_cost=_text(max_cost),
-        kernel=kernel,
-    )
+def search(*, out: Optional[IO[str]] = None, console: Optional[Console] = None, **flags: Any) -> int:
+    """Run one search end to end and print its result; returns the process exit code.
+
+    `flags` are parse_search's keyword arguments, as text or numbers.
+    """
+    request = parse_search(**flags)
     chosen = request.provider
     out = out or sys.stdout
     console = console or stderr_console()

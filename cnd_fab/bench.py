@@ -14,18 +14,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from rich.console import Console
 from rich.table import Table
 
 from .errors import InputError
-from .fleet import FleetSearch
+from .fleet import FleetSearch, SearchOutcome
 from .kernels import ensure_kernels, machine_architecture
 from .journal import RunJournal
 from .options import parse_seconds, parse_whole
 from .progress import human_rate
-from .providers import Provider, ProviderOptions, provider_class
+from .providers import Host, Provider, ProviderOptions, provider_class
 from .providers.local import LocalProvider
 from .spec import DEFAULT_BLOCK_TEXT, Problem, UnitSpace
 from .transport import PipeChannel, WorkerPayload, protocol, worker_file
@@ -141,9 +141,10 @@ def native_payload() -> WorkerPayload:
     return WorkerPayload(kernel_dir=folder)
 
 
-def end_to_end_rate(count: int, seconds: float, payload: WorkerPayload) -> Dict[str, Any]:
-    """A real search (local provider, D=256 so nothing is found) stopped at a deadline."""
-    provider = LocalProvider()
+def timed_search(
+    provider: Provider, count: int, seconds: float, payload: WorkerPayload
+) -> Tuple[SearchOutcome, FleetSearch, List[Host], float]:
+    """A real search with nothing to find (D=256), stopped at a deadline; hosts released."""
     journal = RunJournal.start(provider.name)
     began = time.monotonic()
     hosts = provider.launch(count, journal)
@@ -154,7 +155,6 @@ def end_to_end_rate(count: int, seconds: float, payload: WorkerPayload) -> Dict[
             hosts,
             journal.run_id,
             deadline=began + seconds,
-            stop=threading.Event(),
             started=began,
             payload=payload,
         )
@@ -162,6 +162,12 @@ def end_to_end_rate(count: int, seconds: float, payload: WorkerPayload) -> Dict[
     finally:
         provider.release(hosts, journal)
         journal.close()
+    return outcome, fleet, hosts, began
+
+
+def end_to_end_rate(count: int, seconds: float, payload: WorkerPayload) -> Dict[str, Any]:
+    """The local provider's end-to-end rate, start-up included."""
+    outcome, _, _, began = timed_search(LocalProvider(), count, seconds, payload)
     ready = [h.first_unit_at for h in outcome.hosts if h.first_unit_at is not None]
     startup = (min(ready) - began) if ready else 0.0
     return {
@@ -201,23 +207,7 @@ class FleetFigures:
 
 def fleet_figures(provider: Provider, count: int, seconds: float, payload: WorkerPayload) -> FleetFigures:
     """One timed search (nothing to find) and one that finds quickly, on `provider`'s hosts."""
-    journal = RunJournal.start(provider.name)
-    began = time.monotonic()
-    hosts = provider.launch(count, journal)
-    try:
-        fleet = FleetSearch(
-            Problem(BLOCK, 4, NEVER_GOLDEN),
-            UnitSpace(4, 1024),
-            hosts,
-            journal.run_id,
-            deadline=began + seconds,
-            started=began,
-            payload=payload,
-        )
-        outcome = fleet.run()
-    finally:
-        provider.release(hosts, journal)
-        journal.close()
+    outcome, fleet, hosts, began = timed_search(provider, count, seconds, payload)
     reachable = max(host.reachable_at or began for host in hosts)
     running = max(view.running_at or reachable for view in outcome.hosts)
     assert fleet.finished_at is not None

@@ -100,7 +100,23 @@ class SearchOutcome:
 
 
 class Reporter:
-    """Receives the run's events and snapshots; the base class shows nothing."""
+    """Receives the run's events and snapshots; the base class shows nothing.
+
+    Used as a context manager around the run: start() and stop() bracket it.
+    """
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def __enter__(self) -> "Reporter":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def event(self, text: str) -> None:
         pass

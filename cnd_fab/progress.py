@@ -7,8 +7,7 @@ be piped. Events go through the console above the live area so they never tear i
 from __future__ import annotations
 
 import time
-from types import TracebackType
-from typing import List, Optional, Type
+from typing import List, Optional
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -56,16 +55,10 @@ class LiveReporter(Reporter):
         self.title = title
         self.live = Live(console=console, refresh_per_second=8, transient=True)
 
-    def __enter__(self) -> "LiveReporter":
+    def start(self) -> None:
         self.live.start()
-        return self
 
-    def __exit__(
-        self,
-        kind: Optional[Type[BaseException]],
-        error: Optional[BaseException],
-        trace: Optional[TracebackType],
-    ) -> None:
+    def stop(self) -> None:
         self.live.stop()
 
     def event(self, text: str) -> None:
@@ -144,17 +137,6 @@ class PlainReporter(Reporter):
         self.console = console
         self.every = every
         self.next_line = time.monotonic() + every
-
-    def __enter__(self) -> "PlainReporter":
-        return self
-
-    def __exit__(
-        self,
-        kind: Optional[Type[BaseException]],
-        error: Optional[BaseException],
-        trace: Optional[TracebackType],
-    ) -> None:
-        pass
 
     def event(self, text: str) -> None:
         self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)

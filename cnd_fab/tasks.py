@@ -108,7 +108,7 @@ def search(
         instance_type=instance_type,
         ami=ami,
         ssh_cidr=ssh_cidr,
-        yes=yes,
+        confirmed=yes,
         max_cost=max_cost,
         kernel=kernel,
     )

@@ -186,19 +186,36 @@ class NativeScanner(object):
     """One long-lived kernel process per core, fed one chunk per line."""
 
     def __init__(self, argv):
+        self.argv = argv
+        self._start()
+
+    def _start(self):
         import subprocess
 
-        self.process = subprocess.Popen(argv + ["--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.process = subprocess.Popen(self.argv + ["--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         ready = self.process.stdout.readline().decode()
         if not ready.startswith("ready "):
             raise RuntimeError("the native kernel did not start: %r" % ready)
 
-    def scan(self, block, nonce_bytes, difficulty, start, end):
-        """(nonce, hash, checked) like scan_range, or None when the kernel refuses the job."""
+    def scan(self, block, nonce_bytes, difficulty, start, end, on_stride=None):
+        """(nonce, hash, checked) like scan_range, or None when the kernel refuses the job.
+
+        The kernel's "p <checked>" lines go to on_stride; when it asks to stop, the kernel
+        is killed mid-chunk and a fresh one started, so a cancel takes effect at once.
+        """
         request = "%s %d %d %d %d\n" % (block.hex() or "-", nonce_bytes, difficulty, start, end)
         self.process.stdin.write(request.encode())
         self.process.stdin.flush()
-        answer = self.process.stdout.readline().decode().split()
+        while True:
+            answer = self.process.stdout.readline().decode().split()
+            if len(answer) == 2 and answer[0] == "p":
+                if on_stride is not None and on_stride(int(answer[1])):
+                    self.process.kill()
+                    self.process.wait()
+                    self._start()
+                    return None, None, int(answer[1])
+                continue
+            break
         if len(answer) != 4 or answer[0] not in ("0", "1"):
             return None
         if answer[0] == "1":
@@ -247,7 +264,7 @@ def _core_main(slot, tasks, results, counters, cancel_above, parent_pid, kernel_
             results.put(("chunk", unit, start, end, None, None, 0, 0.0, True))
             continue
         try:
-            answer = native.scan(block, nonce_bytes, difficulty, start, end) if native else None
+            answer = native.scan(block, nonce_bytes, difficulty, start, end, on_stride) if native else None
             if answer is None:  # pure Python, or a job the kernel refuses (a huge block)
                 answer = scan_range(block, nonce_bytes, difficulty, start, end, on_stride)
             nonce, digest, checked = answer

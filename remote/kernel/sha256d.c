@@ -7,6 +7,7 @@
  *                                  <block hex, or - when empty> <nonce bytes> <difficulty> <start> <end>
  *                                answer each with one line:
  *                                  <found 0|1> <nonce> <checked> <hash hex or ->
+ *                                after "p <checked>" lines every 2^20 nonces on the way
  *   sha256d --paths              print the paths this CPU can run, best first
  *   sha256d --path P --once ...  one job from argv (the same five fields), for tests
  *
@@ -51,6 +52,16 @@ static const uint32_t IV[8] = {
 };
 
 #define MAX_BLOCK 65536
+/* In --serve mode, a line "p <checked>" every this many nonces, for live counts and cancel. */
+#define PROGRESS_MASK ((1u << 20) - 1)
+static int report_progress = 0;
+
+static inline void progress(uint64_t nonce, uint64_t start) {
+    if (report_progress && ((nonce - start) & PROGRESS_MASK) == 0 && nonce != start) {
+        printf("p %llu\n", (unsigned long long)(nonce - start));
+        fflush(stdout);
+    }
+}
 
 /* Everything about a job that does not change from one nonce to the next. */
 typedef struct {
@@ -91,6 +102,34 @@ static int is_golden(const uint32_t hash[8], int difficulty) {
     return (hash[full] >> (32 - rest)) == 0;
 }
 
+/* Two nonces hashed side by side: report the lower golden one, if either is. */
+static int settle_pair(const job_t *job, const uint32_t hash_a[8], const uint32_t hash_b[8],
+                       uint64_t nonce, uint64_t start, result_t *out) {
+    const uint32_t *hashes[2] = {hash_a, hash_b};
+    for (int lane = 0; lane < 2; lane++) {
+        if (is_golden(hashes[lane], job->difficulty)) {
+            out->found = 1;
+            out->nonce = nonce + (uint64_t)lane;
+            out->checked = nonce + (uint64_t)lane - start + 1;
+            memcpy(out->hash, hashes[lane], 32);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void search_portable(const job_t *job, uint64_t start, uint64_t end, result_t *out);
+
+/* A two-lane path leaves an odd last nonce to the portable code; the count covers both. */
+static void finish_odd(const job_t *job, uint64_t start, uint64_t nonce, uint64_t end, result_t *out) {
+    if (nonce < end) {
+        search_portable(job, nonce, end, out);
+        out->checked += nonce - start;
+        return;
+    }
+    out->checked = end - start;
+}
+
 /* ---------------------------------------------------------------- portable C */
 
 #define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
@@ -127,6 +166,7 @@ static void search_portable(const job_t *job, uint64_t start, uint64_t end, resu
     second[8] = 0x80000000u;
     second[15] = 256;
     for (uint64_t nonce = start; nonce < end; nonce++) {
+        progress(nonce, start);
         put_nonce(tail, job, nonce);
         uint32_t state[8];
         memcpy(state, job->midstate, 32);
@@ -222,9 +262,9 @@ NI_TARGET static void search_sha_ni(const job_t *job, uint64_t start, uint64_t e
     ni_pack(IV, &iv_abef, &iv_cdgh);
     const __m128i pad2 = _mm_set_epi32(0, 0, 0, (int)0x80000000u);
     const __m128i pad3 = _mm_set_epi32(256, 0, 0, 0);
-    const __m128i zero = _mm_setzero_si128();
     uint64_t nonce = start;
     for (; nonce + 1 < end; nonce += 2) {
+        progress(nonce, start);
         put_nonce(tail_a, job, nonce);
         put_nonce(tail_b, job, nonce + 1);
         __m128i abef_a = mid_abef, cdgh_a = mid_cdgh, abef_b = mid_abef, cdgh_b = mid_cdgh;
@@ -240,33 +280,21 @@ NI_TARGET static void search_sha_ni(const job_t *job, uint64_t start, uint64_t e
         ni_unpack(abef_b, cdgh_b, &w0b, &w1b);
         __m128i h_abef_a = iv_abef, h_cdgh_a = iv_cdgh, h_abef_b = iv_abef, h_cdgh_b = iv_cdgh;
         ni_compress2(&h_abef_a, &h_cdgh_a, &h_abef_b, &h_cdgh_b, w0a, w1a, pad2, pad3, w0b, w1b, pad2, pad3);
-        (void)zero;
         /* Word 0 (A) sits in lane 3 of ABEF: most nonces stop here. */
         uint32_t first_a = (uint32_t)_mm_extract_epi32(h_abef_a, 3);
         uint32_t first_b = (uint32_t)_mm_extract_epi32(h_abef_b, 3);
         if (first_a > job->first_word_limit && first_b > job->first_word_limit) continue;
-        for (int lane = 0; lane < 2; lane++) {
-            __m128i dcba, hgfe;
-            if (lane == 0) ni_unpack(h_abef_a, h_cdgh_a, &dcba, &hgfe);
-            else ni_unpack(h_abef_b, h_cdgh_b, &dcba, &hgfe);
-            uint32_t hash[8];
-            _mm_storeu_si128((__m128i *)hash, dcba);
-            _mm_storeu_si128((__m128i *)(hash + 4), hgfe);
-            if (is_golden(hash, job->difficulty)) {
-                out->found = 1;
-                out->nonce = nonce + lane;
-                out->checked = nonce + lane - start + 1;
-                memcpy(out->hash, hash, 32);
-                return;
-            }
-        }
+        uint32_t hash_a[8], hash_b[8];
+        __m128i dcba, hgfe;
+        ni_unpack(h_abef_a, h_cdgh_a, &dcba, &hgfe);
+        _mm_storeu_si128((__m128i *)hash_a, dcba);
+        _mm_storeu_si128((__m128i *)(hash_a + 4), hgfe);
+        ni_unpack(h_abef_b, h_cdgh_b, &dcba, &hgfe);
+        _mm_storeu_si128((__m128i *)hash_b, dcba);
+        _mm_storeu_si128((__m128i *)(hash_b + 4), hgfe);
+        if (settle_pair(job, hash_a, hash_b, nonce, start, out)) return;
     }
-    if (nonce < end) { /* an odd one left over */
-        search_portable(job, nonce, end, out);
-        out->checked += nonce - start;
-        return;
-    }
-    out->checked = end - start;
+    finish_odd(job, start, nonce, end, out);
 }
 
 static int cpu_has_sha_ni(void) {
@@ -327,6 +355,7 @@ ARM_TARGET static void search_armv8(const job_t *job, uint64_t start, uint64_t e
     const uint32x4_t pad2 = vld1q_u32(pad2_words), pad3 = vld1q_u32(pad3_words);
     uint64_t nonce = start;
     for (; nonce + 1 < end; nonce += 2) {
+        progress(nonce, start);
         put_nonce(tail_a, job, nonce);
         put_nonce(tail_b, job, nonce + 1);
         uint32x4_t a0 = mid0, a1 = mid1, b0 = mid0, b1 = mid1;
@@ -340,25 +369,14 @@ ARM_TARGET static void search_armv8(const job_t *job, uint64_t start, uint64_t e
         arm_compress2(&ha0, &ha1, &hb0, &hb1, a0, a1, pad2, pad3, b0, b1, pad2, pad3);
         uint32_t first_a = vgetq_lane_u32(ha0, 0), first_b = vgetq_lane_u32(hb0, 0);
         if (first_a > job->first_word_limit && first_b > job->first_word_limit) continue;
-        for (int lane = 0; lane < 2; lane++) {
-            uint32_t hash[8];
-            vst1q_u32(hash, lane == 0 ? ha0 : hb0);
-            vst1q_u32(hash + 4, lane == 0 ? ha1 : hb1);
-            if (is_golden(hash, job->difficulty)) {
-                out->found = 1;
-                out->nonce = nonce + lane;
-                out->checked = nonce + lane - start + 1;
-                memcpy(out->hash, hash, 32);
-                return;
-            }
-        }
+        uint32_t hash_a[8], hash_b[8];
+        vst1q_u32(hash_a, ha0);
+        vst1q_u32(hash_a + 4, ha1);
+        vst1q_u32(hash_b, hb0);
+        vst1q_u32(hash_b + 4, hb1);
+        if (settle_pair(job, hash_a, hash_b, nonce, start, out)) return;
     }
-    if (nonce < end) {
-        search_portable(job, nonce, end, out);
-        out->checked += nonce - start;
-        return;
-    }
-    out->checked = end - start;
+    finish_odd(job, start, nonce, end, out);
 }
 
 static int cpu_has_armv8_sha2(void) { return (getauxval(AT_HWCAP) & HWCAP_SHA2) != 0; }
@@ -485,6 +503,7 @@ int main(int argc, char **argv) {
     }
     if (!serve) { fprintf(stderr, "give --serve, --once or --paths\n"); return 2; }
     static char line[2 * MAX_BLOCK + 256];
+    report_progress = 1;
     printf("ready %s\n", path->name);
     fflush(stdout);
     while (fgets(line, sizeof line, stdin)) {

@@ -56,7 +56,10 @@ class Served:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(f"{block.hex() or '-'} {width} {difficulty} {start} {end}\n")
         self.process.stdin.flush()
-        found, nonce, checked, digest = self.process.stdout.readline().split()
+        line = self.process.stdout.readline()
+        while line.startswith("p "):  # progress on long ranges
+            line = self.process.stdout.readline()
+        found, nonce, checked, digest = line.split()
         return (int(nonce), digest, int(checked)) if found == "1" else (None, None, int(checked))
 
     def close(self) -> None:
@@ -105,6 +108,8 @@ def test_every_path_matches_hashlib(kernel_dir: Path, architecture: str, path: s
             assert served.search(*job) == reference(*job), job
         # A range with no golden nonce reports every nonce checked.
         assert served.search(b"x", 4, 64, 0, 5001) == (None, None, 5001)
+        if not emulated:  # long enough to report progress on the way
+            assert served.search(b"x", 4, 64, 0, 3 << 20) == (None, None, 3 << 20)
         # Difficulties above 32 need the early reject's word 0 == 0 and the rest compared.
         assert served.search(b"COMSM0010cloud", 4, 33, 0, 1000) == (None, None, 1000)
     finally:
@@ -176,3 +181,12 @@ def test_worker_falls_back_to_python_and_says_why(kernel_dir: Path, tmp_path: Pa
     assert hello("--kernel-dir", str(kernel_dir), "--kernel", "python")["kernel"] == "python-hashlib"
     error = hello("--kernel", "native")
     assert error["type"] == "ERROR" and "a native kernel was required" in str(error["message"])
+
+
+def test_serve_reports_progress_lines(kernel_dir: Path) -> None:
+    served = subprocess.run(
+        runner(kernel_dir, machine_architecture()) + ["--serve"],
+        input=f"{b'x'.hex()} 4 64 0 {3 << 20}\n", capture_output=True, text=True,
+    )
+    lines = served.stdout.splitlines()
+    assert lines[1:] == [f"p {1 << 20}", f"p {2 << 20}", f"0 0 {3 << 20} -"]

@@ -117,6 +117,7 @@ def test_commands_hold_no_user_text() -> None:
     command = host.worker_command("cnd-20261125-000000-abcdef")
     assert command == (
         "exec python3 /tmp/cnd-fab-cnd-20261125-000000-abcdef-2/worker.py --own-session --pidfile "
-        "/tmp/cnd-fab-cnd-20261125-000000-abcdef-2/worker.pid --run-id cnd-20261125-000000-abcdef --processes 3"
+        "/tmp/cnd-fab-cnd-20261125-000000-abcdef-2/worker.pid --run-id cnd-20261125-000000-abcdef --processes 3 "
+        "--kernel auto"
     )
     assert "rm" not in command and "rm" not in host.cleanup_command()
