@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <signal.h>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -503,6 +505,8 @@ int main(int argc, char **argv) {
     }
     if (!serve) { fprintf(stderr, "give --serve, --once or --paths\n"); return 2; }
     static char line[2 * MAX_BLOCK + 256];
+    /* A served kernel belongs to one worker core: it must not outlive it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     report_progress = 1;
     printf("ready %s\n", path->name);
     fflush(stdout);
