@@ -64,6 +64,44 @@ def stderr_console() -> Console:
     return console
 
 
+def plan_fleet(request: SearchRequest, console: Console) -> SearchRequest:
+    """Size the fleet for --within T --confidence L, or refuse before anything launches."""
+    from dataclasses import replace
+
+    from .calibration import host_model
+    from .model import FleetModel, describe, smallest_fleet
+
+    assert request.within is not None and request.confidence is not None
+    provider = request.provider
+    host = host_model(provider.name, provider.instance_type, request.kernel, provider.cores_per_host())
+    model = FleetModel(
+        difficulty=request.problem.difficulty,
+        space=request.problem.space,
+        unit_size=request.space.unit_size,
+        prefetch=2,
+        first_found_wins=request.first_found_wins,
+    )
+    plan = smallest_fleet(model, host, request.within, request.confidence, provider.max_hosts())
+    console.print(describe(model, host, plan, request.within, request.confidence), highlight=False, soft_wrap=True)
+    if not request.best_effort:
+        if model.space_holds_one() < request.confidence:
+            raise InputError(
+                f"the 2^{8 * request.problem.nonce_bytes} space holds a golden nonce at difficulty "
+                f"{request.problem.difficulty} only with probability {model.space_holds_one():.3f}, below "
+                f"--confidence {request.confidence:g}; nothing was launched (try --nonce-bytes 8, or --best-effort)"
+            )
+        if not plan.reached:
+            raise InputError(
+                f"no fleet of at most {provider.max_hosts()} {provider.name} host(s) settles the answer within "
+                f"{request.within:g}s with probability {request.confidence:g}: the best, {plan.hosts} host(s), "
+                f"reaches {plan.probability:.3f}; nothing was launched (allow more time, use a faster provider, "
+                "or --best-effort)"
+            )
+    provider.check(plan.hosts)
+    timeout = request.timeout if request.timeout is not None else request.within
+    return replace(request, count=plan.hosts, timeout=timeout)
+
+
 def confirm_cost(request: SearchRequest, console: Console) -> None:
     """Show what a paid run may cost; refuse or ask before anything is launched."""
     estimate = request.provider.cost_estimate(request.count, request.timeout)
@@ -118,9 +156,11 @@ def search(*, out: Optional[IO[str]] = None, console: Optional[Console] = None, 
     `flags` are parse_search's keyword arguments, as text or numbers.
     """
     request = parse_search(**flags)
+    console = console or stderr_console()
+    if request.within is not None:
+        request = plan_fleet(request, console)
     chosen = request.provider
     out = out or sys.stdout
-    console = console or stderr_console()
     confirm_cost(request, console)
     payload = prepare_payload(request.kernel, console)
     started = time.monotonic()
@@ -370,6 +410,67 @@ def teardown(
     console.print(f"teardown: {verb} {handled} resource(s) from {len(chosen)} run(s)", highlight=False)
     if incomplete:
         raise CndError(f"teardown left {incomplete} resource(s) it could not remove; see above, then run it again")
+    return EXIT_OK
+
+
+def calibrate(
+    provider: Optional[str] = None,
+    count: Optional[str] = None,
+    seconds: Optional[str] = None,
+    inventory: Optional[str] = None,
+    instance_type: Optional[str] = None,
+    region: Optional[str] = None,
+    kernel: Optional[str] = None,
+    yes: bool = False,
+    console: Optional[Console] = None,
+) -> int:
+    """Measure one provider's per-host rate and start-up, and keep them for --within."""
+    from . import inventory as inventory_file
+    from .bench import timed_search
+    from .calibration import calibration_file, key, record
+    from .options import KERNEL_CHOICES, parse_seconds, parse_whole
+    from .providers import ProviderOptions
+
+    console = console or stderr_console()
+    hosts = 1 if count is None else parse_whole("count", count, 1, 64)
+    duration = 15.0 if seconds is None else parse_seconds("seconds", seconds)
+    choice = kernel or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise InputError(f"--kernel must be one of {', '.join(KERNEL_CHOICES)}, not {choice!r}")
+    options = ProviderOptions(
+        inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory(),
+        instance_type=instance_type,
+        region=region,
+        timeout=duration,
+    )
+    chosen = provider_class(provider or "local")(options)
+    chosen.check(hosts)
+    estimate = chosen.cost_estimate(hosts, duration)
+    if estimate is not None:
+        console.print(estimate.describe(), highlight=False, soft_wrap=True)
+        if not yes:
+            raise InputError("calibrating launches paid instances: pass --yes to confirm")
+    payload = prepare_payload(choice, console)
+    outcome, fleet, launched, began = timed_search(chosen, hosts, duration, payload)
+    assert fleet.finished_at is not None
+    working = [view for view in outcome.hosts if view.running_at is not None]
+    if not working:
+        raise CndError(f"calibration failed: no {chosen.name} host started working; see the errors above")
+    rates, startups = [], []
+    for view in working:
+        assert view.running_at is not None
+        rates.append(view.hashes / max(1e-9, fleet.finished_at - view.running_at))
+        startups.append(view.running_at - began)
+    rate, startup = sum(rates) / len(rates), sum(startups) / len(startups)
+    kernel_name = working[0].kernel
+    entry = record(chosen.name, chosen.instance_type, "python" if kernel_name == "python-hashlib" else "native", rate, startup)
+    console.print(
+        f"calibrated {key(chosen.name, chosen.instance_type, choice)}: {rate / 1e6:.2f} MH/s per host "
+        f"({kernel_name}), start-up {startup:.2f}s; running mean over {entry['samples']} run(s) "
+        f"kept in {calibration_file()}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import binascii
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from . import inventory as inventory_file
 from .errors import InputError
@@ -43,6 +43,10 @@ class SearchRequest:
     confirmed: bool = False
     max_cost: Optional[float] = None
     kernel: str = "auto"
+    #: --within T --confidence L: the planner picks `count` (see cnd_fab.model).
+    within: Optional[float] = None
+    confidence: Optional[float] = None
+    best_effort: bool = False
 
 
 def parse_whole(flag: str, raw: object, low: int, high: Optional[int] = None) -> int:
@@ -86,6 +90,32 @@ def parse_block(text: Optional[str], hex_text: Optional[str]) -> bytes:
     return block
 
 
+def parse_confidence(raw: str) -> float:
+    text = str(raw).strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise InputError(f"--confidence must be a probability such as 0.95 or 95%, not {text!r}") from None
+    if not 0 < value < 1:
+        raise InputError(f"--confidence must be above 0 and below 1 (or 100%), not {text!r}")
+    return value
+
+
+def parse_plan(
+    within: Optional[str], confidence: Optional[str], count: Optional[int], best_effort: bool
+) -> Tuple[Optional[float], Optional[float]]:
+    """--within and --confidence come together, and instead of --count."""
+    if within is None and confidence is None:
+        if best_effort:
+            raise InputError("--best-effort goes with --within and --confidence")
+        return None, None
+    if within is None or confidence is None:
+        raise InputError("give --within SECONDS and --confidence L together")
+    if count is not None:
+        raise InputError("give --count, or --within with --confidence to have the fleet sized for you, not both")
+    return parse_seconds("within", within), parse_confidence(confidence)
+
+
 def parse_units(raw: Optional[str], nonce_bytes: int) -> int:
     space = 1 << (8 * nonce_bytes)
     most = space // MIN_UNIT_NONCES
@@ -127,6 +157,9 @@ def parse_search(
     confirmed: bool = False,
     max_cost: Optional[str] = None,
     kernel: Optional[str] = None,
+    within: Optional[str] = None,
+    confidence: Optional[str] = None,
+    best_effort: bool = False,
 ) -> SearchRequest:
     parsed_difficulty = parse_whole(
         "difficulty", DEFAULT_DIFFICULTY if difficulty is None else difficulty, 1, 256
@@ -137,6 +170,7 @@ def parse_search(
     problem = Problem(parse_block(block, block_hex), width, parsed_difficulty)
     space = UnitSpace(width, parse_units(units, width))
     requested_hosts = None if count is None else parse_whole("count", count, 1)
+    planned_within, planned_confidence = parse_plan(within, confidence, requested_hosts, best_effort)
     chosen_class = provider_class((provider or DEFAULT_PROVIDER).strip())
     deadline = None if timeout is None else parse_seconds("timeout", timeout)
     kernel_choice = (kernel or "auto").strip()
@@ -180,4 +214,7 @@ def parse_search(
         confirmed=confirmed,
         max_cost=cost_cap,
         kernel=kernel_choice,
+        within=planned_within,
+        confidence=planned_confidence,
+        best_effort=best_effort,
     )

@@ -63,6 +63,9 @@ _COUNT_HELP = "; ".join(f"{name}: {cls.count_meaning}" for name, cls in sorted(P
         "yes": "ec2: launch without asking to confirm the cost estimate",
         "max-cost": "ec2: refuse to launch if the estimate is above this many USD",
         "kernel": "auto (native where it runs, else Python), native (required) or python",
+        "within": "size the fleet to settle the answer within this many seconds (with --confidence)",
+        "confidence": "the probability, such as 0.95 or 95%, of settling it --within the time",
+        "best-effort": "with --within: run the best fleet even when it cannot reach the confidence",
     }
 )
 @one_line_errors
@@ -88,6 +91,9 @@ def search(
     yes: bool = False,
     max_cost: Optional[str] = None,
     kernel: Optional[str] = None,
+    within: Optional[str] = None,
+    confidence: Optional[str] = None,
+    best_effort: bool = False,
 ) -> int:
     """Find the lowest golden nonce over a fleet of hosts, with live progress."""
     return api.search(
@@ -111,6 +117,9 @@ def search(
         confirmed=yes,
         max_cost=max_cost,
         kernel=kernel,
+        within=within,
+        confidence=confidence,
+        best_effort=best_effort,
     )
 
 
@@ -137,6 +146,37 @@ def teardown(
     """Kill and remove everything that runs left behind (safe to repeat)."""
     return api.teardown(
         run_id=run, all_runs=all_, expired=expired, dry_run=dry_run, inventory=inventory, region=region
+    )
+
+
+@task(
+    help={
+        "provider": "the provider to measure (default local)",
+        "count": "hosts to launch for the measurement (default 1)",
+        "seconds": "how long the measuring search runs (default 15)",
+        "inventory": "inventory file (static hosts, provider settings)",
+        "instance-type": "ec2: the instance type to measure",
+        "region": "ec2: the AWS region",
+        "kernel": "auto (default), native or python",
+        "yes": "ec2: confirm the paid launch",
+    }
+)
+@one_line_errors
+def calibrate(
+    c: Context,
+    provider: Optional[str] = None,
+    count: Optional[str] = None,
+    seconds: Optional[str] = None,
+    inventory: Optional[str] = None,
+    instance_type: Optional[str] = None,
+    region: Optional[str] = None,
+    kernel: Optional[str] = None,
+    yes: bool = False,
+) -> int:
+    """Measure a provider's per-host hash rate and start-up time for --within plans."""
+    return api.calibrate(
+        provider=provider, count=count, seconds=seconds, inventory=inventory,
+        instance_type=instance_type, region=region, kernel=kernel, yes=yes,
     )
 
 

@@ -49,6 +49,17 @@ class Provider(ABC):
     def default_count(self) -> int:
         return 1
 
+    #: The instance type, for providers that have them (the calibration key).
+    instance_type: Optional[str] = None
+
+    def cores_per_host(self) -> int:
+        """Cores one host of this provider brings, for built-in rate defaults."""
+        return 1
+
+    def max_hosts(self) -> int:
+        """The most hosts a --within plan may ask for."""
+        return 1
+
     def cost_estimate(self, count: int, timeout: Optional[float]) -> Optional[CostEstimate]:
         """What the run may cost at most; None where it costs nothing."""
         return None

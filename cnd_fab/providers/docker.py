@@ -127,6 +127,16 @@ class DockerProvider(Provider):
         except docker_sdk.errors.DockerException as error:
             raise ProviderError(f"Docker failed while looking up {self.image!r}: {error}") from None
 
+    def cores_per_host(self) -> int:
+        from ..transport import protocol
+
+        cores = protocol.effective_cores()
+        limit = self._cpus_for(0)
+        return max(1, min(cores, int(-(-limit // 1)))) if limit else cores
+
+    def max_hosts(self) -> int:
+        return 1  # containers on this machine only share its cores
+
     def _cpus_for(self, index: int) -> Optional[float]:
         if not self.cpus:
             return None

@@ -139,6 +139,7 @@ class Ec2Provider(Provider):
 
     name = "ec2"
     count_meaning = "EC2 instances launched together in one request"
+    instance_type: str
 
     def __init__(self, options: Optional[ProviderOptions] = None) -> None:
         super().__init__(options)
@@ -156,6 +157,14 @@ class Ec2Provider(Provider):
         self.launched_at: Optional[float] = None
         self.terminated_at: Optional[float] = None
         self._keepalive_stop = threading.Event()
+
+    def cores_per_host(self) -> int:
+        from ..calibration import vcpus
+
+        return vcpus(self.instance_type)
+
+    def max_hosts(self) -> int:
+        return MAX_INSTANCES
 
     # --- AWS clients -------------------------------------------------------------------
     @property

@@ -129,6 +129,12 @@ class LocalProvider(Provider):
                 "the local provider shares this machine's cores between them"
             )
 
+    def cores_per_host(self) -> int:
+        return self.cores
+
+    def max_hosts(self) -> int:
+        return 1  # more local workers only share the same cores
+
     def processes_per_host(self, count: int) -> int:
         return max(1, self.cores // count)
 

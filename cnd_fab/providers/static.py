@@ -42,6 +42,12 @@ class StaticProvider(Provider):
     def default_count(self) -> int:
         return max(1, len(self.hosts))
 
+    def cores_per_host(self) -> int:
+        return min((host.cores or 2) for host in self.hosts) if self.hosts else 2
+
+    def max_hosts(self) -> int:
+        return max(1, len(self.hosts))
+
     def check(self, count: int) -> None:
         if not self.hosts:
             raise InputError("--provider static needs --inventory FILE with a 'hosts:' list")

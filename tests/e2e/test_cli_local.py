@@ -204,6 +204,12 @@ BAD_INPUTS = [
     (["--provider", "static", "--inventory", "inventory.example.yaml"], "inventory.example.yaml:12: hosts[0].key names"),
     (["--count", "65"], "--count 65 is too many local workers"),
     (["--provider", "ec2"], "no AWS region: give --region"),
+    (["--within", "10"], "give --within SECONDS and --confidence L together"),
+    (["--within", "10", "--confidence", "2"], "--confidence must be above 0 and below 1"),
+    (["--within", "10", "--confidence", "most"], "--confidence must be a probability such as 0.95 or 95%"),
+    (["--within", "0", "--confidence", "0.9"], "--within must be a number of seconds above 0"),
+    (["--within", "10", "--confidence", "0.9", "--count", "2"], "give --count, or --within with --confidence"),
+    (["--best-effort"], "--best-effort goes with --within and --confidence"),
     (["--provider", "ec2", "--region", "eu-west-2"], "no AWS credentials found"),
 ]
 
@@ -229,3 +235,42 @@ def test_loopback_guard_reaches_subprocesses() -> None:
     code = "import socket; socket.create_connection(('192.0.2.1', 9), timeout=1)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "loopback guard: refused a connection" in result.stderr
+
+
+def test_within_refuses_a_space_unlikely_to_hold_one(private_state: Path) -> None:
+    result = run_cli(cli("search", "--difficulty", "32", "--within", "600", "--confidence", "0.9"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("model: about 2^32 = 4,294,967,296 nonces to the first golden one")
+    assert lines[-1].startswith("cnd-fab: the 2^32 space holds a golden nonce at difficulty 32 only with probability 0.632")
+    assert not (private_state / "runs").exists()
+
+
+def test_within_refuses_an_impossible_deadline_unless_best_effort(private_state: Path) -> None:
+    refused = run_cli(cli("search", "--difficulty", "34", "--nonce-bytes", "8", "--within", "2", "--confidence", "0.99"))
+    assert refused.returncode == 2
+    assert "no fleet of at most 1 local host(s) settles the answer within 2s with probability 0.99" in refused.stderr
+    assert not (private_state / "runs").exists()
+    tried = run_cli(cli("search", "--difficulty", "34", "--nonce-bytes", "8", "--within", "2", "--confidence", "0.99", "--best-effort", "--json"))
+    assert tried.returncode == 3, tried.stderr  # it ran, and --within became its timeout
+    assert json.loads(tried.stdout)["status"] == "timeout"
+
+
+def test_within_sizes_and_runs_the_search(private_state: Path) -> None:
+    started = time.monotonic()
+    result = run_cli(cli("search", "--difficulty", "16", "--within", "30", "--confidence", "0.9", "--json"))
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30
+    assert json.loads(result.stdout)["nonce"] == 133050
+    assert "built-in default for" in result.stderr and "not measured" in result.stderr
+
+
+def test_calibrate_measures_and_within_uses_it(private_state: Path) -> None:
+    result = run_cli(fab("calibrate", "--seconds", "3"))
+    assert result.returncode == 0, result.stderr
+    stored = json.loads((private_state / "calibration.json").read_text())
+    entry = stored["local/-/native"]
+    assert entry["samples"] == 1 and entry["rate"] > 1e6 and 0 < entry["startup"] < 10
+    planned = run_cli(cli("search", "--difficulty", "12", "--within", "20", "--confidence", "0.9"))
+    assert planned.returncode == 0, planned.stderr
+    assert "measured by fab calibrate, 1 run(s)" in planned.stderr

@@ -142,6 +142,8 @@ def test_lost_container_mid_run_still_gives_the_lowest(docker_client: Any, actio
 def test_ctrl_c_stops_every_remote_worker(docker_client: Any) -> None:
     run = LiveRun("--provider", "docker", "--count", "4", "--difficulty", "256")
     run.joined(4)
+    # Interrupt once the fleet has counted some work (the plain progress line shows it).
+    run.wait_for(lambda lines: any(re.search(r"; [1-9][\d,]* checked at", line) for line in lines))
     run.process.send_signal(signal.SIGINT)
     record = run.result(within=60)
     assert run.process.returncode == 130
@@ -234,3 +236,18 @@ def test_missing_image_is_a_clear_error_before_launch(docker_client: Any) -> Non
         "cnd-fab: the Docker image 'cnd-fab-no-such-image:1' is missing; build it with image/build.sh "
         "(no registry needed) or `docker build -t cnd-fab-sshd:latest image/`"
     ]
+
+
+def test_within_on_the_docker_hosts_finishes_in_time(testbed: Testbed, tmp_path: Path) -> None:
+    inventory = testbed.inventory(tmp_path / "inventory.yaml")
+    started = time.monotonic()
+    result = run_cli(
+        cli("search", "--provider", "static", "--inventory", str(inventory), "--difficulty", "24",
+            "--within", "30", "--confidence", "0.9", "--json")
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["nonce"] == LOWEST_D24 and record["lowest"] is True
+    assert elapsed < 30 and record["seconds"] < 30
+    assert "settle the answer within 30s with probability" in result.stderr
