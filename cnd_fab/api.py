@@ -56,11 +56,11 @@ def stop_on_signals(stop: threading.Event, console: Console) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def stderr_console() -> Console:
+def stderr_console(stderr: bool = True) -> Console:
     """Progress and tables go to stderr; off a terminal, lines are not cut at 80 columns."""
-    console = Console(stderr=True)
+    console = Console(stderr=stderr)
     if not console.is_terminal:
-        console = Console(stderr=True, width=max(console.width, 140))
+        console = Console(stderr=stderr, width=max(console.width, 140))
     return console
 
 
@@ -213,14 +213,83 @@ def search(*, out: Optional[IO[str]] = None, console: Optional[Console] = None, 
     cost = chosen.incurred_cost()
     if cost is not None:
         console.print(f"cost incurred: about ${cost:.4f} (per-second billing, 60 s minimum per instance)", highlight=False)
+    record = result_record(request, outcome, journal.run_id)
+    record["cost_usd"] = None if cost is None else round(cost, 6)
+    write_run_record(request, record, started, outcome, cost)
     if request.json_output:
-        record = result_record(request, outcome, journal.run_id)
-        record["cost_usd"] = None if cost is None else round(cost, 6)
         out.write(json.dumps(record) + "\n")
     else:
         out.write(result_text(request, outcome, journal.run_id) + "\n")
     out.flush()
     return {TIMEOUT_STATUS: EXIT_TIMEOUT, INTERRUPTED_STATUS: EXIT_INTERRUPTED}.get(outcome.status, EXIT_OK)
+
+
+def write_run_record(
+    request: SearchRequest, result: Dict[str, Any], started: float, outcome: SearchOutcome, cost: Optional[float]
+) -> None:
+    from .records import build_record, write_record
+
+    parameters = {
+        "difficulty": request.problem.difficulty,
+        "nonce_bytes": request.problem.nonce_bytes,
+        "block_hex": request.problem.block.hex(),
+        "units": request.space.count,
+        "any": request.first_found_wins,
+        "timeout": request.timeout,
+        "within": request.within,
+        "confidence": request.confidence,
+        "kernel": request.kernel,
+    }
+    write_record(
+        build_record(
+            result["run_id"],
+            request.provider.name,
+            request.provider.instance_type,
+            parameters,
+            result,
+            started,
+            outcome.hosts,
+            cost,
+        )
+    )
+
+
+def stats(level: Optional[str] = None, plot_file: Optional[str] = None, console: Optional[Console] = None) -> int:
+    """Print timing statistics over the run records; optionally draw them."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from .options import parse_confidence
+    from .records import load_records, plot, records_dir, summarise
+
+    chosen_level = 0.95 if level is None else parse_confidence(level)
+    console = console or stderr_console(stderr=False)
+    records = load_records()
+    rows = summarise(records, chosen_level)
+    table = Table(title=f"settled runs by provider, instance type, difficulty and hosts ({len(records)} records in {records_dir()})")
+    for column in ("provider", "type", "D", "hosts", "runs", "mean s", "std dev s", f"{chosen_level:.0%} interval s", "speedup", "efficiency"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            row.provider,
+            row.instance_type,
+            str(row.difficulty),
+            str(row.hosts),
+            str(row.runs),
+            f"{row.mean:.2f}",
+            "-" if row.stdev is None else f"{row.stdev:.2f}",
+            "-" if row.interval is None else f"{row.interval[0]:.2f} – {row.interval[1]:.2f}",
+            "-" if row.speedup is None else f"{row.speedup:.2f}×",
+            "-" if row.efficiency is None else f"{row.efficiency:.0%}",
+        )
+    console.print(table)
+    if plot_file:
+        if not rows:
+            raise InputError("--plot: there are no settled runs to draw yet")
+        plot(rows, Path(plot_file), chosen_level)
+        console.print(f"plot written to {plot_file}")
+    return EXIT_OK
 
 
 def result_record(request: SearchRequest, outcome: SearchOutcome, run_id: str) -> Dict[str, Any]:

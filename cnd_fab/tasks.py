@@ -180,6 +180,18 @@ def calibrate(
     )
 
 
+@task(
+    help={
+        "level": "confidence level of the intervals (default 0.95)",
+        "plot": "also draw time and efficiency against the number of hosts into this PNG file",
+    }
+)
+@one_line_errors
+def stats(c: Context, level: Optional[str] = None, plot: Optional[str] = None) -> int:
+    """Timing statistics over past runs: mean, spread, interval, speedup, efficiency."""
+    return api.stats(level=level, plot_file=plot)
+
+
 @task(help={"region": "also search this AWS region for tagged instances"})
 @one_line_errors
 def status(c: Context, region: Optional[str] = None) -> int:
