@@ -53,6 +53,7 @@ def build_record(
     `hosts` are fleet.HostView objects; `started` is the run's monotonic start.
     """
     startups = [view.running_at - started for view in hosts if view.running_at is not None]
+    ended = started + float(result["seconds"])
     kernels = Counter(view.kernel for view in hosts if view.kernel)
     return {
         "run_id": run_id,
@@ -76,6 +77,7 @@ def build_record(
                 "cores": view.cores,
                 "units": view.units_done,
                 "hashes": view.hashes,
+                "rate": None if view.running_at is None else view.hashes / max(1e-9, ended - view.running_at),
                 "startup": None if view.running_at is None else view.running_at - started,
             }
             for view in hosts

@@ -55,6 +55,7 @@ def test_every_search_writes_a_record_and_stats_reads_them(private_state: Path, 
     assert saved["outcome"]["status"] == "found" and saved["outcome"]["nonce"] == 2670
     assert saved["parameters"]["difficulty"] == 12 and saved["time_to_result"] > 0
     assert saved["per_host"][0]["kernel"] and saved["startup"]["mean"] is not None
+    assert saved["per_host"][0]["rate"] > 0 and saved["per_host"][0]["units"] >= 1
     plot = tmp_path / "stats.png"
     shown = run_cli(cli("stats", "--level", "90%", "--plot", str(plot)))
     assert shown.returncode == 0, shown.stderr
