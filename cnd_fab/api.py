@@ -37,14 +37,16 @@ EXIT_INTERRUPTED = 130
 
 @contextmanager
 def stop_on_signals(stop: threading.Event, console: Console) -> Iterator[None]:
-    """SIGINT and SIGTERM ask the run to stop cleanly; a second SIGINT gives up waiting."""
+    """SIGINT and SIGTERM ask the run to stop cleanly. Further ones are refused while the
+    hosts are released: giving up then would leave instances and containers running."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def ask_to_stop(signum: int, frame: Optional[FrameType]) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if stop.is_set():
+            console.print("still stopping: every worker is being killed and every host released…", highlight=False)
+            return
         stop.set()
         console.print("stopping: killing remote workers and releasing hosts…", highlight=False)
 
@@ -189,26 +191,36 @@ def search(*, out: Optional[IO[str]] = None, console: Optional[Console] = None, 
         reporter = LiveReporter(console, f"cnd-fab {journal.run_id}")
     else:
         reporter = PlainReporter(console)
-    try:
-        with stop_on_signals(stop, console), reporter:
-            hosts = chosen.launch(request.count, journal)
-            fleet = FleetSearch(
-                request.problem,
-                request.space,
-                hosts,
-                journal.run_id,
-                first_found_wins=request.first_found_wins,
-                deadline=deadline,
-                stop=stop,
-                reporter=reporter,
-                on_lost=lambda host: host.stop_worker(),
-                started=started,
-                payload=payload,
-            )
-            outcome = fleet.run()
-    finally:
-        chosen.release(hosts, journal)
-        journal.close(CLEANED, outcome=outcome.status if outcome else "failed")
+    release_error: Optional[CndError] = None
+    with stop_on_signals(stop, console):
+        try:
+            with reporter:
+                hosts = chosen.launch(request.count, journal)
+                fleet = FleetSearch(
+                    request.problem,
+                    request.space,
+                    hosts,
+                    journal.run_id,
+                    first_found_wins=request.first_found_wins,
+                    deadline=deadline,
+                    stop=stop,
+                    reporter=reporter,
+                    on_lost=lambda host: host.stop_worker(),
+                    started=started,
+                    payload=payload,
+                )
+                outcome = fleet.run()
+        finally:
+            try:
+                chosen.release(hosts, journal)
+            except CndError as error:
+                # The journal stays open, so `fab teardown` finds what is left.
+                release_error = error
+                if outcome is None:
+                    raise
+            else:
+                journal.close(CLEANED, outcome=outcome.status if outcome else "failed")
+    assert outcome is not None
     print_summary(console, outcome)
     cost = chosen.incurred_cost()
     if cost is not None:
@@ -221,6 +233,8 @@ def search(*, out: Optional[IO[str]] = None, console: Optional[Console] = None, 
     else:
         out.write(result_text(request, outcome, journal.run_id) + "\n")
     out.flush()
+    if release_error is not None:
+        raise release_error
     return {TIMEOUT_STATUS: EXIT_TIMEOUT, INTERRUPTED_STATUS: EXIT_INTERRUPTED}.get(outcome.status, EXIT_OK)
 
 
@@ -519,8 +533,14 @@ def calibrate(
         console.print(estimate.describe(), highlight=False, soft_wrap=True)
         if not yes:
             raise InputError("calibrating launches paid instances: pass --yes to confirm")
+    from .calibration import DEFAULT_STARTUP
+
     payload = prepare_payload(choice, console)
-    outcome, fleet, launched, began = timed_search(chosen, hosts, duration, payload)
+    stop = threading.Event()
+    # Start-up is measured, not part of the measuring window: allow generously for it.
+    grace = 5 * DEFAULT_STARTUP.get(chosen.name, 10.0)
+    with stop_on_signals(stop, console):
+        outcome, fleet, launched, began = timed_search(chosen, hosts, duration, payload, grace=grace, stop=stop)
     assert fleet.finished_at is not None
     working = [view for view in outcome.hosts if view.running_at is not None]
     if not working:

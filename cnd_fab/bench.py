@@ -142,21 +142,29 @@ def native_payload() -> WorkerPayload:
 
 
 def timed_search(
-    provider: Provider, count: int, seconds: float, payload: WorkerPayload
+    provider: Provider,
+    count: int,
+    seconds: float,
+    payload: WorkerPayload,
+    grace: float = 0.0,
+    stop: Optional[threading.Event] = None,
 ) -> Tuple[SearchOutcome, FleetSearch, List[Host], float]:
-    """A real search with nothing to find (D=256), stopped at a deadline; hosts released."""
+    """A real search with nothing to find (D=256) for `seconds` after `grace` seconds of
+    start-up allowance; the hosts are released whatever happens, a failed launch included."""
     journal = RunJournal.start(provider.name)
     began = time.monotonic()
-    hosts = provider.launch(count, journal)
+    hosts: List[Host] = []
     try:
+        hosts = provider.launch(count, journal)
         fleet = FleetSearch(
             Problem(BLOCK, 4, NEVER_GOLDEN),
             UnitSpace(4, 1024),
             hosts,
             journal.run_id,
-            deadline=began + seconds,
+            deadline=began + grace + seconds,
             started=began,
             payload=payload,
+            stop=stop,
         )
         outcome = fleet.run()
     finally:

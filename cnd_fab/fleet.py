@@ -180,6 +180,7 @@ class FleetSearch:
         name = session.host.name
         try:
             channel = session.host.start_worker(self.run_id, self.payload)
+            session.started_at = time.monotonic()  # before the channel shows, for the HELLO deadline
             session.channel = channel
             self.events.put((name, "opened"))
             while True:
@@ -189,7 +190,10 @@ class FleetSearch:
                     return
                 line = line.strip()
                 if line:
-                    self.events.put((name, json.loads(line)))
+                    message = json.loads(line)
+                    if not isinstance(message, dict):
+                        raise ValueError(f"expected an object, got {line[:80]!r}")
+                    self.events.put((name, message))
         except ValueError as error:
             self.events.put((name, WorkerError(f"worker sent a line that is not JSON: {error}")))
         except CndError as error:
@@ -476,16 +480,21 @@ class FleetSearch:
             rate=rate,
             eta=left_nonces / rate if rate > 0 else None,
             hosts=[s.view for s in self.sessions.values()],
-            candidate=scheduler.best or self.candidate,
+            candidate=self._lowest_known(),
             reissued=scheduler.reissued,
         )
+
+    def _lowest_known(self) -> Optional[Golden]:
+        """The lowest verified golden nonce seen so far, settled or not."""
+        known = [g for g in (self.scheduler.best, self.candidate) if g is not None]
+        return min(known, key=lambda golden: golden.nonce) if known else None
 
     def _outcome(self, status: str) -> SearchOutcome:
         scheduler = self.scheduler
         golden = scheduler.best
         lowest = status == FOUND_STATUS and not scheduler.first_found_wins
-        if golden is None and status in (TIMEOUT_STATUS, INTERRUPTED_STATUS):
-            golden = self.candidate
+        if status in (TIMEOUT_STATUS, INTERRUPTED_STATUS):
+            golden = self._lowest_known()
         return SearchOutcome(
             status=status,
             golden=golden,

@@ -157,6 +157,10 @@ class SshHost(Host):
         self.run_dir = f"{REMOTE_ROOT}/{protocol.RUN_DIR_PREFIX}{run_id}-{index}"
         self.connection: Optional[Connection] = None
         self.started_worker = False
+        #: Set once the run has let this host go: a late connect must not start a worker.
+        self.released = False
+        #: True when stopping the worker could not be confirmed (the host kept its files).
+        self.clean_failed = False
         self._lock = threading.Lock()
 
     # --- connecting --------------------------------------------------------------------
@@ -189,8 +193,10 @@ class SshHost(Host):
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         return connection
 
-    def connect(self, deadline: Optional[float] = None) -> Connection:
-        """Open the connection, retrying with jittered backoff while the host comes up."""
+    def connect(self, deadline: Optional[float] = None, cleaning: bool = False) -> Connection:
+        """Open the connection, retrying with jittered backoff while the host comes up.
+
+        Once the host is released only the cleanup may still connect (`cleaning`)."""
         if self.connection is not None and self.connection.is_connected:
             return self.connection
         target = self.target
@@ -198,6 +204,8 @@ class SshHost(Host):
         delay = 0.1
         last = "no attempt made"
         while True:
+            if self.released and not cleaning:
+                raise HostConnectError(f"{self.name}: the run ended before the host answered")
             remaining = deadline - time.monotonic()
             connection = self._new_connection(min(10.0, max(1.0, remaining)))
             try:
@@ -272,6 +280,10 @@ class SshHost(Host):
 
     def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
         connection = self.connect()
+        with self._lock:
+            if self.released:
+                raise HostConnectError(f"{self.name}: the run ended before the worker started")
+            self.started_worker = True  # from here on, stop_worker must clean this host
         if self.journal is not None:
             self.journal.record("ssh-run-dir", host=self.name, address=self.target.address, run_dir=self.run_dir)
         self.push(connection, payload)
@@ -280,7 +292,6 @@ class SshHost(Host):
             channel.exec_command(self.worker_command(run_id, payload))
         except (OSError, EOFError, paramiko.SSHException) as error:
             raise HostConnectError(f"{self.name}: starting the worker failed: {error}") from error
-        self.started_worker = True
         return SshChannel(channel)
 
     def run_command(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Tuple[int, str]:
@@ -306,14 +317,16 @@ class SshHost(Host):
     def stop_worker(self) -> None:
         """Kill the worker's process group (TERM, then KILL) and remove the run directory."""
         with self._lock:
+            self.released = True
             if not self.started_worker and self.connection is None:
                 return
             try:
                 # A dropped connection may leave a live worker: reconnect briefly to kill it.
-                self.connect(deadline=time.monotonic() + STOP_CONNECT_DEADLINE)
+                self.connect(deadline=time.monotonic() + STOP_CONNECT_DEADLINE, cleaning=True)
                 self.run_command(self.cleanup_command(), timeout=STOP_CONNECT_DEADLINE)
+                self.clean_failed = False
             except HostConnectError:
-                pass  # gone or hung: the provider removes it, or teardown tries again
+                self.clean_failed = True  # gone or hung: the provider removes it, or teardown retries
             finally:
                 if self.connection is not None:
                     self.connection.close()

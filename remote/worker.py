@@ -55,6 +55,9 @@ HEARTBEAT_SECONDS = 0.5
 DEFAULT_CHUNK_NONCES = 1 << 18
 NATIVE_CHUNK_NONCES = 1 << 22
 MIN_CHUNK_NONCES = 1 << 14
+# Chunks are listed when a unit arrives: a huge unit (8-byte nonces, few units) gets bigger
+# chunks instead of an endless list. Progress and cancel still come every stride.
+MAX_CHUNKS_PER_UNIT = 1 << 12
 # The kernel must find this SPEC vector before it is trusted: COMSM0010cloud, D = 16.
 SELF_TEST = ("434f4d534d30303130636c6f7564", "4", "16", "0", "140000")
 SELF_TEST_ANSWER = "1 133050 133051 0000a77c6f4fa81ede0bb05ea58430a21d2bceeb80660c573e678a703d006afd"
@@ -203,6 +206,13 @@ class NativeScanner(object):
         The kernel's "p <checked>" lines go to on_stride; when it asks to stop, the kernel
         is killed mid-chunk and a fresh one started, so a cancel takes effect at once.
         """
+        if end == 1 << 64:
+            # The kernel's range ends are 64-bit: the very last nonce is checked here.
+            head = self.scan(block, nonce_bytes, difficulty, start, end - 1, on_stride) if end - 1 > start else (None, None, 0)
+            if head is None or head[0] is not None or head[2] < end - 1 - start:
+                return head
+            nonce, digest, checked = scan_range(block, nonce_bytes, difficulty, end - 1, end)
+            return nonce, digest, head[2] + checked
         request = "%s %d %d %d %d\n" % (block.hex() or "-", nonce_bytes, difficulty, start, end)
         self.process.stdin.write(request.encode())
         self.process.stdin.flush()
@@ -434,6 +444,7 @@ class Worker(object):
         else:
             # At least one chunk per core, so a single unit keeps every core busy.
             step = max(MIN_CHUNK_NONCES, min(self.chunk_nonces, -(-(end - start) // self.processes)))
+            step = max(step, -(-(end - start) // MAX_CHUNKS_PER_UNIT))
         starts = list(range(start, end, step))
         self.units[index] = UnitState(index, start, end, starts)
         for chunk_start in starts:

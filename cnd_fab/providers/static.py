@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import paramiko
 
-from ..errors import HostConnectError, InputError
+from ..errors import HostConnectError, InputError, ProviderError
 from ..journal import RunJournal
 from ..ssh import SshHost, SshTarget, stop_all
 from .base import Host, Provider, ProviderOptions
@@ -23,8 +23,9 @@ TEARDOWN_CONNECT_SECONDS = 10.0
 def load_login_key(path: Path, host: str) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_path(str(path))
-    except (OSError, paramiko.SSHException, ValueError) as error:
-        raise InputError(f"{host}: cannot load the key file {path}: {error}") from None
+    except Exception as error:  # paramiko and cryptography raise many kinds; all mean the same here
+        reason = "it needs a passphrase (use an agent-free, unencrypted key for cnd-fab)" if isinstance(error, TypeError) else str(error)
+        raise InputError(f"{host}: cannot load the key file {path}: {reason}") from None
 
 
 class StaticProvider(Provider):
@@ -82,6 +83,12 @@ class StaticProvider(Provider):
 
     def release(self, hosts: List[Host], journal: RunJournal) -> None:
         stop_all(hosts)
+        unclean = [h.name for h in hosts if isinstance(h, SshHost) and h.clean_failed]
+        if unclean:
+            raise ProviderError(
+                f"could not confirm the worker was killed on {', '.join(unclean)}; run "
+                f"`fab teardown --run {journal.run_id} --inventory FILE` when they answer again"
+            )
 
     def teardown(self, journal: RunJournal, dry_run: bool = False) -> List[str]:
         """Reconnect to each host the journal names and kill and remove what is left."""
@@ -102,7 +109,7 @@ class StaticProvider(Provider):
             host = SshHost(self.target(index, TEARDOWN_CONNECT_SECONDS), journal.run_id, 0)
             host.run_dir = str(resource["run_dir"])
             try:
-                host.connect()
+                host.connect(cleaning=True)
                 status, output = host.run_command(host.cleanup_command())
                 lines.append(f"cleaned {where}" if status == 0 else f"nothing to clean at {where}")
             except HostConnectError as error:

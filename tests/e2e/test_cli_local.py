@@ -274,3 +274,23 @@ def test_calibrate_measures_and_within_uses_it(private_state: Path) -> None:
     planned = run_cli(cli("search", "--difficulty", "12", "--within", "20", "--confidence", "0.9"))
     assert planned.returncode == 0, planned.stderr
     assert "measured by fab calibrate, 1 run(s)" in planned.stderr
+
+
+def test_a_passphrase_protected_key_is_one_clear_line(tmp_path: Path, private_state: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = tmp_path / "id_locked"
+    key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.BestAvailableEncryption(b"secret")
+        )
+    )
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(f"hosts:\n  - {{host: 127.0.0.1, port: 2222, user: root, key: {key}}}\n")
+    result = run_cli(cli("search", "--provider", "static", "--inventory", str(inventory)))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"cnd-fab: 127.0.0.1:2222: cannot load the key file {key}: it needs a passphrase (use an agent-free, unencrypted key for cnd-fab)"
+    ]
+    assert not (private_state / "runs").exists()

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -71,6 +71,43 @@ class LiveRun:
     def stderr(self) -> str:
         return "".join(self.lines)
 
+    def close(self) -> None:
+        """Stop a run a failed test left behind, the way a user would: Ctrl-C, then wait."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def live_run() -> Iterator[Callable[..., LiveRun]]:
+    runs: List[LiveRun] = []
+
+    def start(*args: str) -> LiveRun:
+        runs.append(LiveRun(*args))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.close()
+
+
+def pause(container: Any) -> None:
+    """docker pause, retried: the cgroup v1 freezer refuses now and then while a process forks."""
+    import docker
+
+    for attempt in range(20):
+        try:
+            container.pause()
+            return
+        except docker.errors.APIError as error:
+            if "unable to freeze" not in str(error) or attempt == 19:
+                raise
+            time.sleep(0.25)
+
 
 def test_docker_search_through_the_cli(docker_client: Any) -> None:
     result = run_cli(fab("search", "--provider", "docker", "--count", "4", "--difficulty", "20", "--json"))
@@ -116,17 +153,19 @@ DROP_CONNECTIONS = (
 
 
 @pytest.mark.parametrize("action", ["kill", "pause", "drop"])
-def test_lost_container_mid_run_still_gives_the_lowest(docker_client: Any, action: str) -> None:
+def test_lost_container_mid_run_still_gives_the_lowest(docker_client: Any, action: str, live_run: Callable[..., LiveRun]) -> None:
     # Pure Python keeps the run long enough (about 10 s) to lose a host in the middle of it.
-    run = LiveRun("--provider", "docker", "--count", "4", "--difficulty", "24", "--kernel", "python")
+    run = live_run("--provider", "docker", "--count", "4", "--difficulty", "24", "--kernel", "python")
     run.joined(4)
     assert run.run_id is not None
     # docker-1 joined first or not, it holds low units: units 0..7 are all in flight.
     victim = docker_client.containers.get(f"{run.run_id}-1")
     if action == "drop":
         assert victim.exec_run(["python3", "-c", DROP_CONNECTIONS]).exit_code == 0
+    elif action == "pause":
+        pause(victim)
     else:
-        getattr(victim, action)()
+        victim.kill()
     record = run.result()
     assert run.process.returncode == 0, run.stderr
     assert record["nonce"] == LOWEST_D24 and record["lowest"] is True
@@ -139,8 +178,8 @@ def test_lost_container_mid_run_still_gives_the_lowest(docker_client: Any, actio
     assert not cnd_containers(docker_client)
 
 
-def test_ctrl_c_stops_every_remote_worker(docker_client: Any) -> None:
-    run = LiveRun("--provider", "docker", "--count", "4", "--difficulty", "256")
+def test_ctrl_c_stops_every_remote_worker(docker_client: Any, live_run: Callable[..., LiveRun]) -> None:
+    run = live_run("--provider", "docker", "--count", "4", "--difficulty", "256")
     run.joined(4)
     # Interrupt once the fleet has counted some work (the plain progress line shows it).
     run.wait_for(lambda lines: any(re.search(r"; [1-9][\d,]* checked at", line) for line in lines))
@@ -197,8 +236,8 @@ def test_unknown_host_key_is_refused_unless_trusted_on_first_use(testbed: Testbe
     assert testbed.hosts[0].host_key.key.get_base64() in empty.read_text()
 
 
-def test_teardown_after_a_killed_controller_twice(docker_client: Any, private_state: Path) -> None:
-    run = LiveRun("--provider", "docker", "--count", "2", "--difficulty", "256")
+def test_teardown_after_a_killed_controller_twice(docker_client: Any, private_state: Path, live_run: Callable[..., LiveRun]) -> None:
+    run = live_run("--provider", "docker", "--count", "2", "--difficulty", "256")
     run.joined(2)
     run.process.kill()
     run.process.wait()
@@ -217,8 +256,8 @@ def test_teardown_after_a_killed_controller_twice(docker_client: Any, private_st
     assert {r["kind"] for r in journal["resources"]} >= {"docker-container", "ssh-run-dir"}
 
 
-def test_teardown_finds_containers_by_label_without_a_journal(docker_client: Any, private_state: Path) -> None:
-    run = LiveRun("--provider", "docker", "--count", "1", "--difficulty", "256")
+def test_teardown_finds_containers_by_label_without_a_journal(docker_client: Any, private_state: Path, live_run: Callable[..., LiveRun]) -> None:
+    run = live_run("--provider", "docker", "--count", "1", "--difficulty", "256")
     run.joined(1)
     run.process.kill()
     run.process.wait()

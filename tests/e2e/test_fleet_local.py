@@ -128,3 +128,48 @@ def test_a_wrong_golden_claim_loses_the_host(local_fleet: Tuple[LocalProvider, R
     search._handle("local-1", {"type": "DONE", "unit": 0, "hashes": 5, "seconds": 0.1, "nonce": 3, "hash": "00" * 32})
     assert session.view.state == LOST and "but it is not" in session.view.error
     assert search.scheduler.best is None
+
+
+class ScriptedChannel:
+    def __init__(self, lines: List[str]) -> None:
+        self.lines = lines
+
+    def send_line(self, line: str) -> None:
+        pass
+
+    def read_line(self) -> str:
+        return self.lines.pop(0) if self.lines else ""
+
+    def close(self) -> None:
+        pass
+
+    def stderr_tail(self) -> str:
+        return ""
+
+
+class ScriptedHost(Host):
+    def __init__(self, name: str, lines: List[str]) -> None:
+        self.name = name
+        self.lines = lines
+
+    def start_worker(self, run_id: str, payload: object) -> ScriptedChannel:  # type: ignore[override]
+        return ScriptedChannel(list(self.lines))
+
+    def stop_worker(self) -> None:
+        pass
+
+
+def test_a_host_printing_something_else_is_lost_not_fatal() -> None:
+    search = FleetSearch(Problem(BLOCK, 4, 8), UnitSpace(4, 1024), [ScriptedHost("noisy", ["1\n"])], "run")
+    with pytest.raises(FleetLostError, match="noisy: worker sent a line that is not JSON: expected an object, got '1'"):
+        search.run()
+
+
+def test_the_lowest_verified_golden_is_reported_when_stopped_early() -> None:
+    from cnd_fab.schedule import Golden
+
+    search = FleetSearch(Problem(BLOCK, 4, 8), UnitSpace(4, 1024), [], "run")
+    search.scheduler.best = Golden(9, 9 * (1 << 22) + 5, "x")
+    search.candidate = Golden(3, 3 * (1 << 22) + 1, "y")
+    assert search._lowest_known() == search.candidate
+    assert search._outcome("timeout").golden == search.candidate

@@ -190,3 +190,21 @@ def test_serve_reports_progress_lines(kernel_dir: Path) -> None:
     )
     lines = served.stdout.splitlines()
     assert lines[1:] == [f"p {1 << 20}", f"p {2 << 20}", f"0 0 {3 << 20} -"]
+
+
+def test_the_very_last_eight_byte_nonce_is_checked(kernel_dir: Path) -> None:
+    last = (1 << 64) - 1
+    # A block whose only golden nonce (D = 4) among the last three is the very last one.
+    block = next(
+        b for b in (f"edge-{i}".encode() for i in range(10_000))
+        if protocol.scan_range(b, 8, 4, last - 2, last + 1)[0] == last
+    )
+    binary = str(kernel_dir / f"sha256d-{machine_architecture()}")
+    scanner = protocol.NativeScanner([binary])
+    try:
+        nonce, digest, checked = scanner.scan(block, 8, 4, last - 2, last + 1)
+    finally:
+        scanner.process.kill()
+        scanner.process.wait()
+    assert nonce == last and checked == 3
+    assert digest == protocol.scan_range(block, 8, 4, last, last + 1)[1]

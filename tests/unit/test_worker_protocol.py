@@ -210,3 +210,11 @@ def test_worker_file_is_stdlib_only_and_python38_compatible() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_huge_unit_is_cut_into_a_bounded_number_of_chunks(worker: WorkerProcess) -> None:
+    worker.read()
+    # 8-byte nonces in 1024 units: units of 2^54 nonces. The answer (SPEC) is 340817.
+    worker.work(0, 0, 1 << 54, 16, width=8)
+    done = worker.read_until(protocol.DONE)[-1]
+    assert done["unit"] == 0 and done["nonce"] == 340817
