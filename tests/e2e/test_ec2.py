@@ -317,3 +317,16 @@ def test_terminal_asks_before_launching(aws: Any, inventory: Path) -> None:
     assert "launch 2 ec2 instance(s)? [y/N]" in stderr
     assert stderr.strip().endswith("\ncnd-fab: not confirmed; nothing was launched") or stderr.strip().endswith("] cnd-fab: not confirmed; nothing was launched")
     assert_nothing_left(aws)
+
+
+def test_within_plans_an_ec2_fleet_prices_it_and_runs_it(aws: Any, inventory: Path) -> None:
+    result = run_cli(
+        ec2_cli("search", "--provider", "ec2", "--inventory", str(inventory), "--difficulty", "24",
+                "--within", "300", "--confidence", "0.95", "--yes", "--json")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "each host 40.00 MH/s after 60.0s of start-up (built-in default for 2 core(s), not measured" in result.stderr
+    assert "1 host(s) settle the answer within 300s with probability" in result.stderr
+    assert "cost estimate: 1 × c7a.large at $0.1027/h for up to 5.0 min" in result.stderr
+    assert json.loads(result.stdout)["nonce"] == 30074393
+    assert_nothing_left(aws)
