@@ -540,7 +540,7 @@ def calibrate(
     # Start-up is measured, not part of the measuring window: allow generously for it.
     grace = 5 * DEFAULT_STARTUP.get(chosen.name, 10.0)
     with stop_on_signals(stop, console):
-        outcome, fleet, launched, began = timed_search(chosen, hosts, duration, payload, grace=grace, stop=stop)
+        outcome, fleet, _, began = timed_search(chosen, hosts, duration, payload, grace=grace, stop=stop)
     assert fleet.finished_at is not None
     working = [view for view in outcome.hosts if view.running_at is not None]
     if not working:

@@ -56,7 +56,6 @@ class HostView:
     units_done: int = 0
     hashes: int = 0
     last_heard: Optional[float] = None
-    joined_at: Optional[float] = None
     first_unit_at: Optional[float] = None
     running_at: Optional[float] = None
     error: str = ""
@@ -300,7 +299,6 @@ class FleetSearch:
         view.state = READY
         view.cores = int(message.get("cores", 1))
         view.kernel = str(message.get("kernel", "?"))
-        view.joined_at = time.monotonic()
         session.prefetch = max(1, int(message.get("prefetch", 2)))
         self.scheduler.add_host(view.name)
         note = message.get("kernel_note")

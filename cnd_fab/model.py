@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 NEGLIGIBLE = 1e-15
 
@@ -79,7 +78,12 @@ class FleetModel:
             if lower_done * unit_seconds <= working:
                 total += self.chance_in(unit * self.unit_size, min(self.unit_size, (working - began) * host.rate))
             lower_done = max(lower_done, wave + 1)
+        # Whole waves that end before the deadline settle all their units: together they
+        # are one contiguous range, so they sum in closed form, however many there are.
         block = 0
+        if units > k * hosts:
+            block = int(min(max(0.0, math.floor(working / unit_seconds) - k), (units - k * hosts) // hosts))
+            total += self.chance_in(k * hosts * self.unit_size, block * hosts * self.unit_size)
         while True:
             first = k * hosts + block * hosts
             began = (k + block) * unit_seconds
@@ -137,14 +141,3 @@ def describe(model: FleetModel, host: HostModel, plan: Plan, within: float, conf
         f"{plan.hosts} host(s) settle the answer within {within:g}s with probability {plan.probability:.3f} "
         f"(asked: {confidence:.3f}); the space holds a golden nonce with probability {model.space_holds_one():.3f}"
     )
-
-
-def is_monotone(model: FleetModel, host: HostModel, within: float, most: int) -> Optional[int]:
-    """The first host count where adding a host lowers the probability, if any (a self-check)."""
-    previous = -1.0
-    for hosts in range(1, most + 1):
-        chance = model.probability(hosts, host, within)
-        if chance + 1e-12 < previous:
-            return hosts
-        previous = chance
-    return None

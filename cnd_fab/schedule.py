@@ -159,11 +159,6 @@ class Scheduler:
         )
 
     @property
-    def settled_units(self) -> Set[int]:
-        """Units settled that still matter (below the cutoff)."""
-        return set(self._done)
-
-    @property
     def units_settled(self) -> int:
         return len(self._done)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 DEFAULT_BLOCK_TEXT = "COMSM0010cloud"
 NONCE_WIDTHS = (4, 8)
@@ -101,9 +101,6 @@ class UnitSpace:
 
     def unit_of(self, nonce: int) -> int:
         return nonce // self.unit_size
-
-    def __iter__(self) -> Iterator[Unit]:
-        return (self.unit(index) for index in range(self.count))
 
 
 def default_units(nonce_bytes: int) -> int:

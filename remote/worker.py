@@ -74,15 +74,6 @@ def golden_target(difficulty):
     return (1 << (256 - difficulty)).to_bytes(32, "big")
 
 
-def leading_zero_bits(digest):
-    value = int.from_bytes(digest, "big")
-    return 256 - value.bit_length()
-
-
-def double_sha256(message):
-    return hashlib.sha256(hashlib.sha256(message).digest()).digest()
-
-
 def scan_range(block, nonce_bytes, difficulty, start, end, on_stride=None):
     """Return (nonce, hash, checked) for the lowest golden nonce in [start, end).
 

@@ -41,8 +41,12 @@ def test_hash_vectors(vector: Dict[str, Any]) -> None:
     digest = problem.hash(vector["nonce"])
     assert digest.hex() == vector["hash"]
     assert zero_bits(digest) == vector["zero_bits"]
-    assert protocol.double_sha256(problem.message(vector["nonce"])).hex() == vector["hash"]
-    assert protocol.leading_zero_bits(digest) == vector["zero_bits"]
+    # The worker's own scan agrees: this nonce is golden exactly up to its zero bits.
+    if vector["zero_bits"] >= 1:
+        found, worker_digest, _ = protocol.scan_range(problem.block, vector["nonce_bytes"], vector["zero_bits"], vector["nonce"], vector["nonce"] + 1)
+        assert found == vector["nonce"] and worker_digest is not None and worker_digest.hex() == vector["hash"]
+    if vector["zero_bits"] < 256:
+        assert protocol.scan_range(problem.block, vector["nonce_bytes"], vector["zero_bits"] + 1, vector["nonce"], vector["nonce"] + 1)[0] is None
 
 
 @pytest.mark.parametrize("vector", LOWEST, ids=label)
