@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from tests.helpers import GUARD_DIR, REPO, wait_for_no_workers, worker_processes
-from tests.loopback_guard.sitecustomize import ENV_FLAG, check
+from tests.loopback_guard.sitecustomize import ENV_FLAG, guarded
 
 # Native kernels are built once into the clone and shared by every test and subprocess.
 os.environ.setdefault("CND_FAB_CACHE_DIR", str(REPO / ".cache" / "cnd-fab"))
@@ -19,19 +19,8 @@ os.environ.setdefault("CND_FAB_CACHE_DIR", str(REPO / ".cache" / "cnd-fab"))
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Fail any socket connect to a non-loopback address, here and in every subprocess."""
-    real_connect = socket.socket.connect
-    real_connect_ex = socket.socket.connect_ex
-
-    def guarded_connect(self: socket.socket, address: Any) -> Any:
-        check(self, address)
-        return real_connect(self, address)
-
-    def guarded_connect_ex(self: socket.socket, address: Any) -> Any:
-        check(self, address)
-        return real_connect_ex(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+    monkeypatch.setattr(socket.socket, "connect", guarded(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(socket.socket.connect_ex))
     # Subprocesses (the CLI, moto) load the same guard through sitecustomize.
     monkeypatch.setenv(ENV_FLAG, "1")
     path = os.environ.get("PYTHONPATH")

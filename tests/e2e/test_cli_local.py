@@ -231,6 +231,18 @@ def test_console_script_reports_bad_input_the_same_way() -> None:
     assert result.stderr.strip() == "cnd-fab: --difficulty must be a whole number, not 'abc'"
 
 
+def test_loopback_guard_refuses_other_addresses_here() -> None:
+    import socket
+
+    from tests.loopback_guard.sitecustomize import NonLoopbackConnect
+
+    for address in (("192.0.2.1", 9), ("172.17.0.2", 22), ("10.0.0.1", 22)):
+        with socket.socket() as sock, pytest.raises(NonLoopbackConnect):
+            sock.connect(address)
+        with socket.socket() as sock, pytest.raises(NonLoopbackConnect):
+            sock.connect_ex(address)
+
+
 def test_loopback_guard_reaches_subprocesses() -> None:
     code = "import socket; socket.create_connection(('192.0.2.1', 9), timeout=1)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

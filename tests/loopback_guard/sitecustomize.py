@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any
+from typing import Any, Callable
 
 ENV_FLAG = "CND_FAB_LOOPBACK_GUARD"
 
@@ -32,20 +32,19 @@ def check(sock: socket.socket, address: Any) -> None:
         raise NonLoopbackConnect(f"loopback guard: refused a connection to {address!r}")
 
 
-def install() -> None:
-    real_connect = socket.socket.connect
-    real_connect_ex = socket.socket.connect_ex
+def guarded(real: Callable[[socket.socket, Any], Any]) -> Callable[[socket.socket, Any], Any]:
+    """`real` (socket.connect or connect_ex), refusing every non-loopback address first."""
 
     def connect(self: socket.socket, address: Any) -> Any:
         check(self, address)
-        return real_connect(self, address)
+        return real(self, address)
 
-    def connect_ex(self: socket.socket, address: Any) -> Any:
-        check(self, address)
-        return real_connect_ex(self, address)
+    return connect
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+
+def install() -> None:
+    socket.socket.connect = guarded(socket.socket.connect)  # type: ignore[method-assign]
+    socket.socket.connect_ex = guarded(socket.socket.connect_ex)  # type: ignore[method-assign]
 
 
 import os as _os  # noqa: E402
