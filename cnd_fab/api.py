@@ -511,15 +511,13 @@ def calibrate(
     from . import inventory as inventory_file
     from .bench import timed_search
     from .calibration import calibration_file, key, record
-    from .options import KERNEL_CHOICES, parse_seconds, parse_whole
+    from .options import parse_kernel, parse_seconds, parse_whole
     from .providers import ProviderOptions
 
     console = console or stderr_console()
     hosts = 1 if count is None else parse_whole("count", count, 1, 64)
     duration = 15.0 if seconds is None else parse_seconds("seconds", seconds)
-    choice = kernel or "auto"
-    if choice not in KERNEL_CHOICES:
-        raise InputError(f"--kernel must be one of {', '.join(KERNEL_CHOICES)}, not {choice!r}")
+    choice = parse_kernel(kernel)
     options = ProviderOptions(
         inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory(),
         instance_type=instance_type,

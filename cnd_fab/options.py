@@ -90,6 +90,13 @@ def parse_block(text: Optional[str], hex_text: Optional[str]) -> bytes:
     return block
 
 
+def parse_kernel(raw: Optional[str]) -> str:
+    choice = (raw or "auto").strip()
+    if choice not in KERNEL_CHOICES:
+        raise InputError(f"--kernel must be one of {', '.join(KERNEL_CHOICES)}, not {choice!r}")
+    return choice
+
+
 def parse_confidence(raw: str) -> float:
     text = str(raw).strip()
     try:
@@ -173,9 +180,7 @@ def parse_search(
     planned_within, planned_confidence = parse_plan(within, confidence, requested_hosts, best_effort)
     chosen_class = provider_class((provider or DEFAULT_PROVIDER).strip())
     deadline = None if timeout is None else parse_seconds("timeout", timeout)
-    kernel_choice = (kernel or "auto").strip()
-    if kernel_choice not in KERNEL_CHOICES:
-        raise InputError(f"--kernel must be one of {', '.join(KERNEL_CHOICES)}, not {kernel_choice!r}")
+    kernel_choice = parse_kernel(kernel)
     texts = {"image": image, "region": region, "instance-type": instance_type, "ami": ami, "ssh-cidr": ssh_cidr}
     for flag, value in texts.items():
         if value is not None and not value.strip():

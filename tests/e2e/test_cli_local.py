@@ -210,6 +210,7 @@ BAD_INPUTS = [
     (["--within", "0", "--confidence", "0.9"], "--within must be a number of seconds above 0"),
     (["--within", "10", "--confidence", "0.9", "--count", "2"], "give --count, or --within with --confidence"),
     (["--best-effort"], "--best-effort goes with --within and --confidence"),
+    (["--kernel", "gpu"], "--kernel must be one of auto, native, python, not 'gpu'"),
     (["--provider", "ec2", "--region", "eu-west-2"], "no AWS credentials found"),
 ]
 
