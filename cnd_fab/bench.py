@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import threading
 import time
@@ -19,19 +18,18 @@ from typing import Any, Dict, List, Optional, Tuple
 from rich.console import Console
 from rich.table import Table
 
-from .errors import InputError
-from .fleet import FleetSearch, SearchOutcome
-from .kernels import ensure_kernels, machine_architecture
-from .journal import RunJournal
-from .options import parse_seconds, parse_whole
-from .progress import human_rate
-from .providers import Host, Provider, ProviderOptions, provider_class
-from .providers.local import LocalProvider
-from .spec import DEFAULT_BLOCK_TEXT, Problem, UnitSpace
-from .transport import PipeChannel, WorkerPayload, protocol, worker_file
+from remote import worker
 
-NEVER_GOLDEN = 256
-BLOCK = DEFAULT_BLOCK_TEXT.encode()
+from .fleet import FleetSearch
+from .kernels import ensure_kernels, machine_architecture
+from .options import BenchRequest
+from .progress import human_rate
+from .providers.base import Provider
+from .providers.local import LocalProvider
+from .run import MEASURING_BLOCK as BLOCK
+from .run import NEVER_GOLDEN, launched, measuring_search
+from .spec import Problem, UnitSpace
+from .transport import PipeChannel, WorkerPayload, worker_file
 
 
 def _scan_for(seconds: float, offset: int, results: "multiprocessing.Queue[int]") -> None:
@@ -41,7 +39,7 @@ def _scan_for(seconds: float, offset: int, results: "multiprocessing.Queue[int]"
     deadline = time.perf_counter() + seconds
     step = 1 << 16
     while time.perf_counter() < deadline:
-        protocol.scan_range(BLOCK, 4, NEVER_GOLDEN, start, start + step)
+        worker.scan_range(BLOCK, 4, NEVER_GOLDEN, start, start + step)
         start += step
         checked += step
     results.put(checked)
@@ -86,42 +84,31 @@ def worker_mode_rate(mode: str, processes: int, seconds: float, unit_nonces: int
     )
     channel = PipeChannel(process)
     try:
-        hello = json.loads(channel.read_line())
-        units_in_flight = int(hello["prefetch"])
+        hello = worker.decode(channel.read_line())
+        assert isinstance(hello, worker.Hello), hello
         next_unit = 0
 
         def send_unit() -> None:
             nonlocal next_unit
             start = next_unit * unit_nonces
-            channel.send_line(
-                json.dumps(
-                    {
-                        "type": protocol.WORK,
-                        "unit": next_unit,
-                        "start": start,
-                        "end": start + unit_nonces,
-                        "block": BLOCK.hex(),
-                        "nonce_bytes": 4,
-                        "difficulty": NEVER_GOLDEN,
-                    }
-                )
-            )
+            work = worker.Work(next_unit, start, start + unit_nonces, BLOCK.hex(), 4, NEVER_GOLDEN)
+            channel.send_line(worker.encode(work))
             next_unit += 1
 
         began = time.perf_counter()
-        for _ in range(units_in_flight):
+        for _ in range(hello.prefetch):
             send_unit()
         first_unit: Optional[float] = None
-        samples: List[tuple[float, int]] = []
+        samples: List[Tuple[float, int]] = []
         while time.perf_counter() - began < seconds:
-            message = json.loads(channel.read_line())
-            if message["type"] == protocol.DONE:
-                if message["unit"] == 0:
+            message = worker.decode(channel.read_line())
+            if isinstance(message, worker.Done):
+                if message.unit == 0:
                     first_unit = time.perf_counter() - began
                 send_unit()
-            elif message["type"] == protocol.PROGRESS:
-                samples.append((time.perf_counter(), int(message["hashes"])))
-        channel.send_line(json.dumps({"type": protocol.STOP}))
+            elif isinstance(message, worker.Progress):
+                samples.append((time.perf_counter(), message.hashes))
+        channel.send_line(worker.encode(worker.Stop()))
         # The steady rate: from the first heartbeat that shows work to the last.
         working = [sample for sample in samples if sample[1] > 0]
         if len(working) >= 2:
@@ -137,45 +124,15 @@ def worker_mode_rate(mode: str, processes: int, seconds: float, unit_nonces: int
 
 
 def native_payload() -> WorkerPayload:
-    folder, _ = ensure_kernels()
+    """The payload with this machine's native kernel, built if need be."""
+    folder, _ = ensure_kernels((machine_architecture(),))
     return WorkerPayload(kernel_dir=folder)
-
-
-def timed_search(
-    provider: Provider,
-    count: int,
-    seconds: float,
-    payload: WorkerPayload,
-    grace: float = 0.0,
-    stop: Optional[threading.Event] = None,
-) -> Tuple[SearchOutcome, FleetSearch, List[Host], float]:
-    """A real search with nothing to find (D=256) for `seconds` after `grace` seconds of
-    start-up allowance; the hosts are released whatever happens, a failed launch included."""
-    journal = RunJournal.start(provider.name)
-    began = time.monotonic()
-    hosts: List[Host] = []
-    try:
-        hosts = provider.launch(count, journal)
-        fleet = FleetSearch(
-            Problem(BLOCK, 4, NEVER_GOLDEN),
-            UnitSpace(4, 1024),
-            hosts,
-            journal.run_id,
-            deadline=began + grace + seconds,
-            started=began,
-            payload=payload,
-            stop=stop,
-        )
-        outcome = fleet.run()
-    finally:
-        provider.release(hosts, journal)
-        journal.close()
-    return outcome, fleet, hosts, began
 
 
 def end_to_end_rate(count: int, seconds: float, payload: WorkerPayload) -> Dict[str, Any]:
     """The local provider's end-to-end rate, start-up included."""
-    outcome, _, _, began = timed_search(LocalProvider(), count, seconds, payload)
+    outcome, _, run = measuring_search(LocalProvider(), count, seconds, payload)
+    began = run.started
     ready = [h.first_unit_at for h in outcome.hosts if h.first_unit_at is not None]
     startup = (min(ready) - began) if ready else 0.0
     return {
@@ -215,33 +172,29 @@ class FleetFigures:
 
 def fleet_figures(provider: Provider, count: int, seconds: float, payload: WorkerPayload) -> FleetFigures:
     """One timed search (nothing to find) and one that finds quickly, on `provider`'s hosts."""
-    outcome, fleet, hosts, began = timed_search(provider, count, seconds, payload)
-    reachable = max(host.reachable_at or began for host in hosts)
+    outcome, fleet, measured = measuring_search(provider, count, seconds, payload)
+    began = measured.started
+    reachable = max(host.reachable_at or began for host in measured.hosts)
     running = max(view.running_at or reachable for view in outcome.hosts)
     assert fleet.finished_at is not None
     rate = outcome.checked / (fleet.finished_at - reachable)
 
-    journal = RunJournal.start(provider.name)
-    hosts = provider.launch(count, journal)
     gone: List[float] = []
-    try:
+    with launched(provider, count, details={"purpose": "benchmark"}) as run:
         # D = 20: the answer (1,027,827) is settled within a couple of seconds.
-        found = FleetSearch(Problem(BLOCK, 4, 20), UnitSpace(4, 1024), hosts, journal.run_id, payload=payload)
-        found.run()
+        found = FleetSearch(Problem(BLOCK, 4, 20), UnitSpace(4, 1024), run.hosts, run.run_id, payload=payload)
+        run.outcome = found.run().status
         assert found.finished_at is not None
 
         def watch() -> None:
-            while _processes_of(journal.run_id):
+            while _processes_of(run.run_id):
                 time.sleep(0.002)
             gone.append(time.monotonic())
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        provider.release(hosts, journal)
-        released = time.monotonic()
-        watcher.join(10)
-    finally:
-        journal.close()
+    released = time.monotonic()
+    watcher.join(10)
     return FleetFigures(
         kernel=outcome.hosts[0].kernel,
         hosts=count,
@@ -254,12 +207,8 @@ def fleet_figures(provider: Provider, count: int, seconds: float, payload: Worke
     )
 
 
-def run_fleet(provider_name: str, count: int, seconds: float, inventory: Optional[str], kernel: str) -> int:
-    from . import inventory as inventory_file
-
-    options = ProviderOptions(inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory())
-    provider = provider_class(provider_name)(options)
-    provider.check(count)
+def run_fleet(provider: Provider, count: int, seconds: float, kernel: str) -> int:
+    """Fleet figures for `provider` next to the local provider's."""
     console = Console(width=160)
     console.print(f"cnd-fab bench: {count} {provider.name} host(s) against the local provider, {seconds:g}s searches")
     payload = native_payload() if kernel != "python" else WorkerPayload(kernel="python")
@@ -335,21 +284,19 @@ def kernel_table(console: Console, cores: int, duration: float, python_one: floa
     return best
 
 
-def run(
-    seconds: Optional[str] = None,
-    count: Optional[str] = None,
-    provider: Optional[str] = None,
-    inventory: Optional[str] = None,
-    kernel: Optional[str] = None,
-) -> int:
-    duration = 5.0 if seconds is None else parse_seconds("seconds", seconds)
-    hosts = 1 if count is None else parse_whole("count", count, 1, 64)
-    choice = kernel or "auto"
-    if choice not in ("auto", "python"):
-        raise InputError("--kernel for bench is auto (native where it runs) or python")
-    if provider is not None and provider != LocalProvider.name:
-        return run_fleet(provider, hosts, duration * 4, inventory, choice)
-    cores = protocol.effective_cores()
+def run(request: BenchRequest) -> int:
+    """`fab bench`: print the figures for this machine, a fleet, or the start-up time."""
+    if request.startup:
+        from .startup_bench import startup_figures
+
+        return startup_figures(Console(width=160))
+    duration, hosts, choice = request.seconds, request.count, request.kernel
+    if request.provider is not None and request.provider.name != LocalProvider.name:
+        from .checks import open_provider
+
+        provider, hosts = open_provider(request.provider, hosts)
+        return run_fleet(provider, hosts, duration * 4, choice)
+    cores = worker.effective_cores()
     console = Console(width=160)
     console.print(f"cnd-fab bench: {cores} cores, {duration:g}s per measurement")
 
@@ -369,7 +316,7 @@ def run(
     modes = Table(title=f"worker modes ({cores} cores, units of {unit_nonces:,} nonces, pure Python)")
     for column in ("mode", "steady rate", "vs raw", "unit 0 settled after"):
         modes.add_column(column, justify="right")
-    figures = [worker_mode_rate(mode, cores, duration * 2, unit_nonces) for mode in (protocol.SPLIT, protocol.WHOLE)]
+    figures = [worker_mode_rate(mode, cores, duration * 2, unit_nonces) for mode in (worker.SPLIT, worker.WHOLE)]
     for figure in figures:
         modes.add_row(
             figure.mode,

@@ -33,3 +33,7 @@ class WorkerError(CndError):
 
 class FleetLostError(CndError):
     """Every host was lost before the search could finish."""
+
+
+class ReleaseError(CndError):
+    """Some of a run's resources could not be confirmed released; its journal stays open."""

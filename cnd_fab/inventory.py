@@ -14,7 +14,7 @@ import yaml
 
 from .errors import InventoryError
 
-Path_ = Tuple[Union[str, int], ...]
+FieldPath = Tuple[Union[str, int], ...]
 
 DEFAULT_DOCKER_IMAGE = "cnd-fab-sshd:latest"
 
@@ -59,7 +59,7 @@ class Inventory:
     ec2: Ec2Settings = Ec2Settings()
 
 
-def _lines(node: yaml.Node, path: Path_ = ()) -> Dict[Path_, int]:
+def _lines(node: yaml.Node, path: FieldPath = ()) -> Dict[FieldPath, int]:
     """Map each value's path in the document to its 1-based line."""
     lines = {path: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
@@ -73,16 +73,16 @@ def _lines(node: yaml.Node, path: Path_ = ()) -> Dict[Path_, int]:
 
 
 class _Checker:
-    def __init__(self, path: Path, lines: Dict[Path_, int]) -> None:
+    def __init__(self, path: Path, lines: Dict[FieldPath, int]) -> None:
         self.path = path
         self.lines = lines
 
-    def fail(self, where: Path_, message: str) -> InventoryError:
+    def fail(self, where: FieldPath, message: str) -> InventoryError:
         line = self.lines.get(where) or self.lines.get(where[:-1]) or 1
         name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in where).lstrip(".")
         return InventoryError(f"{self.path}:{line}: {name or 'the file'} {message}")
 
-    def mapping(self, value: Any, where: Path_, allowed: Tuple[str, ...]) -> Dict[str, Any]:
+    def mapping(self, value: Any, where: FieldPath, allowed: Tuple[str, ...]) -> Dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(where, f"must be a mapping, not {type(value).__name__}")
         for key in value:
@@ -90,18 +90,18 @@ class _Checker:
                 raise self.fail(where + (str(key),), f"is not a known field (expected one of: {', '.join(allowed)})")
         return value
 
-    def text(self, value: Any, where: Path_) -> str:
+    def text(self, value: Any, where: FieldPath) -> str:
         if not isinstance(value, str) or not value.strip():
             raise self.fail(where, f"must be non-empty text, not {value!r}")
         return value.strip()
 
-    def whole(self, value: Any, where: Path_, low: int, high: Optional[int] = None) -> int:
+    def whole(self, value: Any, where: FieldPath, low: int, high: Optional[int] = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
             bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
             raise self.fail(where, f"must be a whole number {bounds}, not {value!r}")
         return value
 
-    def file(self, value: Any, where: Path_, must_exist: bool = True) -> Path:
+    def file(self, value: Any, where: FieldPath, must_exist: bool = True) -> Path:
         path = Path(self.text(value, where)).expanduser()
         if not path.is_absolute():
             path = (self.path.parent / path).resolve()
@@ -109,7 +109,7 @@ class _Checker:
             raise self.fail(where, f"names {path}, which is not a readable file")
         return path
 
-    def cpus(self, value: Any, where: Path_) -> float:
+    def cpus(self, value: Any, where: FieldPath) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1024:
             raise self.fail(where, f"must be a number of CPUs above 0, not {value!r}")
         return float(value)
@@ -137,7 +137,7 @@ def load(path_text: str) -> Inventory:
     if not isinstance(raw_hosts, list):
         raise check.fail(("hosts",), "must be a list of hosts")
     for index, raw in enumerate(raw_hosts):
-        where: Path_ = ("hosts", index)
+        where: FieldPath = ("hosts", index)
         entry = check.mapping(raw, where, ("name", "host", "port", "user", "key", "cores"))
         for required in ("host", "user", "key"):
             if required not in entry:

@@ -15,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .fleet import HostView, Reporter, SearchOutcome, Snapshot
+from .outcome import HostView, Reporter, SearchOutcome, Snapshot
 
 PLAIN_EVERY_SECONDS = 3.0
 

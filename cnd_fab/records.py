@@ -17,9 +17,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .journal import state_dir
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 SETTLED = ("found", "none")
 
@@ -197,3 +200,26 @@ def plot(rows: List[GroupStats], path: Path, level: float) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def stats_table(rows: List[GroupStats], record_count: int, level: float) -> "Table":
+    """The `fab stats` table: one row per provider, type, difficulty and fleet size."""
+    from rich.table import Table
+
+    table = Table(title=f"settled runs by provider, instance type, difficulty and hosts ({record_count} records in {records_dir()})")
+    for column in ("provider", "type", "D", "hosts", "runs", "mean s", "std dev s", f"{level:.0%} interval s", "speedup", "efficiency"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            row.provider,
+            row.instance_type,
+            str(row.difficulty),
+            str(row.hosts),
+            str(row.runs),
+            f"{row.mean:.2f}",
+            "-" if row.stdev is None else f"{row.stdev:.2f}",
+            "-" if row.interval is None else f"{row.interval[0]:.2f} – {row.interval[1]:.2f}",
+            "-" if row.speedup is None else f"{row.speedup:.2f}×",
+            "-" if row.efficiency is None else f"{row.efficiency:.0%}",
+        )
+    return table

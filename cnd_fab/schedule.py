@@ -21,7 +21,7 @@ from .spec import Unit, UnitSpace
 
 
 @dataclass(frozen=True)
-class Golden:
+class GoldenNonce:
     """A golden nonce and its hash, found in a unit."""
 
     unit: int
@@ -53,8 +53,7 @@ class Scheduler:
         # the answer. It falls to u + 1 once unit u is settled with a golden nonce.
         self._cutoff = space.count
         self._done: Set[int] = set()
-        self.units_done = 0
-        self.best: Optional[Golden] = None
+        self.best: Optional[GoldenNonce] = None
         self.reissued = 0
 
     # --- hosts -------------------------------------------------------------------------
@@ -105,26 +104,25 @@ class Scheduler:
         return None
 
     # --- results -----------------------------------------------------------------------
-    def complete(self, host: str, index: int, golden: Optional[Golden]) -> Completion:
+    def complete(self, host: str, index: int, golden: Optional[GoldenNonce]) -> Completion:
         """A host settled a unit: whole if golden is None, else up to its lowest golden nonce."""
         if self._holder.get(index) != host:
             return Completion(accepted=False)
         del self._holder[index]
         self._held[host].discard(index)
-        self.units_done += 1
         if index < self._cutoff:
             self._done.add(index)
         if golden is None:
             return Completion(accepted=True)
         return self._record_golden(golden)
 
-    def found(self, host: str, golden: Golden) -> Completion:
+    def found(self, host: str, golden: GoldenNonce) -> Completion:
         """A golden nonce seen before its unit settled; it ends the run only in --any mode."""
         if not self.first_found_wins or self._holder.get(golden.unit) != host:
             return Completion(accepted=False)
         return self._record_golden(golden)
 
-    def _record_golden(self, golden: Golden) -> Completion:
+    def _record_golden(self, golden: GoldenNonce) -> Completion:
         if self.best is not None and self.best.nonce <= golden.nonce:
             return Completion(accepted=True)
         self.best = golden

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from cnd_fab.model import FleetModel, HostModel, smallest_fleet
-from cnd_fab.schedule import Golden, Scheduler
+from cnd_fab.schedule import GoldenNonce, Scheduler
 from cnd_fab.spec import UnitSpace
 
 
@@ -55,7 +55,7 @@ def simulate(model: FleetModel, hosts: int, host: HostModel, rng: random.Random,
             continue
         running[name] = None
         golden = golden_in(index)
-        found = None if golden is None else Golden(index, golden, "")
+        found = None if golden is None else GoldenNonce(index, golden, "")
         if found is not None and model.first_found_wins:
             scheduler.found(name, found)
         else:

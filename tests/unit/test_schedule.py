@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Set
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnd_fab.schedule import Golden, Scheduler
+from cnd_fab.schedule import GoldenNonce, Scheduler
 from cnd_fab.spec import UnitSpace
 
 
@@ -90,9 +90,9 @@ class SimulatedRun:
             if other not in self.lost:
                 self.fill(other)
 
-    def _golden(self, index: int) -> Optional[Golden]:
+    def _golden(self, index: int) -> Optional[GoldenNonce]:
         nonce = self.lowest_golden_in(index)
-        return None if nonce is None else Golden(index, nonce, "")
+        return None if nonce is None else GoldenNonce(index, nonce, "")
 
     def run(self, max_steps: int = 100_000) -> None:
         for _ in range(max_steps):
@@ -167,7 +167,7 @@ def test_wide_space_is_never_listed() -> None:
     units = scheduler.take("a", 3)
     assert [u.index for u in units] == [0, 1, 2]
     assert scheduler.cutoff == 1 << 42 and not scheduler.finished
-    scheduler.complete("a", 1, Golden(1, units[1].start + 5, ""))
+    scheduler.complete("a", 1, GoldenNonce(1, units[1].start + 5, ""))
     assert scheduler.cutoff == 2
     assert scheduler.held_by("a") == {0}
 
@@ -190,7 +190,7 @@ def test_golden_cancels_units_above_and_waits_for_those_below() -> None:
     scheduler.take("a", 2)  # 0, 1
     scheduler.take("b", 2)  # 2, 3
     unit2 = scheduler.space.unit(2)
-    completion = scheduler.complete("b", 2, Golden(2, unit2.start + 7, ""))
+    completion = scheduler.complete("b", 2, GoldenNonce(2, unit2.start + 7, ""))
     assert completion.cancel_hosts == ["b"] and completion.above == 2
     assert scheduler.held_by("b") == set()
     assert not scheduler.finished

@@ -1,0 +1,78 @@
+"""Before anything launches: size the fleet for --within, and confirm what a paid run costs.
+
+The sizing uses the model in model.py with the host figures of calibration.py; both
+refusals here come before any launch, as one InputError line.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Tuple
+
+from rich.console import Console
+
+from .errors import InputError
+from .options import SearchRequest
+from .providers.base import Provider
+
+
+def plan_fleet(request: SearchRequest, provider: Provider, console: Console) -> Tuple[int, Optional[float]]:
+    """The fleet size and timeout for --within T --confidence L, or an InputError."""
+    from .calibration import host_model
+    from .model import FleetModel, describe, smallest_fleet
+
+    assert request.within is not None and request.confidence is not None
+    problem = request.problem
+    host = host_model(provider.name, provider.instance_type, request.kernel, provider.cores_per_host())
+    model = FleetModel(
+        difficulty=problem.difficulty,
+        space=problem.space,
+        unit_size=request.space.unit_size,
+        prefetch=2,
+        first_found_wins=request.first_found_wins,
+    )
+    plan = smallest_fleet(model, host, request.within, request.confidence, provider.max_hosts())
+    console.print(describe(model, host, plan, request.within, request.confidence), highlight=False, soft_wrap=True)
+    if not request.best_effort:
+        if model.space_holds_one() < request.confidence:
+            raise InputError(
+                f"the 2^{8 * problem.nonce_bytes} space holds a golden nonce at difficulty "
+                f"{problem.difficulty} only with probability {model.space_holds_one():.3f}, below "
+                f"--confidence {request.confidence:g}; nothing was launched (try --nonce-bytes 8, or --best-effort)"
+            )
+        if not plan.reached:
+            raise InputError(
+                f"no fleet of at most {provider.max_hosts()} {provider.name} host(s) settles the answer within "
+                f"{request.within:g}s with probability {request.confidence:g}: the best, {plan.hosts} host(s), "
+                f"reaches {plan.probability:.3f}; nothing was launched (allow more time, use a faster provider, "
+                "or --best-effort)"
+            )
+    provider.check(plan.hosts)
+    return plan.hosts, request.timeout if request.timeout is not None else request.within
+
+
+def confirm_cost(
+    provider: Provider,
+    count: int,
+    timeout: Optional[float],
+    max_cost: Optional[float],
+    confirmed: bool,
+    console: Console,
+) -> None:
+    """Show what a paid run may cost; refuse, or ask on a terminal, before anything launches."""
+    estimate = provider.cost_estimate(count, timeout)
+    if estimate is None:
+        return
+    console.print(estimate.describe(), highlight=False, soft_wrap=True)
+    if max_cost is not None:
+        if estimate.total is None:
+            raise InputError(f"--max-cost cannot be checked: no built-in price for {estimate.instance_type}")
+        if estimate.total > max_cost:
+            raise InputError(f"the estimate ${estimate.total:.4f} is above --max-cost ${max_cost:.4f}; nothing was launched")
+    if confirmed:
+        return
+    if not sys.stdin.isatty():
+        raise InputError("this run launches paid instances: pass --yes to confirm it when not on a terminal")
+    answer = console.input(f"launch {count} {provider.name} instance(s)? [y/N] ", markup=False)
+    if answer.strip().lower() not in ("y", "yes"):
+        raise InputError("not confirmed; nothing was launched")
