@@ -92,11 +92,18 @@ def launched(
     run = Run(provider, journal)
     with signals_held(stop, say):
         failure: Optional[BaseException] = None
+        launching = True
         try:
             run.hosts = provider.launch(count, journal)
+            launching = False
             yield run
         except BaseException as error:
             failure = error
+            if launching:
+                # A launch that failed half way may have made what nobody knows of yet (an
+                # EC2 call that timed out but went through): the journal stays open, so a
+                # later teardown looks again once this controller is gone.
+                journal.details["launch_failed"] = f"{type(error).__name__}: {error}"
             raise
         finally:
             unreleased = release(run)
@@ -109,7 +116,8 @@ def launched(
 
 
 def release(run: Run) -> Optional[str]:
-    """Release the run's hosts; close its journal as cleaned only if every release is confirmed.
+    """Release the run's hosts; close its journal as cleaned only if every release is confirmed
+    (and the launch finished: see launched()).
 
     Returns None when all is released, else one line saying what is left and what to do."""
     try:
@@ -118,7 +126,10 @@ def release(run: Run) -> Optional[str]:
         run.released = [Released(resource=f"{run.provider.name} run {run.run_id}", done=False, why=str(error))]
     left = [item for item in run.released if not item.done]
     if not left:
-        run.journal.close(CLEANED, outcome=run.outcome)
+        if "launch_failed" in run.journal.details:
+            run.journal.save()
+        else:
+            run.journal.close(CLEANED, outcome=run.outcome)
         return None
     run.journal.details["unreleased"] = [f"{item.resource}: {item.why}" for item in left]
     run.journal.save()
