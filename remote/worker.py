@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 PROTOCOL_VERSION = 1
 
@@ -54,6 +54,7 @@ STOP = "STOP"
 # may add fields without breaking an older one.
 
 NONCE_LIMIT = 1 << 64
+# Bounds on what one line may cost the reader; a WORK with the largest block still fits.
 MAX_LINE_CHARS = 2 << 20
 MAX_BLOCK_HEX_CHARS = 1 << 20
 MAX_TEXT_CHARS = 4 << 10
@@ -283,9 +284,12 @@ def _optional(check: Check) -> Check:
 
 
 def _units(value: Any) -> Tuple[int, ...]:
-    if type(value) is not list or len(value) > MAX_COUNT or not all(type(unit) is int and 0 <= unit <= NONCE_LIMIT for unit in value):
-        raise _Unfit("a list of at most %d whole numbers from 0 to 2^64" % MAX_COUNT)
-    return tuple(value)
+    if type(value) is list and len(value) <= MAX_COUNT:
+        try:
+            return tuple(_COUNT(unit) for unit in value)
+        except _Unfit:
+            pass
+    raise _Unfit("a list of at most %d whole numbers from 0 to 2^64" % MAX_COUNT)
 
 
 _COUNT = _whole(0, NONCE_LIMIT)
@@ -294,6 +298,7 @@ _SIZE = _whole(1, MAX_COUNT)
 _PROCESS_ID = _whole(0, (1 << 31) - 1)
 _TEXT = _text(MAX_TEXT_CHARS)
 _HASH = _hex(64, 64, "64 lowercase hex digits")
+_BLOCK = _hex(0, MAX_BLOCK_HEX_CHARS, "an even number of lowercase hex digits, at most %d" % MAX_BLOCK_HEX_CHARS)
 
 _CHECKS: Dict[Type[Any], Dict[str, Check]] = {
     Hello: {
@@ -316,7 +321,7 @@ _CHECKS: Dict[Type[Any], Dict[str, Check]] = {
         "unit": _COUNT,
         "start": _COUNT,
         "end": _COUNT,
-        "block": _hex(0, MAX_BLOCK_HEX_CHARS, "an even number of lowercase hex digits, at most %d" % MAX_BLOCK_HEX_CHARS),
+        "block": _BLOCK,
         "nonce_bytes": _one_of(4, 8),
         "difficulty": _whole(1, 256),
     },
@@ -342,11 +347,16 @@ def _consistent(message: Message) -> Message:
     if isinstance(message, Work):
         if message.start >= message.end:
             raise ProtocolError("WORK.start must be below end (%d), not %d" % (message.end, message.start))
-        width = 1 << (8 * message.nonce_bytes)
-        if message.end > width:
-            raise ProtocolError("WORK.end must be at most 2^%d for %d-byte nonces, not %d" % (8 * message.nonce_bytes, message.nonce_bytes, message.end))
+        bits = 8 * message.nonce_bytes
+        if message.end > 1 << bits:
+            raise ProtocolError(
+                "WORK.end must be at most 2^%d for %d-byte nonces, not %d" % (bits, message.nonce_bytes, message.end)
+            )
     elif isinstance(message, Done) and (message.nonce is None) != (message.hash is None):
-        raise ProtocolError("DONE.hash must be null exactly when DONE.nonce is, not %s with nonce %s" % (_shown(message.hash), _shown(message.nonce)))
+        raise ProtocolError(
+            "DONE.hash must be null exactly when DONE.nonce is, not %s with nonce %s"
+            % (_shown(message.hash), _shown(message.nonce))
+        )
     return message
 
 
