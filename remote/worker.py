@@ -193,7 +193,7 @@ def encode(message: Message) -> str:
 
 # A field check returns the value as the message holds it, or raises _Unfit with what the
 # value must be; decode() adds the message type, the field and the offending value.
-Check = Callable[[Any], Any]
+_Check = Callable[[Any], Any]
 
 
 class _Unfit(Exception):
@@ -208,7 +208,7 @@ def _power(number: int) -> str:
     return str(number)
 
 
-def _whole(low: int, high: int) -> Check:
+def _whole(low: int, high: int) -> _Check:
     def check(value: Any) -> int:
         # bool is a subclass of int, and JSON true must not pass for 1.
         if type(value) is not int or not low <= value <= high:
@@ -224,7 +224,7 @@ def _any_whole(value: Any) -> int:
     return value
 
 
-def _one_of(*choices: int) -> Check:
+def _one_of(*choices: int) -> _Check:
     def check(value: Any) -> int:
         if type(value) is not int or value not in choices:
             raise _Unfit("one of " + ", ".join(str(choice) for choice in choices))
@@ -250,7 +250,7 @@ def _flag(value: Any) -> bool:
     return value
 
 
-def _text(limit: int) -> Check:
+def _text(limit: int) -> _Check:
     def check(value: Any) -> str:
         if type(value) is not str or len(value) > limit:
             raise _Unfit("text of at most %d characters" % limit)
@@ -262,7 +262,7 @@ def _text(limit: int) -> Check:
 _HEX_DIGITS = re.compile("[0-9a-f]*").fullmatch
 
 
-def _hex(shortest: int, longest: int, want: str) -> Check:
+def _hex(shortest: int, longest: int, want: str) -> _Check:
     def check(value: Any) -> str:
         if type(value) is not str or not shortest <= len(value) <= longest or len(value) % 2 or not _HEX_DIGITS(value):
             raise _Unfit(want)
@@ -271,7 +271,7 @@ def _hex(shortest: int, longest: int, want: str) -> Check:
     return check
 
 
-def _optional(check: Check) -> Check:
+def _optional(check: _Check) -> _Check:
     def optional(value: Any) -> Any:
         if value is None:
             return None
@@ -300,7 +300,7 @@ _TEXT = _text(MAX_TEXT_CHARS)
 _HASH = _hex(64, 64, "64 lowercase hex digits")
 _BLOCK = _hex(0, MAX_BLOCK_HEX_CHARS, "an even number of lowercase hex digits, at most %d" % MAX_BLOCK_HEX_CHARS)
 
-_CHECKS: Dict[Type[Any], Dict[str, Check]] = {
+_CHECKS: Dict[Type[Any], Dict[str, _Check]] = {
     Hello: {
         "version": _any_whole,
         "cores": _SIZE,
