@@ -24,7 +24,7 @@ COMPILE_FLAGS = ["-O3", "-static", "-s", "-Wall"]
 
 
 def kernel_source() -> bytes:
-    return resources.files("cnd_fab.remote").joinpath("kernel/sha256d.c").read_bytes()
+    return resources.files("remote").joinpath("kernel/sha256d.c").read_bytes()
 
 
 def cache_dir() -> Path:

@@ -10,9 +10,12 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, List, Optional
 
-from .remote import worker as protocol
+from remote import worker
 
-__all__ = ["protocol", "worker_source", "WorkerChannel", "PipeChannel", "Host", "WorkerPayload"]
+# "protocol" is the old name of the worker module, kept until every caller says "worker".
+protocol = worker
+
+__all__ = ["worker", "protocol", "worker_source", "WorkerChannel", "PipeChannel", "Host", "WorkerPayload"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class WorkerPayload:
 
 def worker_file() -> Path:
     """The worker's own file: the controller runs or pushes exactly what it imports."""
-    return Path(str(resources.files("cnd_fab.remote").joinpath("worker.py")))
+    return Path(str(resources.files("remote").joinpath("worker.py")))
 
 
 def worker_source() -> bytes:

@@ -1,1 +1,1 @@
-"""The files pushed to every host. Installed as cnd_fab.remote; see worker.py."""
+"""The files pushed to every host: worker.py (protocol codec and search) and kernel/."""

@@ -23,15 +23,18 @@ import argparse
 import hashlib
 import heapq
 import json
+import math
 import os
 import platform
 import queue
+import re
 import signal
 import struct
 import sys
 import threading
 import time
 import traceback
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 PROTOCOL_VERSION = 1
 
@@ -43,6 +46,363 @@ FOUND = "FOUND"
 DONE = "DONE"
 ERROR = "ERROR"
 STOP = "STOP"
+
+# The codec. Each message is a NamedTuple whose fields are the JSON keys; TYPE is its
+# "type". encode() writes one line; decode() is the one place a line is checked, on both
+# sides, so every field has a type and a range and a bad line is refused naming both.
+# Hex text (hash, block) is lowercase. Unknown extra keys are ignored, so a newer peer
+# may add fields without breaking an older one.
+
+NONCE_LIMIT = 1 << 64
+# Bounds on what one line may cost the reader; a WORK with the largest block still fits.
+MAX_LINE_CHARS = 2 << 20
+MAX_BLOCK_HEX_CHARS = 1 << 20
+MAX_TEXT_CHARS = 4 << 10
+MAX_TRACEBACK_CHARS = 64 << 10
+MAX_COUNT = 1 << 16
+
+
+# mypy reads every assignment in a NamedTuple body as a field, so each message is a
+# NamedTuple of its fields plus a subclass that carries the TYPE constant.
+class _HelloFields(NamedTuple):
+    version: int
+    cores: int
+    kernel: str
+    kernel_note: Optional[str]
+    mode: str
+    prefetch: int
+    pid: int
+    pgid: int
+    python: str
+    host: str
+
+
+class Hello(_HelloFields):
+    """The worker's first line: who it is and how much work to keep queued at it."""
+
+    __slots__ = ()
+    TYPE = HELLO
+
+
+class _ProgressFields(NamedTuple):
+    hashes: int
+    units: Tuple[int, ...]
+    final: bool = False
+
+
+class Progress(_ProgressFields):
+    """A heartbeat: hashes checked so far and the units held; final answers STOP."""
+
+    __slots__ = ()
+    TYPE = PROGRESS
+
+
+class _FoundFields(NamedTuple):
+    unit: int
+    nonce: int
+    hash: str
+
+
+class Found(_FoundFields):
+    """A golden nonce of a unit, sent as soon as a core sees it."""
+
+    __slots__ = ()
+    TYPE = FOUND
+
+
+class _DoneFields(NamedTuple):
+    unit: int
+    hashes: int
+    seconds: float
+    nonce: Optional[int]
+    hash: Optional[str]
+
+
+class Done(_DoneFields):
+    """A settled unit: its hashes, seconds and lowest golden nonce (both null if none)."""
+
+    __slots__ = ()
+    TYPE = DONE
+
+
+class _ErrorFields(NamedTuple):
+    message: str
+    traceback: str = ""
+
+
+class Error(_ErrorFields):
+    """A failure with the worker's traceback text; the worker exits after sending it."""
+
+    __slots__ = ()
+    TYPE = ERROR
+
+
+class _WorkFields(NamedTuple):
+    unit: int
+    start: int
+    end: int
+    block: str
+    nonce_bytes: int
+    difficulty: int
+
+
+class Work(_WorkFields):
+    """One unit: nonces [start, end) of block (hex) with nonce_bytes-wide nonces, at D."""
+
+    __slots__ = ()
+    TYPE = WORK
+
+
+class _CancelFields(NamedTuple):
+    above: int
+
+
+class Cancel(_CancelFields):
+    """Forget every unit numbered above "above"."""
+
+    __slots__ = ()
+    TYPE = CANCEL
+
+
+class _StopFields(NamedTuple):
+    pass
+
+
+class Stop(_StopFields):
+    """Answer with a final PROGRESS and exit."""
+
+    __slots__ = ()
+    TYPE = STOP
+
+
+Message = Union[Hello, Progress, Found, Done, Error, Work, Cancel, Stop]
+ToController = Union[Hello, Progress, Found, Done, Error]
+ToWorker = Union[Work, Cancel, Stop]
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid protocol message; the text names the type and field."""
+
+
+def encode(message: Message) -> str:
+    """One compact JSON line for message, without the newline."""
+    fields: Dict[str, Any] = {"type": message.TYPE}
+    fields.update(message._asdict())
+    return json.dumps(fields, separators=(",", ":"), allow_nan=False)
+
+
+# A field check returns the value as the message holds it, or raises _Unfit with what the
+# value must be; decode() adds the message type, the field and the offending value.
+_Check = Callable[[Any], Any]
+
+
+class _Unfit(Exception):
+    pass
+
+
+def _power(number: int) -> str:
+    if number == NONCE_LIMIT:
+        return "2^64"
+    if number == NONCE_LIMIT - 1:
+        return "2^64-1"
+    return str(number)
+
+
+def _whole(low: int, high: int) -> _Check:
+    def check(value: Any) -> int:
+        # bool is a subclass of int, and JSON true must not pass for 1.
+        if type(value) is not int or not low <= value <= high:
+            raise _Unfit("a whole number from %s to %s" % (_power(low), _power(high)))
+        return value
+
+    return check
+
+
+def _any_whole(value: Any) -> int:
+    if type(value) is not int:
+        raise _Unfit("a whole number")
+    return value
+
+
+def _one_of(*choices: int) -> _Check:
+    def check(value: Any) -> int:
+        if type(value) is not int or value not in choices:
+            raise _Unfit("one of " + ", ".join(str(choice) for choice in choices))
+        return value
+
+    return check
+
+
+def _seconds(value: Any) -> float:
+    if type(value) in (int, float):
+        try:
+            seconds = float(value)
+        except OverflowError:  # a whole number too big for a float
+            seconds = math.inf
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    raise _Unfit("a finite number of seconds, at least 0")
+
+
+def _flag(value: Any) -> bool:
+    if type(value) is not bool:
+        raise _Unfit("true or false")
+    return value
+
+
+def _text(limit: int) -> _Check:
+    def check(value: Any) -> str:
+        if type(value) is not str or len(value) > limit:
+            raise _Unfit("text of at most %d characters" % limit)
+        return value
+
+    return check
+
+
+_HEX_DIGITS = re.compile("[0-9a-f]*").fullmatch
+
+
+def _hex(shortest: int, longest: int, want: str) -> _Check:
+    def check(value: Any) -> str:
+        if type(value) is not str or not shortest <= len(value) <= longest or len(value) % 2 or not _HEX_DIGITS(value):
+            raise _Unfit(want)
+        return value
+
+    return check
+
+
+def _optional(check: _Check) -> _Check:
+    def optional(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except _Unfit as unfit:
+            raise _Unfit("null or %s" % unfit) from None
+
+    return optional
+
+
+def _units(value: Any) -> Tuple[int, ...]:
+    if type(value) is list and len(value) <= MAX_COUNT:
+        try:
+            return tuple(_COUNT(unit) for unit in value)
+        except _Unfit:
+            pass
+    raise _Unfit("a list of at most %d whole numbers from 0 to 2^64" % MAX_COUNT)
+
+
+_COUNT = _whole(0, NONCE_LIMIT)
+_NONCE = _whole(0, NONCE_LIMIT - 1)
+_SIZE = _whole(1, MAX_COUNT)
+_PROCESS_ID = _whole(0, (1 << 31) - 1)
+_TEXT = _text(MAX_TEXT_CHARS)
+_HASH = _hex(64, 64, "64 lowercase hex digits")
+_BLOCK = _hex(0, MAX_BLOCK_HEX_CHARS, "an even number of lowercase hex digits, at most %d" % MAX_BLOCK_HEX_CHARS)
+
+_CHECKS: Dict[Type[Any], Dict[str, _Check]] = {
+    Hello: {
+        "version": _any_whole,
+        "cores": _SIZE,
+        "kernel": _TEXT,
+        "kernel_note": _optional(_TEXT),
+        "mode": _TEXT,
+        "prefetch": _SIZE,
+        "pid": _PROCESS_ID,
+        "pgid": _PROCESS_ID,
+        "python": _TEXT,
+        "host": _TEXT,
+    },
+    Progress: {"hashes": _COUNT, "units": _units, "final": _flag},
+    Found: {"unit": _COUNT, "nonce": _NONCE, "hash": _HASH},
+    Done: {"unit": _COUNT, "hashes": _COUNT, "seconds": _seconds, "nonce": _optional(_NONCE), "hash": _optional(_HASH)},
+    Error: {"message": _TEXT, "traceback": _text(MAX_TRACEBACK_CHARS)},
+    Work: {
+        "unit": _COUNT,
+        "start": _COUNT,
+        "end": _COUNT,
+        "block": _BLOCK,
+        "nonce_bytes": _one_of(4, 8),
+        "difficulty": _whole(1, 256),
+    },
+    Cancel: {"above": _COUNT},
+    Stop: {},
+}
+
+MESSAGE_CLASSES: Dict[str, Type[Any]] = {cls.TYPE: cls for cls in _CHECKS}
+
+
+def _shown(value: Any) -> str:
+    # JSON's spelling for null, true and false; repr (quoted, escaped) for the rest.
+    text = json.dumps(value) if value is None or type(value) is bool else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError("%s is not a JSON number" % name)
+
+
+def _consistent(message: Message) -> Message:
+    """message, after the checks that span fields (each field alone is checked already)."""
+    if isinstance(message, Work):
+        if message.start >= message.end:
+            raise ProtocolError("WORK.start must be below end (%d), not %d" % (message.end, message.start))
+        bits = 8 * message.nonce_bytes
+        if message.end > 1 << bits:
+            raise ProtocolError(
+                "WORK.end must be at most 2^%d for %d-byte nonces, not %d" % (bits, message.nonce_bytes, message.end)
+            )
+    elif isinstance(message, Done) and (message.nonce is None) != (message.hash is None):
+        raise ProtocolError(
+            "DONE.hash must be null exactly when DONE.nonce is, not %s with nonce %s"
+            % (_shown(message.hash), _shown(message.nonce))
+        )
+    return message
+
+
+def decode(line: str) -> Message:
+    """The message on one line, checked strictly; raises ProtocolError naming the field."""
+    if len(line) > MAX_LINE_CHARS:
+        raise ProtocolError("line of %d characters is longer than %d" % (len(line), MAX_LINE_CHARS))
+    try:
+        fields = json.loads(line, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:  # RecursionError: "[[[[..." nested too deep
+        raise ProtocolError("line is not JSON (%s): %s" % (error, _shown(line))) from None
+    if type(fields) is not dict:
+        raise ProtocolError("line is not a JSON object: %s" % _shown(line))
+    kind = fields.get("type")
+    cls = MESSAGE_CLASSES.get(kind) if type(kind) is str else None
+    if cls is None:
+        raise ProtocolError("unknown message type %s" % _shown(kind))
+    values: Dict[str, Any] = {}
+    for name, check in _CHECKS[cls].items():
+        if name not in fields:
+            if name not in cls._field_defaults:
+                raise ProtocolError("%s.%s is missing" % (kind, name))
+            continue
+        try:
+            values[name] = check(fields[name])
+        except _Unfit as unfit:
+            raise ProtocolError("%s.%s must be %s, not %s" % (kind, name, unfit, _shown(fields[name]))) from None
+    message: Message = cls(**values)
+    return _consistent(message)
+
+
+def decode_to_controller(line: str) -> ToController:
+    """decode() for lines a worker sends: a command on them is a ProtocolError."""
+    message = decode(line)
+    if isinstance(message, (Work, Cancel, Stop)):
+        raise ProtocolError("%s is sent to a worker, never by one" % message.TYPE)
+    return message
+
+
+def decode_to_worker(line: str) -> ToWorker:
+    """decode() for lines a worker reads: only commands are allowed."""
+    message = decode(line)
+    if not isinstance(message, (Work, Cancel, Stop)):
+        raise ProtocolError("%s is sent by a worker, never to one" % message.TYPE)
+    return message
+
 
 KERNEL_NAME = "python-hashlib"
 NATIVE_PREFIX = "native:"
@@ -333,12 +693,16 @@ class Worker(object):
         for core in self.cores:
             core.start()
 
-    def send(self, message_type, **fields):
-        fields["type"] = message_type
-        line = json.dumps(fields, separators=(",", ":"))
+    def send(self, message: ToController) -> None:
+        """Write one protocol line to the controller."""
+        line = encode(message)
         with self.out_lock:
             self.out.write(line + "\n")
             self.out.flush()
+
+    def progress(self, final=False):
+        """A PROGRESS with the cores' current counts."""
+        return Progress(hashes=sum(self.counters), units=tuple(sorted(self.units)), final=final)
 
     def prefetch(self):
         """Units the controller should keep queued here so no core waits between units."""
@@ -348,17 +712,18 @@ class Worker(object):
 
     def run(self):
         self.send(
-            HELLO,
-            version=PROTOCOL_VERSION,
-            cores=self.processes,
-            kernel=self.kernel_name,
-            kernel_note=self.kernel_note,
-            mode=self.mode,
-            prefetch=self.prefetch(),
-            pid=os.getpid(),
-            pgid=os.getpgid(0),
-            python=platform.python_version(),
-            host=platform.node(),
+            Hello(
+                version=PROTOCOL_VERSION,
+                cores=self.processes,
+                kernel=self.kernel_name,
+                kernel_note=self.kernel_note,
+                mode=self.mode,
+                prefetch=self.prefetch(),
+                pid=os.getpid(),
+                pgid=os.getpgid(0),
+                python=platform.python_version(),
+                host=platform.node(),
+            )
         )
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         threading.Thread(target=self._read_results, name="results", daemon=True).start()
@@ -374,17 +739,19 @@ class Worker(object):
                 if kind == "stdin":
                     if payload is None:
                         return 0
-                    if payload.get("type") == STOP:
+                    # A line the codec refuses raises here, and main() reports it as ERROR.
+                    command = decode_to_worker(payload)
+                    if isinstance(command, Stop):
                         # The exact count, so a stopped run reports what was really checked.
-                        self.send(PROGRESS, hashes=sum(self.counters), units=sorted(self.units), final=True)
+                        self.send(self.progress(final=True))
                         return 0
-                    self._handle_command(payload)
+                    self._handle_command(command)
                 elif kind == "result":
                     self._handle_result(payload)
                 if time.monotonic() >= next_beat:
                     if os.getppid() != parent:
                         return 1
-                    self.send(PROGRESS, hashes=sum(self.counters), units=sorted(self.units))
+                    self.send(self.progress())
                     next_beat = time.monotonic() + HEARTBEAT_SECONDS
         finally:
             self.shutdown()
@@ -392,14 +759,8 @@ class Worker(object):
     def _read_stdin(self):
         for raw in sys.stdin:
             raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                message = json.loads(raw)
-            except ValueError:
-                sys.stderr.write("cnd-fab worker: ignoring a line that is not JSON: %r\n" % raw[:200])
-                continue
-            self.inbox.put(("stdin", message))
+            if raw:
+                self.inbox.put(("stdin", raw))
         self.inbox.put(("stdin", None))
 
     def _read_results(self):
@@ -410,24 +771,17 @@ class Worker(object):
                 return
             self.inbox.put(("result", result))
 
-    def _handle_command(self, message):
-        kind = message.get("type")
-        if kind == WORK:
-            self._accept_unit(message)
-        elif kind == CANCEL:
-            self._cancel_above(int(message["above"]))
+    def _handle_command(self, command):
+        if isinstance(command, Work):
+            self._accept_unit(command)
         else:
-            raise ValueError("unknown message type %r" % (kind,))
+            self._cancel_above(command.above)
         self._feed_cores()
 
-    def _accept_unit(self, message):
-        index = int(message["unit"])
-        start, end = int(message["start"]), int(message["end"])
-        block = bytes.fromhex(message["block"])
-        nonce_bytes = int(message["nonce_bytes"])
-        difficulty = int(message["difficulty"])
-        if nonce_bytes not in (4, 8) or not 1 <= difficulty <= 256 or not 0 <= start < end:
-            raise ValueError("malformed WORK %r" % (message,))
+    def _accept_unit(self, work):
+        index, start, end = work.unit, work.start, work.end
+        block = bytes.fromhex(work.block)
+        nonce_bytes, difficulty = work.nonce_bytes, work.difficulty
         if index > self.cancel_floor:
             return
         if self.mode == WHOLE:
@@ -445,7 +799,7 @@ class Worker(object):
             )
         if len(self.units) == 1:
             # Tell the controller at once that this host went from idle to working.
-            self.send(PROGRESS, hashes=sum(self.counters), units=sorted(self.units))
+            self.send(self.progress())
 
     def _cancel_above(self, above):
         self.cancel_floor = min(self.cancel_floor, above)
@@ -473,7 +827,7 @@ class Worker(object):
             state.chunks_left.discard(start)
             if nonce is not None and (state.best_nonce is None or nonce < state.best_nonce):
                 state.best_nonce, state.best_hash = nonce, digest
-                self.send(FOUND, unit=index, nonce=nonce, hash=digest.hex())
+                self.send(Found(unit=index, nonce=nonce, hash=digest.hex()))
                 # Chunks above a golden nonce cannot change this unit's answer.
                 self.pending = [t for t in self.pending if not (t[0] == index and t[1] > nonce)]
                 heapq.heapify(self.pending)
@@ -481,12 +835,13 @@ class Worker(object):
             if state.settled():
                 del self.units[index]
                 self.send(
-                    DONE,
-                    unit=index,
-                    hashes=state.hashes,
-                    seconds=round(time.monotonic() - state.began, 6),
-                    nonce=state.best_nonce,
-                    hash=None if state.best_hash is None else state.best_hash.hex(),
+                    Done(
+                        unit=index,
+                        hashes=state.hashes,
+                        seconds=round(time.monotonic() - state.began, 6),
+                        nonce=state.best_nonce,
+                        hash=None if state.best_hash is None else state.best_hash.hex(),
+                    )
                 )
         self._feed_cores()
 
@@ -588,8 +943,9 @@ def main(argv=None):
     except SystemExit:
         raise
     except BaseException as error:
-        text = traceback.format_exc()
-        line = json.dumps({"type": ERROR, "message": "%s: %s" % (type(error).__name__, error), "traceback": text})
+        # Cut to what decode() accepts; a traceback's end names the failure, so keep that.
+        message = ("%s: %s" % (type(error).__name__, error))[:MAX_TEXT_CHARS]
+        line = encode(Error(message=message, traceback=traceback.format_exc()[-MAX_TRACEBACK_CHARS:]))
         try:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()

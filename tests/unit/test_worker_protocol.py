@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,14 +9,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Iterator, List, Type, TypeVar
 
 import pytest
 
-from cnd_fab.transport import protocol, worker_file
+from cnd_fab.transport import worker_file
+from remote import worker as protocol
 from tests.helpers import wait_for_no_workers, worker_processes
 
 BLOCK = b"COMSM0010cloud"
+Wanted = TypeVar("Wanted", protocol.Hello, protocol.Progress, protocol.Found, protocol.Done, protocol.Error)
 
 
 class WorkerProcess:
@@ -31,29 +32,37 @@ class WorkerProcess:
             start_new_session=True,
         )
 
-    def send(self, **message: Any) -> None:
+    def send(self, message: protocol.ToWorker) -> None:
+        self.send_line(protocol.encode(message))
+
+    def send_line(self, line: str) -> None:
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
 
-    def read(self) -> Dict[str, Any]:
+    def read(self) -> protocol.ToController:
+        """The next line, which must pass the controller's own strict decode."""
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         assert line, f"worker closed stdout; stderr: {self.process.stderr.read() if self.process.stderr else ''}"
-        return dict(json.loads(line))
+        return protocol.decode_to_controller(line)
 
-    def read_until(self, kind: str, limit: float = 30.0) -> List[Dict[str, Any]]:
-        seen = []
+    def read_until(self, kind: Type[Wanted], limit: float = 30.0) -> Wanted:
+        return self.read_all_until(kind, limit)[-1]
+
+    def read_all_until(self, kind: Type[Wanted], limit: float = 30.0) -> tuple[List[protocol.ToController], Wanted]:
+        """Every message up to and including the first of kind."""
+        seen: List[protocol.ToController] = []
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             message = self.read()
             seen.append(message)
-            if message["type"] == kind:
-                return seen
-        raise AssertionError(f"no {kind} within {limit}s: {seen[-5:]}")
+            if isinstance(message, kind):
+                return seen, message
+        raise AssertionError(f"no {kind.TYPE} within {limit}s: {seen[-5:]}")
 
     def work(self, unit: int, start: int, end: int, difficulty: int, block: bytes = BLOCK, width: int = 4) -> None:
-        self.send(type=protocol.WORK, unit=unit, start=start, end=end, block=block.hex(), nonce_bytes=width, difficulty=difficulty)
+        self.send(protocol.Work(unit=unit, start=start, end=end, block=block.hex(), nonce_bytes=width, difficulty=difficulty))
 
     def kill(self) -> None:
         try:
@@ -72,39 +81,39 @@ def worker() -> Iterator[WorkerProcess]:
 
 def test_hello_is_first_and_describes_the_host(worker: WorkerProcess) -> None:
     hello = worker.read()
-    assert hello["type"] == protocol.HELLO
-    assert hello["version"] == protocol.PROTOCOL_VERSION
-    assert hello["cores"] == 2
-    assert hello["kernel"] == protocol.KERNEL_NAME
-    assert hello["prefetch"] >= 2
+    assert isinstance(hello, protocol.Hello)
+    assert hello.version == protocol.PROTOCOL_VERSION
+    assert hello.cores == 2
+    assert hello.kernel == protocol.KERNEL_NAME
+    assert hello.prefetch >= 2
+    assert hello.pid == worker.process.pid
 
 
 def test_done_reports_lowest_golden_of_the_unit(worker: WorkerProcess) -> None:
     worker.read()
     worker.work(0, 0, 1 << 20, 16)
-    messages = worker.read_until(protocol.DONE)
-    done = messages[-1]
-    assert done["unit"] == 0 and done["nonce"] == 133050
-    assert done["hash"].startswith("0000a77c6f4fa81e")
-    assert done["hashes"] >= 133051 and done["seconds"] > 0
-    found = [m for m in messages if m["type"] == protocol.FOUND]
-    assert found and found[-1]["nonce"] == 133050
+    messages, done = worker.read_all_until(protocol.Done)
+    assert done.unit == 0 and done.nonce == 133050
+    assert done.hash is not None and done.hash.startswith("0000a77c6f4fa81e")
+    assert done.hashes >= 133051 and done.seconds > 0
+    found = [m for m in messages if isinstance(m, protocol.Found)]
+    assert found and found[-1] == protocol.Found(unit=0, nonce=133050, hash=done.hash)
 
 
 def test_eight_byte_nonces_and_hex_blocks(worker: WorkerProcess) -> None:
     worker.read()
     block = bytes.fromhex("00ff" * 50)
     worker.work(3, 0, 1 << 19, 16, block=block, width=8)
-    done = worker.read_until(protocol.DONE)[-1]
-    assert done["unit"] == 3 and done["nonce"] == 167263
-    assert done["hash"].startswith("00006fb3b68d0baf")
+    done = worker.read_until(protocol.Done)
+    assert done.unit == 3 and done.nonce == 167263
+    assert done.hash is not None and done.hash.startswith("00006fb3b68d0baf")
 
 
 def test_unit_without_golden_reports_every_hash(worker: WorkerProcess) -> None:
     worker.read()
     worker.work(7, 5000, 5000 + 40000, 30)
-    done = worker.read_until(protocol.DONE)[-1]
-    assert done == {**done, "unit": 7, "nonce": None, "hash": None, "hashes": 40000}
+    done = worker.read_until(protocol.Done)
+    assert done == done._replace(unit=7, nonce=None, hash=None, hashes=40000)
 
 
 def test_progress_heartbeats_at_least_once_a_second(worker: WorkerProcess) -> None:
@@ -114,9 +123,9 @@ def test_progress_heartbeats_at_least_once_a_second(worker: WorkerProcess) -> No
     hashes = []
     for _ in range(6):
         message = worker.read()
-        assert message["type"] == protocol.PROGRESS
+        assert isinstance(message, protocol.Progress) and not message.final
         stamps.append(time.monotonic())
-        hashes.append(message["hashes"])
+        hashes.append(message.hashes)
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert max(gaps) < 1.0
     assert hashes[-1] > hashes[0]
@@ -126,30 +135,54 @@ def test_cancel_drops_units_above(worker: WorkerProcess) -> None:
     worker.read()
     worker.work(5, 0, 1 << 24, 64)
     worker.work(1, 0, 20000, 64)
-    worker.send(type=protocol.CANCEL, above=1)
-    done = worker.read_until(protocol.DONE)[-1]
-    assert done["unit"] == 1
+    worker.send(protocol.Cancel(above=1))
+    done = worker.read_until(protocol.Done)
+    assert done.unit == 1
     # Unit 5 is gone: the heartbeats stop listing it and no DONE ever comes for it.
     for _ in range(4):
-        message = worker.read()
-        assert message["type"] == protocol.PROGRESS
-    assert message["units"] == []
+        heartbeat = worker.read()
+        assert isinstance(heartbeat, protocol.Progress)
+        units = heartbeat.units
+    assert units == ()
 
 
 def test_malformed_work_comes_back_as_error_with_traceback(worker: WorkerProcess) -> None:
     worker.read()
-    worker.send(type=protocol.WORK, unit=0, start=10, end=5, block="00", nonce_bytes=4, difficulty=8)
-    error = worker.read_until(protocol.ERROR)[-1]
-    assert "malformed WORK" in error["message"]
-    assert "Traceback" in error["traceback"]
+    # The codec would not encode a unit that ends before it starts, so the line is by hand.
+    worker.send_line('{"type":"WORK","unit":0,"start":10,"end":5,"block":"00","nonce_bytes":4,"difficulty":8}')
+    error = worker.read_until(protocol.Error)
+    assert error.message == "ProtocolError: WORK.start must be below end (5), not 10"
+    assert "Traceback" in error.traceback
     assert worker.process.wait(timeout=10) == 1
 
 
-def test_stop_exits_and_leaves_no_child(worker: WorkerProcess) -> None:
+@pytest.mark.parametrize(
+    "line, named",
+    [
+        ("not json at all", "line is not JSON"),
+        ('{"type":"CANCEL","above":-1}', "CANCEL.above must be"),
+        ('{"type":"WORK","unit":0,"start":0,"end":5,"block":"00","nonce_bytes":4,"difficulty":true}', "WORK.difficulty must be"),
+        (protocol.encode(protocol.Error(message="a worker's line, sent back")), "ERROR is sent by a worker"),
+    ],
+)
+def test_any_line_the_codec_refuses_is_an_error_and_an_exit(worker: WorkerProcess, line: str, named: str) -> None:
+    """The controller is the only writer of the worker's stdin: a bad line is its bug, said loudly."""
+    worker.read()
+    worker.send_line(line)
+    error = worker.read_until(protocol.Error)
+    assert error.message.startswith("ProtocolError: ") and named in error.message
+    assert worker.process.wait(timeout=10) == 1
+
+
+def test_stop_answers_with_a_final_progress_and_exits_leaving_no_child(worker: WorkerProcess) -> None:
     worker.read()
     worker.work(0, 0, 1 << 24, 64)
-    worker.read_until(protocol.PROGRESS)
-    worker.send(type=protocol.STOP)
+    worker.read_until(protocol.Progress)
+    worker.send(protocol.Stop())
+    final = worker.read_until(protocol.Progress)
+    while not final.final:
+        final = worker.read_until(protocol.Progress)
+    assert final.units == (0,)
     assert worker.process.wait(timeout=10) == 0
     assert not wait_for_no_workers(b"test-run")
 
@@ -157,7 +190,7 @@ def test_stop_exits_and_leaves_no_child(worker: WorkerProcess) -> None:
 def test_stdin_eof_exits_and_leaves_no_child(worker: WorkerProcess) -> None:
     worker.read()
     worker.work(0, 0, 1 << 24, 64)
-    worker.read_until(protocol.PROGRESS)
+    worker.read_until(protocol.Progress)
     assert worker.process.stdin is not None
     worker.process.stdin.close()
     assert worker.process.wait(timeout=10) == 0
@@ -216,5 +249,5 @@ def test_a_huge_unit_is_cut_into_a_bounded_number_of_chunks(worker: WorkerProces
     worker.read()
     # 8-byte nonces in 1024 units: units of 2^54 nonces. The answer (SPEC) is 340817.
     worker.work(0, 0, 1 << 54, 16, width=8)
-    done = worker.read_until(protocol.DONE)[-1]
-    assert done["unit"] == 0 and done["nonce"] == 340817
+    done = worker.read_until(protocol.Done)
+    assert done.unit == 0 and done.nonce == 340817
