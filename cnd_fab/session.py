@@ -41,8 +41,6 @@ class HostFailed:
 
 
 HostEvent = Union[WorkerOpened, WorkerClosed, HostFailed, worker.ToController]
-# What a worker may send; a command coming back from a host is a broken host.
-FROM_WORKER = (worker.Hello, worker.Progress, worker.Found, worker.Done, worker.Error)
 
 
 class HostSession:
@@ -81,10 +79,7 @@ class HostSession:
                     events.put((self.name, WorkerClosed()))
                     return
                 if line.strip():
-                    message = worker.decode(line)
-                    if not isinstance(message, FROM_WORKER):
-                        raise worker.ProtocolError(f"a worker may not send {message.TYPE}")
-                    events.put((self.name, message))
+                    events.put((self.name, worker.decode_to_controller(line)))
         except worker.ProtocolError as error:
             events.put((self.name, HostFailed(f"worker sent a bad line: {error}")))
         except CndError as error:
