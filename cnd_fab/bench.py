@@ -65,6 +65,8 @@ def kernel_rate(processes: int, seconds: float) -> float:
 
 @dataclass
 class ModeFigures:
+    """One way of using the cores: its steady rate and how soon unit 0 settles."""
+
     mode: str
     rate: float
     first_unit_seconds: float
@@ -160,6 +162,8 @@ def _processes_of(run_id: str) -> int:
 
 @dataclass
 class FleetFigures:
+    """Start-up, rate and stop figures of one provider's fleet."""
+
     kernel: str
     hosts: int
     launch_to_reachable: float

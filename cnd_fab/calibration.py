@@ -32,14 +32,17 @@ def vcpus(instance_type: str) -> int:
 
 
 def calibration_file() -> Path:
+    """Where measured host figures are kept."""
     return state_dir() / "calibration.json"
 
 
 def key(provider: str, instance_type: Optional[str], kernel: str) -> str:
+    """The calibration key: provider, instance type and kernel kind."""
     return f"{provider}/{instance_type or '-'}/{'python' if kernel == 'python' else 'native'}"
 
 
 def load() -> Dict[str, Dict[str, Any]]:
+    """Every stored measurement by key; empty when none or unreadable."""
     try:
         data = json.loads(calibration_file().read_text())
     except (OSError, ValueError):
@@ -68,6 +71,7 @@ def record(provider: str, instance_type: Optional[str], kernel: str, rate: float
 
 
 def host_model(provider: str, instance_type: Optional[str], kernel: str, cores: int) -> HostModel:
+    """The host figures the planner uses: measured if calibrated, else a labelled default."""
     measured = load().get(key(provider, instance_type, kernel))
     if measured:
         return HostModel(

@@ -57,15 +57,18 @@ class CostEstimate:
 
     @property
     def seconds(self) -> float:
+        """The billed seconds per instance the estimate assumes."""
         return 3600.0 if self.timeout is None else self.timeout
 
     @property
     def total(self) -> Optional[float]:
+        """The estimated USD for the whole fleet, or None without a price."""
         if self.hourly_each is None:
             return None
         return instance_cost(self.hourly_each, self.seconds) * self.count
 
     def describe(self) -> str:
+        """The estimate as one line for the user, with its assumptions."""
         span = "per hour (no --timeout)" if self.timeout is None else f"for up to {self.seconds / 60:.1f} min"
         if self.hourly_each is None:
             return (
@@ -79,12 +82,15 @@ class CostEstimate:
 
 
 def hourly_price(instance_type: str) -> Optional[float]:
+    """The built-in on-demand USD per hour of an instance type, if known."""
     return HOURLY_USD.get(instance_type)
 
 
 def instance_cost(hourly: float, seconds: float) -> float:
+    """USD for one instance running `seconds`, with per-second billing and its minimum."""
     return hourly * max(MINIMUM_BILLED_SECONDS, seconds) / 3600.0
 
 
 def estimate(instance_type: str, count: int, timeout: Optional[float]) -> CostEstimate:
+    """The most a run of `count` instances may cost, or None without a price."""
     return CostEstimate(instance_type, count, hourly_price(instance_type), timeout)

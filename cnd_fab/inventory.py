@@ -33,6 +33,8 @@ class StaticHost:
 
 @dataclass(frozen=True)
 class DockerSettings:
+    """The docker provider's settings from the inventory."""
+
     image: str = DEFAULT_DOCKER_IMAGE
     #: CPU limit per container: one value for all, or one per container in order.
     cpus: Tuple[float, ...] = ()
@@ -40,6 +42,8 @@ class DockerSettings:
 
 @dataclass(frozen=True)
 class Ec2Settings:
+    """The ec2 provider's settings from the inventory."""
+
     region: Optional[str] = None
     instance_type: Optional[str] = None
     ami: Optional[str] = None
@@ -52,6 +56,8 @@ class Ec2Settings:
 
 @dataclass(frozen=True)
 class Inventory:
+    """A checked inventory file: static hosts and provider settings."""
+
     path: Optional[Path] = None
     hosts: Tuple[StaticHost, ...] = ()
     known_hosts: Optional[Path] = None
@@ -116,6 +122,7 @@ class _Checker:
 
 
 def load(path_text: str) -> Inventory:
+    """Read and check an inventory file; InventoryError names the line and field."""
     path = Path(path_text).expanduser()
     try:
         text = path.read_text()

@@ -41,6 +41,8 @@ class HostModel:
 
 @dataclass(frozen=True)
 class FleetModel:
+    """The search's side of the model: difficulty, space, unit size and rules."""
+
     difficulty: int
     space: int
     unit_size: int
@@ -49,6 +51,7 @@ class FleetModel:
 
     @property
     def log_q(self) -> float:
+        """log(1 - p): the log-chance that one nonce is not golden."""
         return math.log1p(-(2.0 ** -self.difficulty))
 
     def chance_in(self, start: float, length: float) -> float:
@@ -58,6 +61,7 @@ class FleetModel:
         return math.exp(start * self.log_q) * -math.expm1(length * self.log_q)
 
     def space_holds_one(self) -> float:
+        """The chance that the whole space holds a golden nonce at all."""
         return -math.expm1(self.space * self.log_q)
 
     def probability(self, hosts: int, host: HostModel, within: float) -> float:
@@ -104,6 +108,8 @@ class FleetModel:
 
 @dataclass(frozen=True)
 class Plan:
+    """A fleet size and the chance it settles the answer in time."""
+
     hosts: int
     probability: float
     reached: bool
@@ -131,10 +137,12 @@ def smallest_fleet(model: FleetModel, host: HostModel, within: float, confidence
 
 
 def expected_nonces(difficulty: int) -> float:
+    """Nonces expected before the first golden one, 2^D."""
     return 2.0 ** difficulty
 
 
 def describe(model: FleetModel, host: HostModel, plan: Plan, within: float, confidence: float) -> str:
+    """The plan explained in one paragraph, with the source of every figure."""
     return (
         f"model: about 2^{model.difficulty} = {expected_nonces(model.difficulty):,.0f} nonces to the first golden one; "
         f"each host {host.rate / 1e6:.2f} MH/s after {host.startup:.1f}s of start-up ({host.source}); "

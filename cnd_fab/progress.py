@@ -21,6 +21,7 @@ PLAIN_EVERY_SECONDS = 3.0
 
 
 def human_rate(rate: float) -> str:
+    """A hash rate with a unit, such as 3.02 MH/s."""
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if rate >= scale:
             return f"{rate / scale:.2f} {suffix}H/s"
@@ -28,6 +29,7 @@ def human_rate(rate: float) -> str:
 
 
 def human_seconds(seconds: Optional[float]) -> str:
+    """A duration as a person reads it: 4.2s, 3m05s, 2h10m, 1.5 days."""
     if seconds is None:
         return "?"
     if seconds >= 365 * 86400:
@@ -68,6 +70,7 @@ class LiveReporter(Reporter):
         self.live.update(self.render(snapshot))
 
     def render(self, snapshot: Snapshot) -> RenderableType:
+        """The live area for one snapshot."""
         header = Table.grid(padding=(0, 2))
         header.add_column()
         header.add_column()
@@ -99,6 +102,7 @@ class LiveReporter(Reporter):
 
 
 def host_table(hosts: List[HostView], final: bool = False) -> Table:
+    """One row per host: live figures, or the summary with errors when `final`."""
     table = Table(title="hosts" if final else None, expand=False)
     table.add_column("host")
     table.add_column("state")
@@ -124,6 +128,7 @@ def host_table(hosts: List[HostView], final: bool = False) -> Table:
 
 
 def average_rate(host: HostView) -> float:
+    """A host's hashes over its working time, for the summary."""
     if host.first_unit_at is None or host.last_heard is None:
         return 0.0
     span = host.last_heard - host.first_unit_at
@@ -155,4 +160,5 @@ class PlainReporter(Reporter):
 
 
 def print_summary(console: Console, outcome: SearchOutcome) -> None:
+    """The final per-host table."""
     console.print(host_table(outcome.hosts, final=True))

@@ -28,10 +28,12 @@ SETTLED = ("found", "none")
 
 
 def records_dir() -> Path:
+    """Where run records are kept."""
     return state_dir() / "records"
 
 
 def write_record(record: Dict[str, Any]) -> Path:
+    """Write one run record atomically."""
     folder = records_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{record['run_id']}.json"
@@ -90,6 +92,7 @@ def build_record(
 
 
 def load_records() -> List[Dict[str, Any]]:
+    """Every readable run record, oldest first."""
     folder = records_dir()
     if not folder.is_dir():
         return []
@@ -107,6 +110,8 @@ Group = Tuple[str, str, int, int]
 
 @dataclass(frozen=True)
 class GroupStats:
+    """The statistics of one group of settled runs."""
+
     provider: str
     instance_type: str
     difficulty: int
@@ -120,6 +125,7 @@ class GroupStats:
 
 
 def t_interval(times: List[float], level: float) -> Optional[Tuple[float, float]]:
+    """The Student-t confidence interval of the mean, or None for fewer than 2 runs."""
     if len(times) < 2:
         return None
     from scipy import stats
@@ -130,6 +136,7 @@ def t_interval(times: List[float], level: float) -> Optional[Tuple[float, float]
 
 
 def summarise(records: List[Dict[str, Any]], level: float) -> List[GroupStats]:
+    """Group settled runs by provider, type, difficulty and hosts, with their statistics."""
     groups: Dict[Group, List[float]] = {}
     for record in records:
         seconds = record.get("time_to_result")

@@ -58,9 +58,11 @@ class Scheduler:
 
     # --- hosts -------------------------------------------------------------------------
     def add_host(self, host: str) -> None:
+        """Make a host known, holding nothing."""
         self._held.setdefault(host, set())
 
     def held_by(self, host: str) -> Set[int]:
+        """The units a host holds now."""
         return set(self._held.get(host, ()))
 
     def host_lost(self, host: str) -> List[int]:
@@ -139,6 +141,7 @@ class Scheduler:
     # --- state -------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
+        """Units held by some host now."""
         return len(self._holder)
 
     @property
@@ -148,6 +151,7 @@ class Scheduler:
 
     @property
     def finished(self) -> bool:
+        """True once the answer is settled (or, with --any, found)."""
         if self.first_found_wins and self.best is not None:
             return True
         return (
@@ -158,6 +162,7 @@ class Scheduler:
 
     @property
     def units_settled(self) -> int:
+        """Units below the cutoff whose result was accepted."""
         return len(self._done)
 
     @property

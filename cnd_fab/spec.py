@@ -18,6 +18,7 @@ MIN_UNIT_NONCES = 1 << 16
 
 
 def double_sha256(message: bytes) -> bytes:
+    """SHA-256 of the raw SHA-256 digest of `data`."""
     return hashlib.sha256(hashlib.sha256(message).digest()).digest()
 
 
@@ -36,15 +37,19 @@ class Problem:
 
     @property
     def space(self) -> int:
+        """How many nonces the space holds: 2^(8 * nonce_bytes)."""
         return 1 << (8 * self.nonce_bytes)
 
     def message(self, nonce: int) -> bytes:
+        """The bytes hashed for `nonce`: block || big-endian nonce."""
         return self.block + nonce.to_bytes(self.nonce_bytes, "big")
 
     def hash(self, nonce: int) -> bytes:
+        """The double SHA-256 of `nonce`'s message."""
         return double_sha256(self.message(nonce))
 
     def is_golden(self, nonce: int) -> bool:
+        """True when `nonce`'s hash has at least `difficulty` leading zero bits."""
         return zero_bits(self.hash(nonce)) >= self.difficulty
 
     def scan(self, start: int, end: int) -> Optional[int]:
@@ -56,6 +61,7 @@ class Problem:
 
     @property
     def golden_probability(self) -> float:
+        """The chance that one nonce is golden: 2^-D."""
         return 2.0 ** -self.difficulty
 
     def chance_space_has_none(self) -> float:
@@ -75,6 +81,7 @@ class Unit:
 
     @property
     def size(self) -> int:
+        """Nonces in the unit."""
         return self.end - self.start
 
 
@@ -87,23 +94,28 @@ class UnitSpace:
 
     @property
     def space(self) -> int:
+        """Nonces in the whole space."""
         return 1 << (8 * self.nonce_bytes)
 
     @property
     def unit_size(self) -> int:
+        """Nonces in each unit."""
         return self.space // self.count
 
     def unit(self, index: int) -> Unit:
+        """The unit with this index."""
         if not 0 <= index < self.count:
             raise IndexError(f"unit {index} is outside 0..{self.count - 1}")
         start = index * self.unit_size
         return Unit(index, start, start + self.unit_size)
 
     def unit_of(self, nonce: int) -> int:
+        """The index of the unit holding `nonce`."""
         return nonce // self.unit_size
 
 
 def default_units(nonce_bytes: int) -> int:
+    """The default unit count for a nonce width (SPEC's 1024, or 2^42 for 8 bytes)."""
     if nonce_bytes == 4:
         return DEFAULT_UNITS
     return (1 << (8 * nonce_bytes)) // DEFAULT_UNIT_NONCES_WIDE
