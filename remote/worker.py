@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Callable, NamedTuple, Dict, Optional, Tuple, Type, Union
 
 PROTOCOL_VERSION = 1
 
@@ -47,8 +47,7 @@ DONE = "DONE"
 ERROR = "ERROR"
 STOP = "STOP"
 
-# The codec. Each message is a NamedTuple whose fields are the JSON keys; TYPE is its
-# "type". encode() writes one line; decode() is the one place a line is checked, on both
+# The codec. Each message is a class whose fields are the JSON keys. encode() writes one line; decode() is the one place a line is checked, on both
 # sides, so every field has a type and a range and a bad line is refused naming both.
 # Hex text (hash, block) is lowercase. Unknown extra keys are ignored, so a newer peer
 # may add fields without breaking an older one.
@@ -62,113 +61,84 @@ MAX_TRACEBACK_CHARS = 64 << 10
 MAX_COUNT = 1 << 16
 
 
-# mypy reads every assignment in a NamedTuple body as a field, so each message is a
-# NamedTuple of its fields plus a subclass that carries the TYPE constant.
-class _HelloFields(NamedTuple):
-    version: int
-    cores: int
-    kernel: str
-    kernel_note: Optional[str]
-    mode: str
-    prefetch: int
-    pid: int
-    pgid: int
-    python: str
-    host: str
+# Each message is a NamedTuple of its JSON keys, declared in the functional form so that
+# TYPE, its "type", is a class attribute of the subclass and not a field.
 
 
-class Hello(_HelloFields):
+class Hello(
+    NamedTuple(
+        "Hello",
+        [
+            ("version", int), ("cores", int), ("kernel", str), ("kernel_note", Optional[str]), ("mode", str),
+            ("prefetch", int), ("pid", int), ("pgid", int), ("python", str), ("host", str),
+        ],
+    )
+):
     """The worker's first line: who it is and how much work to keep queued at it."""
 
     __slots__ = ()
     TYPE = HELLO
 
 
-class _ProgressFields(NamedTuple):
-    hashes: int
-    units: Tuple[int, ...]
-    final: bool = False
-
-
-class Progress(_ProgressFields):
+class Progress(NamedTuple("Progress", [("hashes", int), ("units", Tuple[int, ...]), ("final", bool)])):
     """A heartbeat: hashes checked so far and the units held; final answers STOP."""
 
     __slots__ = ()
     TYPE = PROGRESS
 
 
-class _FoundFields(NamedTuple):
-    unit: int
-    nonce: int
-    hash: str
-
-
-class Found(_FoundFields):
+class Found(NamedTuple("Found", [("unit", int), ("nonce", int), ("hash", str)])):
     """A golden nonce of a unit, sent as soon as a core sees it."""
 
     __slots__ = ()
     TYPE = FOUND
 
 
-class _DoneFields(NamedTuple):
-    unit: int
-    hashes: int
-    seconds: float
-    nonce: Optional[int]
-    hash: Optional[str]
-
-
-class Done(_DoneFields):
+class Done(
+    NamedTuple(
+        "Done",
+        [
+            ("unit", int),
+            ("hashes", int),
+            ("seconds", float),
+            ("nonce", Optional[int]),
+            ("hash", Optional[str]),
+        ],
+    )
+):
     """A settled unit: its hashes, seconds and lowest golden nonce (both null if none)."""
 
     __slots__ = ()
     TYPE = DONE
 
 
-class _ErrorFields(NamedTuple):
-    message: str
-    traceback: str = ""
-
-
-class Error(_ErrorFields):
+class Error(NamedTuple("Error", [("message", str), ("traceback", str)])):
     """A failure with the worker's traceback text; the worker exits after sending it."""
 
     __slots__ = ()
     TYPE = ERROR
 
 
-class _WorkFields(NamedTuple):
-    unit: int
-    start: int
-    end: int
-    block: str
-    nonce_bytes: int
-    difficulty: int
-
-
-class Work(_WorkFields):
+class Work(
+    NamedTuple(
+        "Work",
+        [("unit", int), ("start", int), ("end", int), ("block", str), ("nonce_bytes", int), ("difficulty", int)],
+    )
+):
     """One unit: nonces [start, end) of block (hex) with nonce_bytes-wide nonces, at D."""
 
     __slots__ = ()
     TYPE = WORK
 
 
-class _CancelFields(NamedTuple):
-    above: int
-
-
-class Cancel(_CancelFields):
+class Cancel(NamedTuple("Cancel", [("above", int)])):
     """Forget every unit numbered above "above"."""
 
     __slots__ = ()
     TYPE = CANCEL
 
 
-class _StopFields(NamedTuple):
-    pass
-
-
-class Stop(_StopFields):
+class Stop(NamedTuple("Stop", [])):
     """Answer with a final PROGRESS and exit."""
 
     __slots__ = ()
@@ -330,6 +300,8 @@ _CHECKS: Dict[Type[Any], Dict[str, _Check]] = {
 }
 
 MESSAGE_CLASSES: Dict[str, Type[Any]] = {cls.TYPE: cls for cls in _CHECKS}
+# Fields an older or terser peer may leave out, and what they then mean.
+_DEFAULTS: Dict[Type[Any], Dict[str, Any]] = {Progress: {"final": False}, Error: {"traceback": ""}}
 
 
 def _shown(value: Any) -> str:
@@ -377,8 +349,9 @@ def decode(line: str) -> Message:
     values: Dict[str, Any] = {}
     for name, check in _CHECKS[cls].items():
         if name not in fields:
-            if name not in cls._field_defaults:
+            if name not in _DEFAULTS.get(cls, {}):
                 raise ProtocolError("%s.%s is missing" % (kind, name))
+            values[name] = _DEFAULTS[cls][name]
             continue
         try:
             values[name] = check(fields[name])

@@ -162,7 +162,7 @@ def test_malformed_work_comes_back_as_error_with_traceback(worker: WorkerProcess
         ("not json at all", "line is not JSON"),
         ('{"type":"CANCEL","above":-1}', "CANCEL.above must be"),
         ('{"type":"WORK","unit":0,"start":0,"end":5,"block":"00","nonce_bytes":4,"difficulty":true}', "WORK.difficulty must be"),
-        (protocol.encode(protocol.Error(message="a worker's line, sent back")), "ERROR is sent by a worker"),
+        (protocol.encode(protocol.Error(message="a worker's line, sent back", traceback="")), "ERROR is sent by a worker"),
     ],
 )
 def test_any_line_the_codec_refuses_is_an_error_and_an_exit(worker: WorkerProcess, line: str, named: str) -> None:
