@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from types import FrameType
 from typing import IO, Any, Dict, Iterator, List, Optional, Union
 
@@ -26,9 +27,10 @@ from .fleet import (
 from .journal import CLEANED, OPEN, RunJournal
 from .kernels import ensure_kernels
 from .transport import WorkerPayload
-from .options import SearchRequest, parse_search
+from .checks import open_provider
+from .request import CalibrateRequest, SearchRequest
 from .progress import LiveReporter, PlainReporter, human_rate, human_seconds, print_summary
-from .providers import provider_class
+from .providers import Provider, provider_class
 from .providers.base import Host
 
 EXIT_OK = 0
@@ -66,15 +68,12 @@ def stderr_console(stderr: bool = True) -> Console:
     return console
 
 
-def plan_fleet(request: SearchRequest, console: Console) -> SearchRequest:
+def plan_fleet(request: SearchRequest, provider: Provider, console: Console) -> SearchRequest:
     """Size the fleet for --within T --confidence L, or refuse before anything launches."""
-    from dataclasses import replace
-
     from .calibration import host_model
     from .model import FleetModel, describe, smallest_fleet
 
     assert request.within is not None and request.confidence is not None
-    provider = request.provider
     host = host_model(provider.name, provider.instance_type, request.kernel, provider.cores_per_host())
     model = FleetModel(
         difficulty=request.problem.difficulty,
@@ -104,9 +103,9 @@ def plan_fleet(request: SearchRequest, console: Console) -> SearchRequest:
     return replace(request, count=plan.hosts, timeout=timeout)
 
 
-def confirm_cost(request: SearchRequest, console: Console) -> None:
+def confirm_cost(request: SearchRequest, provider: Provider, count: int, console: Console) -> None:
     """Show what a paid run may cost; refuse or ask before anything is launched."""
-    estimate = request.provider.cost_estimate(request.count, request.timeout)
+    estimate = provider.cost_estimate(count, request.timeout)
     if estimate is None:
         return
     console.print(estimate.describe(), highlight=False, soft_wrap=True)
@@ -121,7 +120,7 @@ def confirm_cost(request: SearchRequest, console: Console) -> None:
         return
     if not sys.stdin.isatty():
         raise InputError("this run launches paid instances: pass --yes to confirm it when not on a terminal")
-    answer = console.input(f"launch {request.count} {request.provider.name} instance(s)? [y/N] ", markup=False)
+    answer = console.input(f"launch {count} {provider.name} instance(s)? [y/N] ", markup=False)
     if answer.strip().lower() not in ("y", "yes"):
         raise InputError("not confirmed; nothing was launched")
 
@@ -152,18 +151,16 @@ def describe_odds(request: SearchRequest) -> str:
     )
 
 
-def search(*, out: Optional[IO[str]] = None, console: Optional[Console] = None, **flags: Any) -> int:
-    """Run one search end to end and print its result; returns the process exit code.
-
-    `flags` are parse_search's keyword arguments, as text or numbers.
-    """
-    request = parse_search(**flags)
+def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Optional[Console] = None) -> int:
+    """Run one search end to end and print its result; returns the process exit code."""
+    chosen, count = open_provider(request.provider, request.count)
+    request = replace(request, count=count)
     console = console or stderr_console()
     if request.within is not None:
-        request = plan_fleet(request, console)
-    chosen = request.provider
+        request = plan_fleet(request, chosen, console)
+    assert request.count is not None
     out = out or sys.stdout
-    confirm_cost(request, console)
+    confirm_cost(request, chosen, request.count, console)
     payload = prepare_payload(request.kernel, console)
     started = time.monotonic()
     deadline = None if request.timeout is None else started + request.timeout
@@ -227,7 +224,7 @@ def search(*, out: Optional[IO[str]] = None, console: Optional[Console] = None, 
         console.print(f"cost incurred: about ${cost:.4f} (per-second billing, 60 s minimum per instance)", highlight=False)
     record = result_record(request, outcome, journal.run_id)
     record["cost_usd"] = None if cost is None else round(cost, 6)
-    write_run_record(request, record, started, outcome, cost)
+    write_run_record(request, chosen, record, started, outcome, cost)
     if request.json_output:
         out.write(json.dumps(record) + "\n")
     else:
@@ -239,7 +236,12 @@ def search(*, out: Optional[IO[str]] = None, console: Optional[Console] = None, 
 
 
 def write_run_record(
-    request: SearchRequest, result: Dict[str, Any], started: float, outcome: SearchOutcome, cost: Optional[float]
+    request: SearchRequest,
+    provider: Provider,
+    result: Dict[str, Any],
+    started: float,
+    outcome: SearchOutcome,
+    cost: Optional[float],
 ) -> None:
     from .records import build_record, write_record
 
@@ -257,8 +259,8 @@ def write_run_record(
     write_record(
         build_record(
             result["run_id"],
-            request.provider.name,
-            request.provider.instance_type,
+            provider.name,
+            provider.instance_type,
             parameters,
             result,
             started,
@@ -274,7 +276,7 @@ def stats(level: Optional[str] = None, plot_file: Optional[str] = None, console:
 
     from rich.table import Table
 
-    from .options import parse_confidence
+    from .flags import parse_confidence
     from .records import load_records, plot, records_dir, summarise
 
     chosen_level = 0.95 if level is None else parse_confidence(level)
@@ -496,40 +498,18 @@ def teardown(
     return EXIT_OK
 
 
-def calibrate(
-    provider: Optional[str] = None,
-    count: Optional[str] = None,
-    seconds: Optional[str] = None,
-    inventory: Optional[str] = None,
-    instance_type: Optional[str] = None,
-    region: Optional[str] = None,
-    kernel: Optional[str] = None,
-    yes: bool = False,
-    console: Optional[Console] = None,
-) -> int:
+def calibrate(request: CalibrateRequest, console: Optional[Console] = None) -> int:
     """Measure one provider's per-host rate and start-up, and keep them for --within."""
-    from . import inventory as inventory_file
     from .bench import timed_search
     from .calibration import calibration_file, key, record
-    from .options import parse_kernel, parse_seconds, parse_whole
-    from .providers import ProviderOptions
 
     console = console or stderr_console()
-    hosts = 1 if count is None else parse_whole("count", count, 1, 64)
-    duration = 15.0 if seconds is None else parse_seconds("seconds", seconds)
-    choice = parse_kernel(kernel)
-    options = ProviderOptions(
-        inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory(),
-        instance_type=instance_type,
-        region=region,
-        timeout=duration,
-    )
-    chosen = provider_class(provider or "local")(options)
-    chosen.check(hosts)
+    duration, choice = request.seconds, request.kernel
+    chosen, hosts = open_provider(request.provider, request.count)
     estimate = chosen.cost_estimate(hosts, duration)
     if estimate is not None:
         console.print(estimate.describe(), highlight=False, soft_wrap=True)
-        if not yes:
+        if not request.confirmed:
             raise InputError("calibrating launches paid instances: pass --yes to confirm")
     from .calibration import DEFAULT_STARTUP
 

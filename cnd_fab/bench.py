@@ -19,13 +19,12 @@ from typing import Any, Dict, List, Optional, Tuple
 from rich.console import Console
 from rich.table import Table
 
-from .errors import InputError
 from .fleet import FleetSearch, SearchOutcome
 from .kernels import ensure_kernels, machine_architecture
 from .journal import RunJournal
-from .options import parse_seconds, parse_whole
+from .request import BenchRequest, ProviderRequest
 from .progress import human_rate
-from .providers import Host, Provider, ProviderOptions, provider_class
+from .providers import Host, Provider
 from .providers.local import LocalProvider
 from .spec import DEFAULT_BLOCK_TEXT, Problem, UnitSpace
 from .transport import PipeChannel, WorkerPayload, protocol, worker_file
@@ -254,12 +253,10 @@ def fleet_figures(provider: Provider, count: int, seconds: float, payload: Worke
     )
 
 
-def run_fleet(provider_name: str, count: int, seconds: float, inventory: Optional[str], kernel: str) -> int:
-    from . import inventory as inventory_file
+def run_fleet(choice: ProviderRequest, count: int, seconds: float, kernel: str) -> int:
+    from .checks import open_provider
 
-    options = ProviderOptions(inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory())
-    provider = provider_class(provider_name)(options)
-    provider.check(count)
+    provider, count = open_provider(choice, count)
     console = Console(width=160)
     console.print(f"cnd-fab bench: {count} {provider.name} host(s) against the local provider, {seconds:g}s searches")
     payload = native_payload() if kernel != "python" else WorkerPayload(kernel="python")
@@ -335,20 +332,10 @@ def kernel_table(console: Console, cores: int, duration: float, python_one: floa
     return best
 
 
-def run(
-    seconds: Optional[str] = None,
-    count: Optional[str] = None,
-    provider: Optional[str] = None,
-    inventory: Optional[str] = None,
-    kernel: Optional[str] = None,
-) -> int:
-    duration = 5.0 if seconds is None else parse_seconds("seconds", seconds)
-    hosts = 1 if count is None else parse_whole("count", count, 1, 64)
-    choice = kernel or "auto"
-    if choice not in ("auto", "python"):
-        raise InputError("--kernel for bench is auto (native where it runs) or python")
-    if provider is not None and provider != LocalProvider.name:
-        return run_fleet(provider, hosts, duration * 4, inventory, choice)
+def run(request: BenchRequest) -> int:
+    duration, hosts, choice = request.seconds, request.count, request.kernel
+    if request.provider is not None:
+        return run_fleet(request.provider, hosts, duration * 4, choice)
     cores = protocol.effective_cores()
     console = Console(width=160)
     console.print(f"cnd-fab bench: {cores} cores, {duration:g}s per measurement")

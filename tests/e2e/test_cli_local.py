@@ -193,7 +193,7 @@ BAD_INPUTS = [
     (["--units", "1000"], "--units 1000 does not split"),
     (["--units", "0"], "--units must be at least 1"),
     (["--units", str(1 << 20)], "smaller than 65536 nonces"),
-    (["--provider", "mars"], "--provider 'mars' is unknown"),
+    (["--provider", "mars"], "--provider must be one of docker, ec2, local, static, not 'mars'"),
     (["--timeout", "0"], "--timeout must be a number of seconds above 0"),
     (["--timeout", "-5"], "--timeout must be a number of seconds above 0"),
     (["--timeout", "soon"], "--timeout must be a number of seconds, not 'soon'"),
