@@ -276,7 +276,7 @@ def stats(level: Optional[str] = None, plot_file: Optional[str] = None, console:
 
     from rich.table import Table
 
-    from .flags import parse_confidence
+    from .options import parse_confidence
     from .records import load_records, plot, records_dir, summarise
 
     chosen_level = 0.95 if level is None else parse_confidence(level)

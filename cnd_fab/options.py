@@ -17,9 +17,16 @@ import binascii
 from typing import Mapping, Optional, Tuple
 
 from .errors import InputError
-from .flags import CHOICE, FLAG, NAME, PROBABILITY, SECONDS, TEXT, USD, WHOLE, Option, RawFlags
+from .flags import CHOICE, FLAG, NAME, PROBABILITY, SECONDS, TEXT, USD, WHOLE, Option, RawFlags, parse_confidence
 from .request import BenchRequest, CalibrateRequest, ProviderRequest, SearchRequest
 from .spec import DEFAULT_BLOCK_TEXT, MIN_UNIT_NONCES, NONCE_WIDTHS, Problem, UnitSpace, default_units
+
+# The requests and parse_confidence (for `fab stats --level`) are re-exported: callers need
+# only this module to go from flags to a request.
+__all__ = [
+    "OPTIONS", "PROVIDER_NAMES", "BenchRequest", "CalibrateRequest", "ProviderRequest", "SearchRequest",
+    "options_for", "parse_bench", "parse_calibrate", "parse_confidence", "parse_search",
+]
 
 DEFAULT_DIFFICULTY = 6
 DEFAULT_PROVIDER = "local"

@@ -226,6 +226,22 @@ def test_bad_input_gets_one_line_and_launches_nothing(args: List[str], message: 
     assert not (private_state / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["calibrate", "--count", "65"], "cnd-fab: --count must be from 1 to 64, not 65"),
+        (["calibrate", "--provider", "mars"], "cnd-fab: --provider must be one of docker, ec2, local, static, not 'mars'"),
+        (["bench", "--kernel", "native"], "cnd-fab: --kernel must be one of auto, python, not 'native'"),
+        (["bench", "--startup", "--seconds", "3"], "cnd-fab: --startup only times the CLI's start-up; give it without --seconds"),
+    ],
+)
+def test_bad_calibrate_and_bench_input_gets_one_line(args: List[str], message: str, private_state: Path) -> None:
+    result = run_cli(cli(*args))
+    assert result.returncode == 2
+    assert result.stderr.strip() == message and result.stdout == ""
+    assert not (private_state / "runs").exists()
+
+
 def test_console_script_reports_bad_input_the_same_way() -> None:
     result = run_cli(cli("search", "--difficulty", "abc"))
     assert result.returncode == 2
