@@ -170,7 +170,7 @@ class RawFlags:
         option, text = self._raw(name, USD)
         return cast(Optional[float], option.default) if text is None else parse_usd(name, text)
 
-    def choice(self, name: str) -> Optional[str]:
+    def maybe_choice(self, name: str) -> Optional[str]:
         """One of the option's choices, or its default."""
         option, text = self._raw(name, CHOICE)
         if text is None:
@@ -179,3 +179,9 @@ class RawFlags:
         if choice not in option.choices:
             raise InputError(f"--{name} must be one of {', '.join(option.choices)}, not {choice!r}")
         return choice
+
+    def choice(self, name: str) -> str:
+        """As maybe_choice, for options with a default choice."""
+        value = self.maybe_choice(name)
+        assert value is not None, f"--{name} has no default"
+        return value

@@ -174,7 +174,6 @@ def parse_search(raw: Mapping[str, object]) -> SearchRequest:
     within, confidence = flags.maybe_seconds("within"), flags.probability("confidence")
     best_effort = flags.flag("best-effort")
     check_plan(within, confidence, count, best_effort)
-    assert provider is not None
     return SearchRequest(
         problem=Problem(block, width, difficulty),
         space=space,
@@ -195,7 +194,7 @@ def parse_search(raw: Mapping[str, object]) -> SearchRequest:
         json_output=flags.flag("json"),
         confirmed=flags.flag("yes"),
         max_cost=flags.usd("max-cost"),
-        kernel=str(flags.choice("kernel")),
+        kernel=flags.choice("kernel"),
         within=within,
         confidence=confidence,
         best_effort=best_effort,
@@ -208,7 +207,7 @@ def parse_calibrate(raw: Mapping[str, object]) -> CalibrateRequest:
     seconds = flags.seconds("seconds")
     return CalibrateRequest(
         provider=ProviderRequest(
-            name=str(flags.choice("provider")),
+            name=flags.choice("provider"),
             inventory_path=flags.name("inventory"),
             region=flags.name("region"),
             instance_type=flags.name("instance-type"),
@@ -216,7 +215,7 @@ def parse_calibrate(raw: Mapping[str, object]) -> CalibrateRequest:
         ),
         count=flags.whole("count"),
         seconds=seconds,
-        kernel=str(flags.choice("kernel")),
+        kernel=flags.choice("kernel"),
         confirmed=flags.flag("yes"),
     )
 
@@ -228,13 +227,13 @@ def parse_bench(raw: Mapping[str, object]) -> BenchRequest:
     if startup and set(flags.given) - {"startup"}:
         others = ", ".join(f"--{name}" for name in sorted(set(flags.given) - {"startup"}))
         raise InputError(f"--startup only times the CLI's start-up; give it without {others}")
-    provider = flags.choice("provider")
+    provider = flags.maybe_choice("provider")
     inventory = flags.name("inventory")
     return BenchRequest(
         seconds=flags.seconds("seconds"),
         count=flags.whole("count"),
         # The local provider is always measured; another one is compared against it.
-        provider=None if provider in (None, DEFAULT_PROVIDER) else ProviderRequest(str(provider), inventory),
-        kernel=str(flags.choice("kernel")),
+        provider=None if provider in (None, DEFAULT_PROVIDER) else ProviderRequest(provider, inventory),
+        kernel=flags.choice("kernel"),
         startup=startup,
     )
