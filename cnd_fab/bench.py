@@ -333,6 +333,10 @@ def kernel_table(console: Console, cores: int, duration: float, python_one: floa
 
 
 def run(request: BenchRequest) -> int:
+    if request.startup:
+        from .startup_bench import startup_figures
+
+        return startup_figures(Console(width=160))
     duration, hosts, choice = request.seconds, request.count, request.kernel
     if request.provider is not None:
         return run_fleet(request.provider, hosts, duration * 4, choice)

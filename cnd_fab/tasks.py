@@ -84,12 +84,6 @@ def calibrate(c: Context, **raw: object) -> int:
 def bench(c: Context, **raw: object) -> int:
     """Measure hash rates per core, end-to-end search rates and fleet start/stop times."""
     request = options.parse_bench(raw)
-    if request.startup:
-        from rich.console import Console
-
-        from .startup_bench import startup_figures
-
-        return startup_figures(Console(width=160))
     from . import bench as benchmarks
 
     return benchmarks.run(request)
