@@ -1,78 +1,116 @@
-"""Turns the raw flag values of `search` into a checked SearchRequest, or one InputError.
+"""Every task's flags, declared once, and the pure parsers that turn them into requests.
 
-Every numeric flag arrives as text: Invoke would turn `--difficulty abc` into a bare
-ValueError traceback if the task declared an int default, so the tasks take strings and
-the checks live here, where they give one clear line.
+OPTIONS is the one table: each Option has its flag spelling, kind, default, help text and the
+tasks that take it. cnd_fab.tasks builds the Invoke tasks' signatures and help from it, and
+parse_search, parse_calibrate and parse_bench read it to turn raw flag values into a frozen
+request, or one InputError line.
+
+Parsing is pure: text in, a frozen request (cnd_fab.request) out. Nothing here reads a file,
+makes a provider or opens a socket; cnd_fab.checks.open_provider does that afterwards, still
+before anything is launched. The kinds of flag and their checks are in cnd_fab.flags. Value flags reach the parsers as text (their Invoke default is None), because
+Invoke's own int parsing would turn `--difficulty abc` into a ValueError traceback.
 """
 
 from __future__ import annotations
 
 import binascii
-import math
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
-from . import inventory as inventory_file
 from .errors import InputError
-from .providers import Provider, ProviderOptions, provider_class
-from .spec import (
-    DEFAULT_BLOCK_TEXT,
-    MIN_UNIT_NONCES,
-    NONCE_WIDTHS,
-    Problem,
-    UnitSpace,
-    default_units,
-)
+from .flags import CHOICE, FLAG, NAME, PROBABILITY, SECONDS, TEXT, USD, WHOLE, Option, RawFlags, parse_confidence
+from .request import BenchRequest, CalibrateRequest, ProviderRequest, SearchRequest
+from .spec import DEFAULT_BLOCK_TEXT, MIN_UNIT_NONCES, NONCE_WIDTHS, Problem, UnitSpace, default_units
+
+# The requests and parse_confidence (for `fab stats --level`) are re-exported: callers need
+# only this module to go from flags to a request.
+__all__ = [
+    "OPTIONS", "PROVIDER_NAMES", "BenchRequest", "CalibrateRequest", "ProviderRequest", "SearchRequest",
+    "options_for", "parse_bench", "parse_calibrate", "parse_confidence", "parse_search",
+]
 
 DEFAULT_DIFFICULTY = 6
 DEFAULT_PROVIDER = "local"
 KERNEL_CHOICES = ("auto", "native", "python")
+#: The names --provider takes; kept here so parsing never imports a provider (a unit test
+#: checks it against cnd_fab.providers.PROVIDERS).
+PROVIDER_NAMES = ("docker", "ec2", "local", "static")
+#: What --count means for each provider, for the help text (checked against the classes'
+#: count_meaning by a unit test, so the two cannot drift apart).
+COUNT_MEANINGS = {
+    "docker": "number of SSH host containers started on this machine's Docker engine",
+    "ec2": "EC2 instances launched together in one request",
+    "local": "number of worker processes on this machine; its cores are shared out between them "
+    "(each gets at least one)",
+    "static": "hosts taken from the inventory's list, in order (default: all of them)",
+}
+
+SEARCH, CALIBRATE, BENCH = "search", "calibrate", "bench"
+
+_ANY_HOST = "; ".join(f"{name}: {meaning}" for name, meaning in sorted(COUNT_MEANINGS.items()))
+
+# Declaration order is Invoke's order for picking short flags (-d, -c, ...): keep it.
+OPTIONS: Tuple[Option, ...] = (
+    Option("difficulty", WHOLE, DEFAULT_DIFFICULTY,
+           f"leading zero bits a golden hash needs, 1..256 (default {DEFAULT_DIFFICULTY})",
+           (SEARCH,), low=1, high=256),
+    Option("count", WHOLE, None, f"number of hosts (default 1; static: every inventory host); {_ANY_HOST}",
+           (SEARCH,), low=1),
+    Option("count", WHOLE, 1, "hosts to launch for the measurement, 1..64 (default 1)",
+           (CALIBRATE, BENCH), low=1, high=64),
+    Option("block", TEXT, None, f"the block as UTF-8 text (default {DEFAULT_BLOCK_TEXT})", (SEARCH,)),
+    Option("block-hex", TEXT, None, "the block as hex bytes, NUL included; instead of --block", (SEARCH,)),
+    Option("nonce-bytes", WHOLE, 4, "nonce width in bytes: 4 (default, 2^32 nonces) or 8 (2^64)", (SEARCH,)),
+    Option("units", WHOLE, None, "units the space is cut into, a power of two (default 1024; 2^42 for 8-byte nonces)",
+           (SEARCH,), low=1),
+    Option("provider", CHOICE, DEFAULT_PROVIDER,
+           f"where hosts come from: {', '.join(PROVIDER_NAMES)} (default {DEFAULT_PROVIDER})",
+           (SEARCH, CALIBRATE), choices=PROVIDER_NAMES),
+    Option("provider", CHOICE, None, "measure a fleet of this provider against the local one (docker, static)",
+           (BENCH,), choices=PROVIDER_NAMES),
+    Option("timeout", SECONDS, None, "stop everything after this many seconds and report how far it got", (SEARCH,)),
+    Option("seconds", SECONDS, 15.0, "how long the measuring search runs (default 15)", (CALIBRATE,)),
+    Option("seconds", SECONDS, 5.0, "seconds per measurement (default 5; fleet searches run 4 times as long)",
+           (BENCH,)),
+    Option("any", FLAG, False, "stop at the first golden nonce any host finds, which may not be the lowest",
+           (SEARCH,)),
+    Option("json", FLAG, False, "print the result as one JSON object on stdout", (SEARCH,)),
+    Option("inventory", NAME, None, "YAML file of static hosts and provider settings (see inventory.example.yaml)",
+           (SEARCH, CALIBRATE, BENCH)),
+    Option("accept-new-host-key", FLAG, False,
+           "trust unknown static host keys on first use and save them (unsafe; says so)", (SEARCH,)),
+    Option("image", NAME, None, "docker provider: the SSH host image (default cnd-fab-sshd:latest)", (SEARCH,)),
+    Option("region", NAME, None, "ec2: the AWS region (default: ec2.region, then AWS_DEFAULT_REGION)",
+           (SEARCH, CALIBRATE)),
+    Option("instance-type", NAME, None, "ec2: the instance type (default c7a.large)", (SEARCH, CALIBRATE)),
+    Option("ami", NAME, None, "ec2: the AMI (default: the current Ubuntu LTS, from its public SSM parameter)",
+           (SEARCH,)),
+    Option("ssh-cidr", NAME, None, "ec2: who may reach port 22 (default: this machine's public address /32)",
+           (SEARCH,)),
+    Option("yes", FLAG, False, "ec2: confirm the paid launch without being asked",
+           (SEARCH, CALIBRATE)),
+    Option("max-cost", USD, None, "ec2: refuse to launch if the estimate is above this many USD", (SEARCH,)),
+    Option("kernel", CHOICE, "auto", "auto (native where it runs, else Python), native (required) or python",
+           (SEARCH, CALIBRATE), choices=KERNEL_CHOICES),
+    Option("kernel", CHOICE, "auto", "auto (measure the native kernel too; the default) or python",
+           (BENCH,), choices=("auto", "python")),
+    Option("within", SECONDS, None, "size the fleet to settle the answer within this many seconds (with --confidence)",
+           (SEARCH,)),
+    Option("confidence", PROBABILITY, None,
+           "the probability, such as 0.95 or 95%, of settling it --within the time", (SEARCH,)),
+    Option("best-effort", FLAG, False, "with --within: run the best fleet even when it cannot reach the confidence",
+           (SEARCH,)),
+    Option("startup", FLAG, False,
+           "only time `cnd-fab --help` and a D=8 local search as whole processes (5 runs each)", (BENCH,)),
+)
 
 
-@dataclass(frozen=True)
-class SearchRequest:
-    """A search as the user asked for it, every value checked."""
-
-    problem: Problem
-    space: UnitSpace
-    count: int
-    provider: Provider
-    timeout: Optional[float]
-    first_found_wins: bool
-    json_output: bool
-    confirmed: bool = False
-    max_cost: Optional[float] = None
-    kernel: str = "auto"
-    #: --within T --confidence L: the planner picks `count` (see cnd_fab.model).
-    within: Optional[float] = None
-    confidence: Optional[float] = None
-    best_effort: bool = False
-
-
-def parse_whole(flag: str, raw: object, low: int, high: Optional[int] = None) -> int:
-    text = str(raw).strip()
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise InputError(f"--{flag} must be a whole number, not {text!r}") from None
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise InputError(f"--{flag} must be {bounds}, not {value}")
-    return value
-
-
-def parse_seconds(flag: str, raw: object) -> float:
-    text = str(raw).strip()
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"--{flag} must be a number of seconds, not {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"--{flag} must be a number of seconds above 0, not {text!r}")
-    return value
+def options_for(task: str) -> Tuple[Option, ...]:
+    """The options `task` takes, in declaration order."""
+    return tuple(option for option in OPTIONS if task in option.tasks)
 
 
 def parse_block(text: Optional[str], hex_text: Optional[str]) -> bytes:
+    """The block from --block (UTF-8 text) or --block-hex, never both, never empty."""
     if text is not None and hex_text is not None:
         raise InputError("give --block or --block-hex, not both")
     if hex_text is not None:
@@ -90,50 +128,16 @@ def parse_block(text: Optional[str], hex_text: Optional[str]) -> bytes:
     return block
 
 
-def parse_kernel(raw: Optional[str]) -> str:
-    choice = (raw or "auto").strip()
-    if choice not in KERNEL_CHOICES:
-        raise InputError(f"--kernel must be one of {', '.join(KERNEL_CHOICES)}, not {choice!r}")
-    return choice
-
-
-def parse_confidence(raw: str) -> float:
-    text = str(raw).strip()
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise InputError(f"--confidence must be a probability such as 0.95 or 95%, not {text!r}") from None
-    if not 0 < value < 1:
-        raise InputError(f"--confidence must be above 0 and below 1 (or 100%), not {text!r}")
-    return value
-
-
-def parse_plan(
-    within: Optional[str], confidence: Optional[str], count: Optional[int], best_effort: bool
-) -> Tuple[Optional[float], Optional[float]]:
-    """--within and --confidence come together, and instead of --count."""
-    if within is None and confidence is None:
-        if best_effort:
-            raise InputError("--best-effort goes with --within and --confidence")
-        return None, None
-    if within is None or confidence is None:
-        raise InputError("give --within SECONDS and --confidence L together")
-    if count is not None:
-        raise InputError("give --count, or --within with --confidence to have the fleet sized for you, not both")
-    return parse_seconds("within", within), parse_confidence(confidence)
-
-
-def parse_units(raw: Optional[str], nonce_bytes: int) -> int:
-    space = 1 << (8 * nonce_bytes)
-    most = space // MIN_UNIT_NONCES
-    if raw is None:
+def parse_units(units: Optional[int], nonce_bytes: int) -> int:
+    """--units cuts the space into equal units of at least MIN_UNIT_NONCES nonces."""
+    if units is None:
         return default_units(nonce_bytes)
-    units = parse_whole("units", raw, 1)
     if units & (units - 1):
         raise InputError(
             f"--units {units} does not split the 2^{8 * nonce_bytes} space into equal units; "
             "use a power of two such as 1024"
         )
+    most = (1 << (8 * nonce_bytes)) // MIN_UNIT_NONCES
     if units > most:
         raise InputError(
             f"--units {units} makes units smaller than {MIN_UNIT_NONCES} nonces; "
@@ -142,84 +146,94 @@ def parse_units(raw: Optional[str], nonce_bytes: int) -> int:
     return units
 
 
-def parse_search(
-    *,
-    difficulty: Optional[str],
-    count: Optional[str],
-    block: Optional[str],
-    block_hex: Optional[str],
-    nonce_bytes: Optional[str],
-    units: Optional[str],
-    provider: Optional[str],
-    timeout: Optional[str],
-    first_found_wins: bool,
-    json_output: bool,
-    inventory: Optional[str] = None,
-    accept_new_host_key: bool = False,
-    image: Optional[str] = None,
-    region: Optional[str] = None,
-    instance_type: Optional[str] = None,
-    ami: Optional[str] = None,
-    ssh_cidr: Optional[str] = None,
-    confirmed: bool = False,
-    max_cost: Optional[str] = None,
-    kernel: Optional[str] = None,
-    within: Optional[str] = None,
-    confidence: Optional[str] = None,
-    best_effort: bool = False,
-) -> SearchRequest:
-    parsed_difficulty = parse_whole(
-        "difficulty", DEFAULT_DIFFICULTY if difficulty is None else difficulty, 1, 256
-    )
-    width = parse_whole("nonce-bytes", 4 if nonce_bytes is None else nonce_bytes, 0)
+def check_plan(within: Optional[float], confidence: Optional[float], count: Optional[int], best_effort: bool) -> None:
+    """--within and --confidence come together, and instead of --count."""
+    if within is None and confidence is None:
+        if best_effort:
+            raise InputError("--best-effort goes with --within and --confidence")
+        return
+    if within is None or confidence is None:
+        raise InputError("give --within SECONDS and --confidence L together")
+    if count is not None:
+        raise InputError("give --count, or --within with --confidence to have the fleet sized for you, not both")
+
+
+def parse_search(raw: Mapping[str, object]) -> SearchRequest:
+    """The raw flags of `search` (see OPTIONS) as a checked SearchRequest; no I/O."""
+    flags = RawFlags(SEARCH, options_for(SEARCH), raw)
+    difficulty = flags.whole("difficulty")
+    count = flags.maybe_whole("count")
+    block = parse_block(flags.text("block"), flags.text("block-hex"))
+    width = flags.whole("nonce-bytes")
     if width not in NONCE_WIDTHS:
         raise InputError(f"--nonce-bytes must be 4 or 8, not {width}")
-    problem = Problem(parse_block(block, block_hex), width, parsed_difficulty)
-    space = UnitSpace(width, parse_units(units, width))
-    requested_hosts = None if count is None else parse_whole("count", count, 1)
-    planned_within, planned_confidence = parse_plan(within, confidence, requested_hosts, best_effort)
-    chosen_class = provider_class((provider or DEFAULT_PROVIDER).strip())
-    deadline = None if timeout is None else parse_seconds("timeout", timeout)
-    kernel_choice = parse_kernel(kernel)
-    texts = {"image": image, "region": region, "instance-type": instance_type, "ami": ami, "ssh-cidr": ssh_cidr}
-    for flag, value in texts.items():
-        if value is not None and not value.strip():
-            raise InputError(f"--{flag} is empty")
-    cost_cap = None
-    if max_cost is not None:
-        try:
-            cost_cap = float(str(max_cost).strip().lstrip("$"))
-        except ValueError:
-            raise InputError(f"--max-cost must be an amount in USD, not {max_cost!r}") from None
-        if not math.isfinite(cost_cap) or cost_cap < 0:
-            raise InputError(f"--max-cost must be an amount in USD of 0 or more, not {max_cost!r}")
-    options = ProviderOptions(
-        inventory=inventory_file.load(inventory) if inventory else inventory_file.Inventory(),
-        accept_new_host_key=accept_new_host_key,
-        image=image.strip() if image else None,
-        region=region.strip() if region else None,
-        instance_type=instance_type.strip() if instance_type else None,
-        ami=ami.strip() if ami else None,
-        ssh_cidr=ssh_cidr.strip() if ssh_cidr else None,
-        timeout=deadline,
-    )
-    chosen = chosen_class(options)
-    hosts = chosen.default_count() if requested_hosts is None else requested_hosts
-    # The provider's own checks (count limits, image present, keys readable) also come
-    # before anything is launched.
-    chosen.check(hosts)
+    space = UnitSpace(width, parse_units(flags.maybe_whole("units"), width))
+    provider = flags.choice("provider")
+    timeout = flags.maybe_seconds("timeout")
+    inventory = flags.name("inventory")
+    within, confidence = flags.maybe_seconds("within"), flags.probability("confidence")
+    best_effort = flags.flag("best-effort")
+    check_plan(within, confidence, count, best_effort)
     return SearchRequest(
-        problem=problem,
+        problem=Problem(block, width, difficulty),
         space=space,
-        count=hosts,
-        provider=chosen,
-        timeout=deadline,
-        first_found_wins=first_found_wins,
-        json_output=json_output,
-        confirmed=confirmed,
-        max_cost=cost_cap,
-        kernel=kernel_choice,
-        within=planned_within,
-        confidence=planned_confidence,
+        count=count,
+        provider=ProviderRequest(
+            name=provider,
+            inventory_path=inventory,
+            accept_new_host_key=flags.flag("accept-new-host-key"),
+            image=flags.name("image"),
+            region=flags.name("region"),
+            instance_type=flags.name("instance-type"),
+            ami=flags.name("ami"),
+            ssh_cidr=flags.name("ssh-cidr"),
+            timeout=timeout,
+        ),
+        timeout=timeout,
+        first_found_wins=flags.flag("any"),
+        json_output=flags.flag("json"),
+        confirmed=flags.flag("yes"),
+        max_cost=flags.usd("max-cost"),
+        kernel=flags.choice("kernel"),
+        within=within,
+        confidence=confidence,
         best_effort=best_effort,
+    )
+
+
+def parse_calibrate(raw: Mapping[str, object]) -> CalibrateRequest:
+    """The raw flags of `calibrate` as a checked CalibrateRequest; no I/O."""
+    flags = RawFlags(CALIBRATE, options_for(CALIBRATE), raw)
+    seconds = flags.seconds("seconds")
+    return CalibrateRequest(
+        provider=ProviderRequest(
+            name=flags.choice("provider"),
+            inventory_path=flags.name("inventory"),
+            region=flags.name("region"),
+            instance_type=flags.name("instance-type"),
+            timeout=seconds,
+        ),
+        count=flags.whole("count"),
+        seconds=seconds,
+        kernel=flags.choice("kernel"),
+        confirmed=flags.flag("yes"),
+    )
+
+
+def parse_bench(raw: Mapping[str, object]) -> BenchRequest:
+    """The raw flags of `bench` as a checked BenchRequest; no I/O."""
+    flags = RawFlags(BENCH, options_for(BENCH), raw)
+    startup = flags.flag("startup")
+    if startup and set(flags.given) - {"startup"}:
+        others = ", ".join(f"--{name}" for name in sorted(set(flags.given) - {"startup"}))
+        raise InputError(f"--startup only times the CLI's start-up; give it without {others}")
+    provider = flags.maybe_choice("provider")
+    inventory = flags.name("inventory")
+    return BenchRequest(
+        seconds=flags.seconds("seconds"),
+        count=flags.whole("count"),
+        # The local provider is always measured; another one is compared against it.
+        provider=None if provider in (None, DEFAULT_PROVIDER) else ProviderRequest(provider, inventory),
+        kernel=flags.choice("kernel"),
+        startup=startup,
     )

@@ -1,12 +1,14 @@
 """The Fabric/Invoke tasks: flags in, cnd_fab.api out. fabfile.py and `cnd-fab` share them.
 
-Numeric flags default to None so Invoke passes their text through untouched; cnd_fab.options
-checks them and says what is wrong in one line (Invoke's own int parsing would crash with
-a ValueError traceback on `--difficulty abc`).
+search, calibrate and bench take the flags of cnd_fab.options.OPTIONS: `from_table` gives
+each task the signature and help Invoke reads, and the task body passes the raw values to
+the matching options.parse_* function. Every heavy import (api, providers, rich, ...) is
+made inside a task body, so `cnd-fab --help` loads only Invoke and the option table.
 """
 
 from __future__ import annotations
 
+import inspect
 from functools import wraps
 from typing import Any, Callable, Optional, TypeVar, cast
 
@@ -14,10 +16,8 @@ from invoke import task
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from . import api
+from . import flags, options
 from .errors import CndError
-from .options import DEFAULT_DIFFICULTY, DEFAULT_PROVIDER
-from .providers import PROVIDERS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,89 +38,55 @@ def one_line_errors(body: F) -> F:
     return cast(F, wrapper)
 
 
-_COUNT_HELP = "; ".join(f"{name}: {cls.count_meaning}" for name, cls in sorted(PROVIDERS.items()))
+def table_signature(task_name: str) -> inspect.Signature:
+    """(c, one keyword per option of `task_name`): value options default to None, so their
+    text reaches the parser untouched; bare flags default to their table default."""
+    parameters = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for option in options.options_for(task_name):
+        default = option.default if option.kind == flags.FLAG else None
+        parameters.append(inspect.Parameter(option.param, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+    return inspect.Signature(parameters, return_annotation=int)
 
 
-@task(
-    help={
-        "difficulty": f"leading zero bits a golden hash needs, 1..256 (default {DEFAULT_DIFFICULTY})",
-        "count": f"number of hosts (default 1; static: every inventory host); {_COUNT_HELP}",
-        "block": "the block as UTF-8 text (default COMSM0010cloud)",
-        "block-hex": "the block as hex bytes, NUL included; instead of --block",
-        "nonce-bytes": "nonce width in bytes: 4 (default, 2^32 nonces) or 8 (2^64)",
-        "units": "units the space is cut into, a power of two (default 1024; 2^42 for 8-byte nonces)",
-        "provider": f"where hosts come from: {', '.join(sorted(PROVIDERS))} (default {DEFAULT_PROVIDER})",
-        "timeout": "stop everything after this many seconds and report how far it got",
-        "any": "stop at the first golden nonce any host finds, which may not be the lowest",
-        "json": "print the result as one JSON object on stdout",
-        "inventory": "YAML file of static hosts and provider settings (see inventory.example.yaml)",
-        "accept-new-host-key": "trust unknown static host keys on first use and save them (unsafe; says so)",
-        "image": "docker provider: the SSH host image (default cnd-fab-sshd:latest)",
-        "region": "ec2: the AWS region (default: ec2.region, then AWS_DEFAULT_REGION)",
-        "instance-type": "ec2: the instance type (default c7a.large)",
-        "ami": "ec2: the AMI (default: the current Ubuntu LTS, from its public SSM parameter)",
-        "ssh-cidr": "ec2: who may reach port 22 (default: this machine's public address /32)",
-        "yes": "ec2: launch without asking to confirm the cost estimate",
-        "max-cost": "ec2: refuse to launch if the estimate is above this many USD",
-        "kernel": "auto (native where it runs, else Python), native (required) or python",
-        "within": "size the fleet to settle the answer within this many seconds (with --confidence)",
-        "confidence": "the probability, such as 0.95 or 95%, of settling it --within the time",
-        "best-effort": "with --within: run the best fleet even when it cannot reach the confidence",
-    }
-)
-@one_line_errors
-def search(
-    c: Context,
-    difficulty: Optional[str] = None,
-    count: Optional[str] = None,
-    block: Optional[str] = None,
-    block_hex: Optional[str] = None,
-    nonce_bytes: Optional[str] = None,
-    units: Optional[str] = None,
-    provider: Optional[str] = None,
-    timeout: Optional[str] = None,
-    any_: bool = False,
-    json_: bool = False,
-    inventory: Optional[str] = None,
-    accept_new_host_key: bool = False,
-    image: Optional[str] = None,
-    region: Optional[str] = None,
-    instance_type: Optional[str] = None,
-    ami: Optional[str] = None,
-    ssh_cidr: Optional[str] = None,
-    yes: bool = False,
-    max_cost: Optional[str] = None,
-    kernel: Optional[str] = None,
-    within: Optional[str] = None,
-    confidence: Optional[str] = None,
-    best_effort: bool = False,
-) -> int:
+def from_table(task_name: str) -> Callable[[Callable[..., int]], Any]:
+    """Make `body(c, **raw)` the Invoke task `task_name`, with the table's flags and help."""
+
+    def make(body: Callable[..., int]) -> Any:
+        wrapped = one_line_errors(body)
+        # inspect.signature, which Invoke uses to find the flags, stops at __signature__.
+        setattr(wrapped, "__signature__", table_signature(task_name))
+        return task(name=task_name, help={option.name: option.help for option in options.options_for(task_name)})(
+            wrapped
+        )
+
+    return make
+
+
+@from_table(options.SEARCH)
+def search(c: Context, **raw: object) -> int:
     """Find the lowest golden nonce over a fleet of hosts, with live progress."""
-    return api.search(
-        difficulty=difficulty,
-        count=count,
-        block=block,
-        block_hex=block_hex,
-        nonce_bytes=nonce_bytes,
-        units=units,
-        provider=provider,
-        timeout=timeout,
-        first_found_wins=any_,
-        json_output=json_,
-        inventory=inventory,
-        accept_new_host_key=accept_new_host_key,
-        image=image,
-        region=region,
-        instance_type=instance_type,
-        ami=ami,
-        ssh_cidr=ssh_cidr,
-        confirmed=yes,
-        max_cost=max_cost,
-        kernel=kernel,
-        within=within,
-        confidence=confidence,
-        best_effort=best_effort,
-    )
+    request = options.parse_search(raw)
+    from . import api
+
+    return api.search(request)
+
+
+@from_table(options.CALIBRATE)
+def calibrate(c: Context, **raw: object) -> int:
+    """Measure a provider's per-host hash rate and start-up time for --within plans."""
+    request = options.parse_calibrate(raw)
+    from . import api
+
+    return api.calibrate(request)
+
+
+@from_table(options.BENCH)
+def bench(c: Context, **raw: object) -> int:
+    """Measure hash rates per core, end-to-end search rates and fleet start/stop times."""
+    request = options.parse_bench(raw)
+    from . import bench as benchmarks
+
+    return benchmarks.run(request)
 
 
 @task(
@@ -144,39 +110,10 @@ def teardown(
     region: Optional[str] = None,
 ) -> int:
     """Kill and remove everything that runs left behind (safe to repeat)."""
+    from . import api
+
     return api.teardown(
         run_id=run, all_runs=all_, expired=expired, dry_run=dry_run, inventory=inventory, region=region
-    )
-
-
-@task(
-    help={
-        "provider": "the provider to measure (default local)",
-        "count": "hosts to launch for the measurement (default 1)",
-        "seconds": "how long the measuring search runs (default 15)",
-        "inventory": "inventory file (static hosts, provider settings)",
-        "instance-type": "ec2: the instance type to measure",
-        "region": "ec2: the AWS region",
-        "kernel": "auto (default), native or python",
-        "yes": "ec2: confirm the paid launch",
-    }
-)
-@one_line_errors
-def calibrate(
-    c: Context,
-    provider: Optional[str] = None,
-    count: Optional[str] = None,
-    seconds: Optional[str] = None,
-    inventory: Optional[str] = None,
-    instance_type: Optional[str] = None,
-    region: Optional[str] = None,
-    kernel: Optional[str] = None,
-    yes: bool = False,
-) -> int:
-    """Measure a provider's per-host hash rate and start-up time for --within plans."""
-    return api.calibrate(
-        provider=provider, count=count, seconds=seconds, inventory=inventory,
-        instance_type=instance_type, region=region, kernel=kernel, yes=yes,
     )
 
 
@@ -189,6 +126,8 @@ def calibrate(
 @one_line_errors
 def stats(c: Context, level: Optional[str] = None, plot: Optional[str] = None) -> int:
     """Timing statistics over past runs: mean, spread, interval, speedup, efficiency."""
+    from . import api
+
     return api.stats(level=level, plot_file=plot)
 
 
@@ -196,28 +135,6 @@ def stats(c: Context, level: Optional[str] = None, plot: Optional[str] = None) -
 @one_line_errors
 def status(c: Context, region: Optional[str] = None) -> int:
     """List live runs and their resources (journals, containers, instances)."""
+    from . import api
+
     return api.status(region=region)
-
-
-@task(
-    help={
-        "seconds": "seconds per measurement (default 5; fleet searches run 3 times as long)",
-        "count": "hosts for the end-to-end search (default 1)",
-        "provider": "measure a fleet of this provider against the local one (docker, static)",
-        "inventory": "inventory file for --provider static or docker settings",
-        "kernel": "auto (measure the native kernel too; the default) or python",
-    }
-)
-@one_line_errors
-def bench(
-    c: Context,
-    seconds: Optional[str] = None,
-    count: Optional[str] = None,
-    provider: Optional[str] = None,
-    inventory: Optional[str] = None,
-    kernel: Optional[str] = None,
-) -> int:
-    """Measure hash rates per core, end-to-end search rates and fleet start/stop times."""
-    from .bench import run as run_benchmark
-
-    return run_benchmark(seconds=seconds, count=count, provider=provider, inventory=inventory, kernel=kernel)

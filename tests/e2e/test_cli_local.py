@@ -193,7 +193,7 @@ BAD_INPUTS = [
     (["--units", "1000"], "--units 1000 does not split"),
     (["--units", "0"], "--units must be at least 1"),
     (["--units", str(1 << 20)], "smaller than 65536 nonces"),
-    (["--provider", "mars"], "--provider 'mars' is unknown"),
+    (["--provider", "mars"], "--provider must be one of docker, ec2, local, static, not 'mars'"),
     (["--timeout", "0"], "--timeout must be a number of seconds above 0"),
     (["--timeout", "-5"], "--timeout must be a number of seconds above 0"),
     (["--timeout", "soon"], "--timeout must be a number of seconds, not 'soon'"),
@@ -223,6 +223,22 @@ def test_bad_input_gets_one_line_and_launches_nothing(args: List[str], message: 
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (private_state / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["calibrate", "--count", "65"], "cnd-fab: --count must be from 1 to 64, not 65"),
+        (["calibrate", "--provider", "mars"], "cnd-fab: --provider must be one of docker, ec2, local, static, not 'mars'"),
+        (["bench", "--kernel", "native"], "cnd-fab: --kernel must be one of auto, python, not 'native'"),
+        (["bench", "--startup", "--seconds", "3"], "cnd-fab: --startup only times the CLI's start-up; give it without --seconds"),
+    ],
+)
+def test_bad_calibrate_and_bench_input_gets_one_line(args: List[str], message: str, private_state: Path) -> None:
+    result = run_cli(cli(*args))
+    assert result.returncode == 2
+    assert result.stderr.strip() == message and result.stdout == ""
     assert not (private_state / "runs").exists()
 
 
