@@ -14,7 +14,7 @@ from typing import IO, Optional, Union
 from rich.console import Console
 
 from .errors import CndError, InputError, ReleaseError
-from .options import CalibrateRequest, SearchRequest
+from .request import CalibrateRequest, SearchRequest
 from .outcome import INTERRUPTED_STATUS, TIMEOUT_STATUS, SearchOutcome
 
 EXIT_OK = 0

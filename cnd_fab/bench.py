@@ -22,7 +22,7 @@ from remote import worker
 
 from .fleet import FleetSearch
 from .kernels import ensure_kernels, machine_architecture
-from .options import BenchRequest
+from .request import BenchRequest
 from .progress import human_rate
 from .providers.base import Provider
 from .providers.local import LocalProvider
@@ -125,9 +125,10 @@ def worker_mode_rate(mode: str, processes: int, seconds: float, unit_nonces: int
         process.wait()
 
 
-def native_payload() -> WorkerPayload:
-    """The payload with this machine's native kernel, built if need be."""
-    folder, _ = ensure_kernels((machine_architecture(),))
+def native_payload(architectures: Tuple[str, ...] = ()) -> WorkerPayload:
+    """The payload with native kernels for this machine and `architectures`, built if need be."""
+    wanted = tuple(sorted({machine_architecture(), *architectures}))
+    folder, _ = ensure_kernels(wanted)
     return WorkerPayload(kernel_dir=folder)
 
 
@@ -215,7 +216,7 @@ def run_fleet(provider: Provider, count: int, seconds: float, kernel: str) -> in
     """Fleet figures for `provider` next to the local provider's."""
     console = Console(width=160)
     console.print(f"cnd-fab bench: {count} {provider.name} host(s) against the local provider, {seconds:g}s searches")
-    payload = native_payload() if kernel != "python" else WorkerPayload(kernel="python")
+    payload = native_payload(provider.architectures()) if kernel != "python" else WorkerPayload(kernel="python")
     local = fleet_figures(LocalProvider(), 1, seconds, payload)
     fleet = fleet_figures(provider, count, seconds, payload)
     table = Table(title="fleet figures")
@@ -258,7 +259,7 @@ def kernel_table(console: Console, cores: int, duration: float, python_one: floa
     """Per-path rates with one process and with one per core; returns the best all-core rate."""
     import subprocess
 
-    folder, problems = ensure_kernels()
+    folder, problems = ensure_kernels((machine_architecture(),))
     for problem in problems:
         console.print(f"warning: {problem}")
     binary = None if folder is None else folder / f"sha256d-{machine_architecture()}"

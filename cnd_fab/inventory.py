@@ -29,6 +29,8 @@ class StaticHost:
     user: str
     key: Path
     cores: Optional[int] = None
+    #: Its CPU architecture as `uname -m` says it; None builds kernels for every one we know.
+    arch: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,15 @@ class _Checker:
             raise self.fail(where, f"names {path}, which is not a readable file")
         return path
 
+    def arch(self, value: Any, where: FieldPath) -> str:
+        """x86_64 or aarch64; amd64 and arm64 are the same two."""
+        from .kernels import ARCHITECTURES, normal_architecture
+
+        name = normal_architecture(self.text(value, where))
+        if name not in ARCHITECTURES:
+            raise self.fail(where, f"must be one of {', '.join(ARCHITECTURES)}, not {value!r}")
+        return name
+
     def cpus(self, value: Any, where: FieldPath) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1024:
             raise self.fail(where, f"must be a number of CPUs above 0, not {value!r}")
@@ -145,7 +156,7 @@ def load(path_text: str) -> Inventory:
         raise check.fail(("hosts",), "must be a list of hosts")
     for index, raw in enumerate(raw_hosts):
         where: FieldPath = ("hosts", index)
-        entry = check.mapping(raw, where, ("name", "host", "port", "user", "key", "cores"))
+        entry = check.mapping(raw, where, ("name", "host", "port", "user", "key", "cores", "arch"))
         for required in ("host", "user", "key"):
             if required not in entry:
                 raise check.fail(where, f"needs a {required!r} field")
@@ -159,6 +170,7 @@ def load(path_text: str) -> Inventory:
                 user=check.text(entry["user"], where + ("user",)),
                 key=check.file(entry["key"], where + ("key",)),
                 cores=None if entry.get("cores") is None else check.whole(entry["cores"], where + ("cores",), 1),
+                arch=None if entry.get("arch") is None else check.arch(entry["arch"], where + ("arch",)),
             )
         )
     names = [host.name for host in hosts]

@@ -29,6 +29,7 @@ def state_dir() -> Path:
 
 
 def new_run_id() -> str:
+    """A sortable, unique run id: cnd-<UTC date>-<time>-<6 hex digits>."""
     return time.strftime("cnd-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
 
 
@@ -48,23 +49,27 @@ class RunJournal:
 
     @classmethod
     def start(cls, provider: str, run_id: str | None = None) -> "RunJournal":
+        """A new journal for a run, saved at once in the state directory."""
         journal = cls(run_id=run_id or new_run_id(), provider=provider)
         journal.path = state_dir() / "runs" / f"{journal.run_id}.json"
         journal.save()
         return journal
 
     def record(self, kind: str, **fields: Any) -> None:
+        """Add one resource and save, before the resource is created."""
         with self._lock:
             self.resources.append({"kind": kind, **fields})
             self._save()
 
-    def close(self, status: str = CLEANED, **details: Any) -> None:
+    def close(self, status: str, **details: Any) -> None:
+        """Mark the run ended with `status`; teardown skips closed journals."""
         with self._lock:
             self.status = status
             self.details.update(details)
             self._save()
 
     def save(self) -> None:
+        """Write the journal atomically."""
         with self._lock:
             self._save()
 
@@ -84,6 +89,7 @@ class RunJournal:
 
     @classmethod
     def load(cls, path: Path) -> "RunJournal":
+        """Read one journal file."""
         payload = json.loads(path.read_text())
         journal = cls(
             run_id=payload["run_id"],
@@ -98,6 +104,7 @@ class RunJournal:
 
     @classmethod
     def all(cls) -> List["RunJournal"]:
+        """Every readable journal in the state directory, oldest first."""
         folder = state_dir() / "runs"
         if not folder.is_dir():
             return []

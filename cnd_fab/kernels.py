@@ -16,7 +16,13 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+
+from .errors import CndError
+from .transport import WorkerPayload
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ARCHITECTURES = ("x86_64", "aarch64")
 BINARY_PREFIX = "sha256d-"
@@ -24,6 +30,7 @@ COMPILE_FLAGS = ["-O3", "-static", "-s", "-Wall"]
 
 
 def kernel_source() -> bytes:
+    """The kernel's C source, as packaged with the worker."""
     return resources.files("remote").joinpath("kernel/sha256d.c").read_bytes()
 
 
@@ -36,9 +43,15 @@ def cache_dir() -> Path:
     return Path(base) / "cnd-fab"
 
 
+def normal_architecture(name: str) -> str:
+    """`uname -m`'s name for an architecture: amd64 is x86_64, arm64 is aarch64."""
+    lowered = name.lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(lowered, lowered)
+
+
 def machine_architecture() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    """This machine's architecture, as `uname -m` names it."""
+    return normal_architecture(platform.machine())
 
 
 def _zig_available() -> bool:
@@ -70,7 +83,10 @@ def ensure_kernels(
     architectures: Tuple[str, ...] = ARCHITECTURES, on_build: Optional[Callable[[str], None]] = None
 ) -> Tuple[Optional[Path], List[str]]:
     """The folder holding sha256d-<arch> for each architecture that could be built, and
-    one line per architecture that could not (the worker then falls back to Python there)."""
+    one line per architecture that could not (the worker then falls back to Python there).
+
+    Only the architectures asked for are built: a fleet of x86-64 hosts never waits for an
+    aarch64 cross-build."""
     source_bytes = kernel_source()
     digest = hashlib.sha256(source_bytes + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:16]
     root = cache_dir()
@@ -93,8 +109,26 @@ def ensure_kernels(
     return (folder if present else None), problems
 
 
-def kernel_files(folder: Optional[Path]) -> Dict[str, bytes]:
-    """The binaries to push to a host, by file name."""
+def prepare_payload(kernel: str, architectures: Tuple[str, ...], console: "Console") -> WorkerPayload:
+    """Build (or find cached) the native kernels for the fleet's architectures before launching."""
+    if kernel == "python":
+        return WorkerPayload(kernel="python")
+    folder, problems = ensure_kernels(
+        architectures,
+        on_build=lambda arch: console.print(
+            f"building the native kernel for {arch} (once; cached after that)…", highlight=False
+        ),
+    )
+    for problem in problems:
+        console.print(f"warning: {problem}; those hosts will use pure Python", highlight=False)
+    if folder is None and kernel == "native":
+        raise CndError("--kernel native: no native kernel could be built; see the warnings above")
+    return WorkerPayload(kernel_dir=folder, kernel=kernel)
+
+
+def kernel_files(folder: Optional[Path], architecture: Optional[str] = None) -> Dict[str, bytes]:
+    """The binaries to push to a host, by file name: its own only, when its architecture is known."""
     if folder is None:
         return {}
-    return {path.name: path.read_bytes() for path in sorted(folder.glob(f"{BINARY_PREFIX}*")) if path.suffix == ""}
+    pattern = f"{BINARY_PREFIX}{architecture}" if architecture else f"{BINARY_PREFIX}*"
+    return {path.name: path.read_bytes() for path in sorted(folder.glob(pattern)) if path.suffix == ""}

@@ -18,32 +18,20 @@ from typing import Mapping, Optional, Tuple
 
 from .errors import InputError
 from .flags import CHOICE, FLAG, NAME, PROBABILITY, SECONDS, TEXT, USD, WHOLE, Option, RawFlags, parse_confidence
+from .providers import COUNT_MEANINGS, PROVIDER_NAMES
 from .request import BenchRequest, CalibrateRequest, ProviderRequest, SearchRequest
 from .spec import DEFAULT_BLOCK_TEXT, MIN_UNIT_NONCES, NONCE_WIDTHS, Problem, UnitSpace, default_units
 
 # The requests and parse_confidence (for `fab stats --level`) are re-exported: callers need
 # only this module to go from flags to a request.
 __all__ = [
-    "OPTIONS", "PROVIDER_NAMES", "BenchRequest", "CalibrateRequest", "ProviderRequest", "SearchRequest",
+    "OPTIONS", "BenchRequest", "CalibrateRequest", "ProviderRequest", "SearchRequest",
     "options_for", "parse_bench", "parse_calibrate", "parse_confidence", "parse_search",
 ]
 
 DEFAULT_DIFFICULTY = 6
 DEFAULT_PROVIDER = "local"
 KERNEL_CHOICES = ("auto", "native", "python")
-#: The names --provider takes; kept here so parsing never imports a provider (a unit test
-#: checks it against cnd_fab.providers.PROVIDERS).
-PROVIDER_NAMES = ("docker", "ec2", "local", "static")
-#: What --count means for each provider, for the help text (checked against the classes'
-#: count_meaning by a unit test, so the two cannot drift apart).
-COUNT_MEANINGS = {
-    "docker": "number of SSH host containers started on this machine's Docker engine",
-    "ec2": "EC2 instances launched together in one request",
-    "local": "number of worker processes on this machine; its cores are shared out between them "
-    "(each gets at least one)",
-    "static": "hosts taken from the inventory's list, in order (default: all of them)",
-}
-
 SEARCH, CALIBRATE, BENCH = "search", "calibrate", "bench"
 
 _ANY_HOST = "; ".join(f"{name}: {meaning}" for name, meaning in sorted(COUNT_MEANINGS.items()))

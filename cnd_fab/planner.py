@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 from rich.console import Console
 
 from .errors import InputError
-from .options import SearchRequest
+from .request import SearchRequest
 from .providers.base import Provider
 
 

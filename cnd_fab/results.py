@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .options import SearchRequest
+from .request import SearchRequest
 from .outcome import FOUND_STATUS, INTERRUPTED_STATUS, NONE_STATUS, TIMEOUT_STATUS, SearchOutcome
 from .progress import human_rate, human_seconds
 from .spec import Problem, zero_bits

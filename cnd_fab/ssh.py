@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +24,7 @@ from fabric import Config, Connection
 from .errors import HostConnectError
 from .journal import RunJournal
 from .kernels import kernel_files
-from .transport import Host, WorkerChannel, WorkerPayload, protocol, worker_source
+from .transport import Host, WorkerChannel, WorkerPayload, worker, worker_source
 
 DEFAULT_CONNECT_DEADLINE = 60.0
 COMMAND_TIMEOUT = 10.0
@@ -98,6 +98,8 @@ class SshTarget:
     #: New cloud hosts may refuse a key until cloud-init has installed it.
     retry_auth: bool = False
     python: str = "python3"
+    #: The host's architecture (`uname -m`) when known: only its own kernel is pushed.
+    arch: Optional[str] = None
     warn: Callable[[str], None] = print
 
     @property
@@ -154,13 +156,15 @@ class SshHost(Host):
         self.target = target
         self.journal = journal
         # Built only from our own run id and a number: nothing a user typed reaches a shell.
-        self.run_dir = f"{REMOTE_ROOT}/{protocol.RUN_DIR_PREFIX}{run_id}-{index}"
+        self.run_dir = f"{REMOTE_ROOT}/{worker.RUN_DIR_PREFIX}{run_id}-{index}"
         self.connection: Optional[Connection] = None
         self.started_worker = False
         #: Set once the run has let this host go: a late connect must not start a worker.
         self.released = False
         #: True when stopping the worker could not be confirmed (the host kept its files).
         self.clean_failed = False
+        #: Why, when clean_failed.
+        self.clean_problem = ""
         self._lock = threading.Lock()
 
     # --- connecting --------------------------------------------------------------------
@@ -256,7 +260,7 @@ class SshHost(Host):
                 sftp.stat(self.run_dir)  # already there from an earlier attempt
             sftp.putfo(io.BytesIO(worker_source()), f"{self.run_dir}/worker.py")
             if payload.kernel != "python":
-                for name, data in kernel_files(payload.kernel_dir).items():
+                for name, data in kernel_files(payload.kernel_dir, self.target.arch).items():
                     sftp.putfo(io.BytesIO(data), f"{self.run_dir}/{name}")
                     sftp.chmod(f"{self.run_dir}/{name}", 0o755)
         except (OSError, EOFError, paramiko.SSHException) as error:
@@ -269,7 +273,7 @@ class SshHost(Host):
             f"{self.run_dir}/worker.py",
             "--own-session",
             "--pidfile",
-            f"{self.run_dir}/{protocol.PIDFILE_NAME}",
+            f"{self.run_dir}/{worker.PIDFILE_NAME}",
             "--run-id",
             run_id,
         ]
@@ -325,8 +329,9 @@ class SshHost(Host):
                 self.connect(deadline=time.monotonic() + STOP_CONNECT_DEADLINE, cleaning=True)
                 self.run_command(self.cleanup_command(), timeout=STOP_CONNECT_DEADLINE)
                 self.clean_failed = False
-            except HostConnectError:
-                self.clean_failed = True  # gone or hung: the provider removes it, or teardown retries
+            except HostConnectError as error:
+                # Gone or hung: the provider removes it, or teardown retries.
+                self.clean_failed, self.clean_problem = True, str(error)
             finally:
                 if self.connection is not None:
                     self.connection.close()
@@ -334,11 +339,20 @@ class SshHost(Host):
                 self.started_worker = False
 
 
-def stop_all(hosts: List[Host], within: float = 15.0) -> None:
-    """Stop every host's worker in parallel; a hung host costs at most `within` seconds."""
-    threads = [threading.Thread(target=host.stop_worker, daemon=True) for host in hosts]
-    for thread in threads:
+def stop_all(hosts: List[Host], within: float = 15.0) -> Dict[str, str]:
+    """Stop every host's worker in parallel; a hung host costs at most `within` seconds.
+
+    Returns, by host name, why a stop could not be confirmed; empty when every one was."""
+    threads = {host.name: threading.Thread(target=host.stop_worker, daemon=True) for host in hosts}
+    for thread in threads.values():
         thread.start()
     deadline = time.monotonic() + within
-    for thread in threads:
+    for thread in threads.values():
         thread.join(max(0.0, deadline - time.monotonic()))
+    unconfirmed: Dict[str, str] = {}
+    for host in hosts:
+        if threads[host.name].is_alive():
+            unconfirmed[host.name] = f"its stop did not finish within {within:.0f}s"
+        elif isinstance(host, SshHost) and host.clean_failed:
+            unconfirmed[host.name] = host.clean_problem or "the host did not answer"
+    return unconfirmed

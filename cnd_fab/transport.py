@@ -12,10 +12,7 @@ from typing import IO, List, Optional
 
 from remote import worker
 
-# "protocol" is the old name of the worker module, kept until every caller says "worker".
-protocol = worker
-
-__all__ = ["worker", "protocol", "worker_source", "WorkerChannel", "PipeChannel", "Host", "WorkerPayload"]
+__all__ = ["worker", "worker_source", "WorkerChannel", "PipeChannel", "Host", "WorkerPayload"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +27,7 @@ class WorkerPayload:
     kernel_path: Optional[str] = None
 
     def worker_args(self, kernel_dir: Optional[str]) -> List[str]:
+        """The worker's command-line flags for this payload, with the kernels in `kernel_dir`."""
         args = ["--kernel", self.kernel]
         if kernel_dir:
             args += ["--kernel-dir", kernel_dir]
@@ -44,6 +42,7 @@ def worker_file() -> Path:
 
 
 def worker_source() -> bytes:
+    """The worker file's bytes, as pushed to SSH hosts."""
     return worker_file().read_bytes()
 
 

@@ -1,17 +1,17 @@
-"""The Provider interface: launch N hosts for a run, release them, tear down leftovers."""
+"""The Provider interface: launch N hosts for a run, release them, find and remove leftovers."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, List, Optional
+from typing import Callable, ClassVar, List, Optional, Tuple
 
 from ..cost import CostEstimate
 from ..inventory import Inventory
 from ..journal import RunJournal
 from ..transport import Host
 
-__all__ = ["Host", "Provider", "ProviderOptions"]
+__all__ = ["Host", "Leftover", "LiveResource", "Provider", "ProviderOptions", "Released"]
 
 
 def _print_warning(text: str) -> None:
@@ -36,6 +36,62 @@ class ProviderOptions:
     warn: Callable[[str], None] = _print_warning
 
 
+@dataclass(frozen=True)
+class Released:
+    """What became of one resource at release or teardown: done, or not and why."""
+
+    #: What it is, named for a person: "container cnd-…-1", "instance i-0abc", "worker on h1".
+    resource: str
+    done: bool
+    why: str = ""
+    #: A dry run: `done` then says whether it would be removed.
+    planned: bool = False
+    action: str = "removed"
+
+    @property
+    def failed(self) -> bool:
+        """True when the resource may still exist: teardown must look again later."""
+        return not self.done and not self.planned
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        if self.planned:
+            return f"would remove {self.resource}"
+        if self.done:
+            return f"{self.action} {self.resource}"
+        return f"could not remove {self.resource}: {self.why}"
+
+
+@dataclass
+class Leftover:
+    """A run that teardown may have to clean: from an open journal, or found by label or tag."""
+
+    run_id: str
+    provider: str
+    #: The run's journal; one made up in memory when only labels or tags were found.
+    journal: RunJournal
+    region: Optional[str] = None
+    #: True when the resources say their run's time is up (EC2's expires-at tag).
+    expired: bool = False
+
+    @classmethod
+    def found(cls, run_id: str, provider: str, region: Optional[str] = None, expired: bool = False) -> "Leftover":
+        """A leftover known from labels or tags only, with an unsaved journal of its own."""
+        details = {"region": region} if region else {}
+        return cls(run_id, provider, RunJournal(run_id=run_id, provider=provider, details=details), region, expired)
+
+
+@dataclass(frozen=True)
+class LiveResource:
+    """One running resource of ours, for `fab status`."""
+
+    provider: str
+    name: str
+    state: str
+    run_id: str
+    detail: str = ""
+
+
 class Provider(ABC):
     """Where hosts come from. One subclass per file in this package."""
 
@@ -47,6 +103,7 @@ class Provider(ABC):
         self.options = options or ProviderOptions()
 
     def default_count(self) -> int:
+        """The --count used when none is given."""
         return 1
 
     #: The instance type, for providers that have them (the calibration key).
@@ -59,6 +116,12 @@ class Provider(ABC):
     def max_hosts(self) -> int:
         """The most hosts a --within plan may ask for."""
         return 1
+
+    def architectures(self) -> Tuple[str, ...]:
+        """The CPU architectures (`uname -m` names) of this fleet's hosts: kernels are built for these."""
+        from ..kernels import machine_architecture
+
+        return (machine_architecture(),)
 
     def cost_estimate(self, count: int, timeout: Optional[float]) -> Optional[CostEstimate]:
         """What the run may cost at most; None where it costs nothing."""
@@ -76,9 +139,20 @@ class Provider(ABC):
         """Bring up `count` hosts, recording each resource in the journal before use."""
 
     @abstractmethod
-    def release(self, hosts: List[Host], journal: RunJournal) -> None:
-        """End of a run: stop every worker and remove what launch created."""
+    def release(self, hosts: List[Host], journal: RunJournal) -> List[Released]:
+        """End of a run: stop every worker and remove what launch created; one result each."""
+
+    def leftovers(self, journals: List[RunJournal], expired_only: bool = False) -> List[Leftover]:
+        """Runs whose resources this provider finds by label or tag, journal or not.
+
+        `journals` tells where to look (EC2's regions). Providers whose resources die with
+        their controller find nothing: their open journals are enough."""
+        return []
 
     @abstractmethod
-    def teardown(self, journal: RunJournal, dry_run: bool = False) -> List[str]:
-        """Remove what a journal says is left; return one line per resource handled."""
+    def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
+        """Remove whatever of a run is still there; one result per resource."""
+
+    def live_resources(self, journals: List[RunJournal]) -> List[LiveResource]:
+        """Every resource of ours this provider can see running, for `fab status`."""
+        return []

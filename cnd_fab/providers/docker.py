@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, List, Optional
 
 from ..errors import InputError, ProviderError
 from ..journal import RunJournal
+from ..kernels import machine_architecture
 from ..ssh import KeyPair, SshHost, SshTarget, stop_all
-from .base import Host, Provider, ProviderOptions
+from . import COUNT_MEANINGS
+from .base import Host, Leftover, LiveResource, Provider, ProviderOptions, Released
 
 if TYPE_CHECKING:
     import docker as docker_sdk
@@ -56,6 +58,7 @@ def key_archive(host_key: KeyPair, authorized_key: str) -> bytes:
 
 
 def sshd_command(port: int) -> List[str]:
+    """sshd in the foreground on 127.0.0.1:port, keys only, with our host key."""
     return [
         "/usr/sbin/sshd",
         "-D",
@@ -85,7 +88,7 @@ class DockerProvider(Provider):
     """Starts SSH host containers with host networking; removes them at the end."""
 
     name = "docker"
-    count_meaning = "number of SSH host containers started on this machine's Docker engine"
+    count_meaning = COUNT_MEANINGS[name]
 
     def __init__(self, options: Optional[ProviderOptions] = None) -> None:
         super().__init__(options)
@@ -96,6 +99,7 @@ class DockerProvider(Provider):
 
     @property
     def client(self) -> "docker_sdk.DockerClient":
+        """The Docker engine's client, connected and pinged on first use."""
         if self._client is None:
             import docker as docker_sdk
 
@@ -109,6 +113,7 @@ class DockerProvider(Provider):
         return self._client
 
     def check(self, count: int) -> None:
+        """The engine answers, the image is there, and the CPU limits fit the count."""
         import docker as docker_sdk
 
         if count > MAX_CONTAINERS:
@@ -128,13 +133,15 @@ class DockerProvider(Provider):
             raise ProviderError(f"Docker failed while looking up {self.image!r}: {error}") from None
 
     def cores_per_host(self) -> int:
-        from ..transport import protocol
+        """This machine's cores, or fewer under the inventory's CPU limit."""
+        from ..transport import worker
 
-        cores = protocol.effective_cores()
+        cores = worker.effective_cores()
         limit = self._cpus_for(0)
         return max(1, min(cores, int(-(-limit // 1)))) if limit else cores
 
     def max_hosts(self) -> int:
+        """One: containers on this machine only share its cores."""
         return 1  # containers on this machine only share its cores
 
     def _cpus_for(self, index: int) -> Optional[float]:
@@ -143,6 +150,7 @@ class DockerProvider(Provider):
         return self.cpus[index] if len(self.cpus) > 1 else self.cpus[0]
 
     def launch(self, count: int, journal: RunJournal) -> List[Host]:
+        """Create and start `count` labelled containers, each with its own keys and port."""
         import docker as docker_sdk
 
         login_key = KeyPair.generate(f"cnd-fab-{journal.run_id}")
@@ -175,38 +183,54 @@ class DockerProvider(Provider):
                 user="root",
                 login_key=login_key.key,
                 pinned_host_keys=[host_key.key],
+                arch=machine_architecture(),
                 warn=self.options.warn,
             )
             hosts.append(SshHost(target, journal.run_id, index + 1, journal))
         return hosts
 
-    def release(self, hosts: List[Host], journal: RunJournal) -> None:
-        stop_all(hosts)
-        self._remove_run(journal.run_id)
+    def release(self, hosts: List[Host], journal: RunJournal) -> List[Released]:
+        """Stop the workers, then remove every container labelled with the run."""
+        stop_all(hosts)  # the containers go with whatever a failed stop left
+        return self.remove(Leftover.found(journal.run_id, self.name))
 
     def _containers(self, run_id: Optional[str] = None) -> List[Any]:
         label = f"{RUN_LABEL}={run_id}" if run_id else f"{TOOL_LABEL}=cnd-fab"
         return list(self.client.containers.list(all=True, filters={"label": label}))
 
-    def _remove_run(self, run_id: str, dry_run: bool = False) -> List[str]:
+    def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
+        """Remove the run's containers, found by label (its journal may be lost)."""
         import docker as docker_sdk
 
-        lines = []
-        for container in self._containers(run_id):
-            lines.append(f"{'would remove' if dry_run else 'removed'} container {container.name} ({run_id})")
+        released = []
+        try:
+            containers = self._containers(leftover.run_id)
+        except docker_sdk.errors.DockerException as error:
+            return [Released(f"the containers of {leftover.run_id}", False, f"docker: listing them failed: {error}")]
+        for container in containers:
+            name = f"container {container.name} ({leftover.run_id})"
             if dry_run:
+                released.append(Released(name, True, planned=True))
                 continue
             try:
                 container.remove(force=True)
+                released.append(Released(name, True))
             except docker_sdk.errors.NotFound:
-                pass
+                released.append(Released(name, True))
             except docker_sdk.errors.DockerException as error:
-                raise ProviderError(f"docker: removing container {container.name} failed: {error}") from None
-        return lines
+                released.append(Released(name, False, f"docker: {error}"))
+        return released
 
-    def teardown(self, journal: RunJournal, dry_run: bool = False) -> List[str]:
-        return self._remove_run(journal.run_id, dry_run)
+    def leftovers(self, journals: List[RunJournal], expired_only: bool = False) -> List[Leftover]:
+        """Every run with a cnd-fab container on this engine, journal or not."""
+        if expired_only:
+            return []  # containers carry no expiry: they die with this machine's runs
+        runs = sorted({c.labels.get(RUN_LABEL, "") for c in self._containers()} - {""})
+        return [Leftover.found(run_id, self.name) for run_id in runs]
 
-    def labelled_runs(self) -> List[str]:
-        """Run ids of every cnd-fab container on this engine, journal or not."""
-        return sorted({c.labels.get(RUN_LABEL, "") for c in self._containers()} - {""})
+    def live_resources(self, journals: List[RunJournal]) -> List[LiveResource]:
+        """Every cnd-fab container on this engine, running or not."""
+        return [
+            LiveResource(self.name, f"container {c.name}", c.status, c.labels.get(RUN_LABEL, "?"))
+            for c in self._containers()
+        ]

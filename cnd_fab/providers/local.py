@@ -12,8 +12,9 @@ from typing import List, Optional
 
 from ..errors import HostConnectError, InputError
 from ..journal import RunJournal
-from ..transport import PipeChannel, WorkerChannel, WorkerPayload, protocol, worker_file
-from .base import Host, Provider, ProviderOptions
+from ..transport import PipeChannel, WorkerChannel, WorkerPayload, worker, worker_file
+from . import COUNT_MEANINGS
+from .base import Host, Leftover, Provider, ProviderOptions, Released
 
 MAX_LOCAL_HOSTS = 64
 
@@ -55,6 +56,7 @@ class LocalHost(Host):
         self.process: Optional[subprocess.Popen[bytes]] = None
 
     def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
+        """Start the worker as a child in its own session, its stdin and stdout the channel."""
         argv = [
             sys.executable,
             str(worker_file()),
@@ -79,6 +81,7 @@ class LocalHost(Host):
         return PipeChannel(self.process)
 
     def stop_worker(self) -> None:
+        """TERM, then KILL, the worker's process group, and reap the worker."""
         if self.process is None:
             return
         # Our own child: wait() reaps it, where polling the group would see a zombie.
@@ -96,13 +99,20 @@ class LocalHost(Host):
             os.killpg(group, signal.SIGKILL)  # any core that outlived its worker
         except ProcessLookupError:
             pass
-        self.process.wait()
+        try:
+            self.process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass  # unkillable (stuck in the kernel): stopped() reports it
         for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
             if stream is not None:
                 try:
                     stream.close()
                 except OSError:
                     pass
+
+    def stopped(self) -> bool:
+        """True once the worker has exited (or never started)."""
+        return self.process is None or self.process.poll() is not None
 
 
 class LocalProvider(Provider):
@@ -113,16 +123,14 @@ class LocalProvider(Provider):
     """
 
     name = "local"
-    count_meaning = (
-        "number of worker processes on this machine; its cores are shared out between "
-        "them (each gets at least one)"
-    )
+    count_meaning = COUNT_MEANINGS[name]
 
     def __init__(self, options: Optional[ProviderOptions] = None, cores: Optional[int] = None) -> None:
         super().__init__(options)
-        self.cores = cores or protocol.effective_cores()
+        self.cores = cores or worker.effective_cores()
 
     def check(self, count: int) -> None:
+        """At most MAX_LOCAL_HOSTS workers: more only share the same cores."""
         if count > MAX_LOCAL_HOSTS:
             raise InputError(
                 f"--count {count} is too many local workers (at most {MAX_LOCAL_HOSTS}); "
@@ -130,31 +138,47 @@ class LocalProvider(Provider):
             )
 
     def cores_per_host(self) -> int:
+        """This machine's usable cores."""
         return self.cores
 
     def max_hosts(self) -> int:
-        return 1  # more local workers only share the same cores
+        """One: more local workers only share the same cores."""
+        return 1
 
     def processes_per_host(self, count: int) -> int:
+        """Cores shared out between `count` workers, at least one each."""
         return max(1, self.cores // count)
 
     def launch(self, count: int, journal: RunJournal) -> List[Host]:
+        """Make `count` local hosts; each worker starts when the fleet asks for it."""
         processes = self.processes_per_host(count)
         return [LocalHost(f"local-{index + 1}", processes, journal) for index in range(count)]
 
-    def release(self, hosts: List[Host], journal: RunJournal) -> None:
+    def release(self, hosts: List[Host], journal: RunJournal) -> List[Released]:
+        """Stop every worker; one result per worker that was started."""
+        released = []
         for host in hosts:
             host.stop_worker()
+            if isinstance(host, LocalHost) and host.process is not None:
+                done = host.stopped()
+                why = "" if done else "it did not exit after SIGKILL"
+                released.append(Released(f"local worker pid {host.process.pid}", done, why, action="killed"))
+        return released
 
-    def teardown(self, journal: RunJournal, dry_run: bool = False) -> List[str]:
-        lines = []
-        for resource in journal.resources:
+    def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
+        """Kill the journal's workers that still run with this run's id on their command line."""
+        released = []
+        for resource in leftover.journal.resources:
             if resource.get("kind") != "local-worker":
                 continue
             pid = int(resource["pid"])
-            if not _process_mentions(pid, journal.run_id):
+            if not _process_mentions(pid, leftover.run_id):
                 continue
-            lines.append(f"{'would kill' if dry_run else 'killed'} local worker pid {pid} ({journal.run_id})")
-            if not dry_run:
-                kill_process_group(pid)
-        return lines
+            name = f"local worker pid {pid} ({leftover.run_id})"
+            if dry_run:
+                released.append(Released(name, True, planned=True))
+                continue
+            kill_process_group(pid)
+            gone = not _process_mentions(pid, leftover.run_id)
+            released.append(Released(name, gone, "" if gone else "it survived SIGKILL", action="killed"))
+        return released

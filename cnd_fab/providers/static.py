@@ -8,19 +8,21 @@ Example: ``fab search --provider static --inventory inventory.yaml`` uses every 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import paramiko
 
-from ..errors import HostConnectError, InputError, ProviderError
+from ..errors import HostConnectError, InputError
 from ..journal import RunJournal
 from ..ssh import SshHost, SshTarget, stop_all
-from .base import Host, Provider, ProviderOptions
+from . import COUNT_MEANINGS
+from .base import Host, Leftover, Provider, ProviderOptions, Released
 
 TEARDOWN_CONNECT_SECONDS = 10.0
 
 
 def load_login_key(path: Path, host: str) -> paramiko.PKey:
+    """The inventory's private key for `host`; one clear InputError when it cannot be used."""
     try:
         return paramiko.PKey.from_path(str(path))
     except Exception as error:  # paramiko and cryptography raise many kinds; all mean the same here
@@ -32,7 +34,7 @@ class StaticProvider(Provider):
     """The inventory's hosts: the worker is pushed, run, killed and its directory removed."""
 
     name = "static"
-    count_meaning = "hosts taken from the inventory's list, in order (default: all of them)"
+    count_meaning = COUNT_MEANINGS[name]
 
     def __init__(self, options: Optional[ProviderOptions] = None) -> None:
         super().__init__(options)
@@ -41,15 +43,28 @@ class StaticProvider(Provider):
         self.known_hosts = inventory.known_hosts or Path.home() / ".ssh" / "known_hosts"
 
     def default_count(self) -> int:
+        """Every host in the inventory."""
         return max(1, len(self.hosts))
 
     def cores_per_host(self) -> int:
+        """The fewest cores any listed host declares (2 where none is given)."""
         return min((host.cores or 2) for host in self.hosts) if self.hosts else 2
 
     def max_hosts(self) -> int:
+        """As many hosts as the inventory lists."""
         return max(1, len(self.hosts))
 
+    def architectures(self) -> Tuple[str, ...]:
+        """The listed hosts' `arch:` fields; every known one when a host does not say."""
+        from ..kernels import ARCHITECTURES
+
+        declared = {host.arch for host in self.hosts}
+        if None in declared or not declared:
+            return ARCHITECTURES
+        return tuple(sorted(arch for arch in declared if arch is not None))
+
     def check(self, count: int) -> None:
+        """An inventory with enough hosts, and a usable key for each one taken."""
         if not self.hosts:
             raise InputError("--provider static needs --inventory FILE with a 'hosts:' list")
         if count > len(self.hosts):
@@ -63,6 +78,7 @@ class StaticProvider(Provider):
             )
 
     def target(self, index: int, retry_connect: float = 60.0) -> SshTarget:
+        """How to reach the inventory's host number `index`."""
         host = self.hosts[index]
         return SshTarget(
             name=host.name,
@@ -73,49 +89,49 @@ class StaticProvider(Provider):
             known_hosts=self.known_hosts,
             accept_new_host_key=self.options.accept_new_host_key,
             processes=host.cores,
+            arch=host.arch,
             connect_deadline=retry_connect,
             warn=self.options.warn,
         )
 
     def launch(self, count: int, journal: RunJournal) -> List[Host]:
+        """Take the first `count` hosts; their workers start when the fleet asks."""
         journal.details["inventory"] = str(self.options.inventory.path)
         return [SshHost(self.target(index), journal.run_id, index + 1, journal) for index in range(count)]
 
-    def release(self, hosts: List[Host], journal: RunJournal) -> None:
-        stop_all(hosts)
-        unclean = [h.name for h in hosts if isinstance(h, SshHost) and h.clean_failed]
-        if unclean:
-            raise ProviderError(
-                f"could not confirm the worker was killed on {', '.join(unclean)}; run "
-                f"`fab teardown --run {journal.run_id} --inventory FILE` when they answer again"
-            )
+    def release(self, hosts: List[Host], journal: RunJournal) -> List[Released]:
+        """Kill each worker and remove its directory; one result per host."""
+        unconfirmed = stop_all(hosts)
+        return [
+            Released(f"worker on {host.name}", host.name not in unconfirmed, unconfirmed.get(host.name, ""), action="stopped")
+            for host in hosts
+        ]
 
-    def teardown(self, journal: RunJournal, dry_run: bool = False) -> List[str]:
-        """Reconnect to each host the journal names and kill and remove what is left."""
-        lines = []
+    def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
+        """Reconnect to each host the journal names, kill what is left and remove its directory."""
+        released = []
         by_name = {host.name: index for index, host in enumerate(self.hosts)}
-        for resource in journal.resources:
+        for resource in leftover.journal.resources:
             if resource.get("kind") != "ssh-run-dir":
                 continue
             name = str(resource.get("host"))
             where = f"{resource.get('run_dir')} on {name}"
             if name not in by_name:
-                lines.append(f"cannot clean {where}: not in the inventory given (use --inventory)")
+                released.append(Released(where, False, "that host is not in the inventory given (use --inventory)"))
                 continue
             if dry_run:
-                lines.append(f"would kill the worker and remove {where}")
+                released.append(Released(f"the worker and {where}", True, planned=True))
                 continue
-            index = by_name[name]
-            host = SshHost(self.target(index, TEARDOWN_CONNECT_SECONDS), journal.run_id, 0)
+            host = SshHost(self.target(by_name[name], TEARDOWN_CONNECT_SECONDS), leftover.run_id, 0)
             host.run_dir = str(resource["run_dir"])
             try:
                 host.connect(cleaning=True)
-                status, output = host.run_command(host.cleanup_command())
-                lines.append(f"cleaned {where}" if status == 0 else f"nothing to clean at {where}")
+                status, _ = host.run_command(host.cleanup_command())
+                released.append(Released(where, True, action="cleaned" if status == 0 else "found nothing left at"))
             except HostConnectError as error:
-                lines.append(f"could not clean {where}: {error}")
+                released.append(Released(where, False, str(error)))
             finally:
                 host.started_worker = False
                 if host.connection is not None:
                     host.connection.close()
-        return lines
+        return released

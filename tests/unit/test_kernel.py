@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from cnd_fab.kernels import ensure_kernels, machine_architecture
-from cnd_fab.transport import protocol
+from remote import worker
 from tests.unit.test_spec import LOWEST, block_of
 
 Job = Tuple[bytes, int, int, int, int]
@@ -69,7 +69,7 @@ class Served:
 
 
 def reference(block: bytes, width: int, difficulty: int, start: int, end: int) -> Tuple[Optional[int], Optional[str], int]:
-    nonce, digest, checked = protocol.scan_range(block, width, difficulty, start, end)
+    nonce, digest, checked = worker.scan_range(block, width, difficulty, start, end)
     return nonce, None if digest is None else digest.hex(), checked
 
 
@@ -197,14 +197,14 @@ def test_the_very_last_eight_byte_nonce_is_checked(kernel_dir: Path) -> None:
     # A block whose only golden nonce (D = 4) among the last three is the very last one.
     block = next(
         b for b in (f"edge-{i}".encode() for i in range(10_000))
-        if protocol.scan_range(b, 8, 4, last - 2, last + 1)[0] == last
+        if worker.scan_range(b, 8, 4, last - 2, last + 1)[0] == last
     )
     binary = str(kernel_dir / f"sha256d-{machine_architecture()}")
-    scanner = protocol.NativeScanner([binary])
+    scanner = worker.NativeScanner([binary])
     try:
         nonce, digest, checked = scanner.scan(block, 8, 4, last - 2, last + 1)
     finally:
         scanner.process.kill()
         scanner.process.wait()
     assert nonce == last and checked == 3
-    assert digest == protocol.scan_range(block, 8, 4, last, last + 1)[1]
+    assert digest == worker.scan_range(block, 8, 4, last, last + 1)[1]

@@ -115,7 +115,7 @@ def test_importing_the_cli_and_parsing_load_nothing_heavy() -> None:
         "parse_search({'provider': 'ec2', 'region': 'eu-west-2', 'inventory': 'x.yaml'})\n"
         "heavy = ('rich', 'boto3', 'botocore', 'docker', 'paramiko', 'fabric', 'scipy', 'matplotlib')\n"
         "light = {'cnd_fab', 'cnd_fab.cli', 'cnd_fab.tasks', 'cnd_fab.options', 'cnd_fab.flags',\n"
-        "         'cnd_fab.request', 'cnd_fab.spec', 'cnd_fab.errors'}\n"
+        "         'cnd_fab.request', 'cnd_fab.spec', 'cnd_fab.errors', 'cnd_fab.providers'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy\n"
         "             or (m.startswith('cnd_fab') and m not in light)))\n"
     )
@@ -184,11 +184,14 @@ def test_keys_are_flag_spellings_or_parameter_names() -> None:
         parse_search({"seconds": "3"})
 
 
-def test_the_table_agrees_with_the_providers() -> None:
-    from cnd_fab.providers import PROVIDERS
+def test_every_provider_name_finds_its_class() -> None:
+    from cnd_fab.providers import COUNT_MEANINGS, PROVIDER_NAMES, provider_class
 
-    assert options.PROVIDER_NAMES == tuple(sorted(PROVIDERS))
-    assert options.COUNT_MEANINGS == {name: cls.count_meaning for name, cls in PROVIDERS.items()}
+    assert sorted(COUNT_MEANINGS) == list(PROVIDER_NAMES)
+    for name in PROVIDER_NAMES:
+        assert provider_class(name).name == name
+    with pytest.raises(InputError, match="--provider 'gce' is unknown; choose one of: docker, ec2, local, static"):
+        provider_class("gce")
 
 
 def test_open_provider_resolves_the_default_count() -> None:

@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 import pytest
 
 from cnd_fab.spec import Problem, UnitSpace, double_sha256, zero_bits
-from cnd_fab.transport import protocol
+from remote import worker
 
 VECTORS = json.loads((Path(__file__).parents[1] / "data" / "vectors.json").read_text())
 
@@ -43,16 +43,16 @@ def test_hash_vectors(vector: Dict[str, Any]) -> None:
     assert zero_bits(digest) == vector["zero_bits"]
     # The worker's own scan agrees: this nonce is golden exactly up to its zero bits.
     if vector["zero_bits"] >= 1:
-        found, worker_digest, _ = protocol.scan_range(problem.block, vector["nonce_bytes"], vector["zero_bits"], vector["nonce"], vector["nonce"] + 1)
+        found, worker_digest, _ = worker.scan_range(problem.block, vector["nonce_bytes"], vector["zero_bits"], vector["nonce"], vector["nonce"] + 1)
         assert found == vector["nonce"] and worker_digest is not None and worker_digest.hex() == vector["hash"]
     if vector["zero_bits"] < 256:
-        assert protocol.scan_range(problem.block, vector["nonce_bytes"], vector["zero_bits"] + 1, vector["nonce"], vector["nonce"] + 1)[0] is None
+        assert worker.scan_range(problem.block, vector["nonce_bytes"], vector["zero_bits"] + 1, vector["nonce"], vector["nonce"] + 1)[0] is None
 
 
 @pytest.mark.parametrize("vector", LOWEST, ids=label)
 def test_lowest_golden_vectors_with_the_worker_scan(vector: Dict[str, Any]) -> None:
     block, width, difficulty = block_of(vector), vector["nonce_bytes"], vector["difficulty"]
-    nonce, digest, checked = protocol.scan_range(block, width, difficulty, 0, vector["nonce"] + 1000)
+    nonce, digest, checked = worker.scan_range(block, width, difficulty, 0, vector["nonce"] + 1000)
     assert nonce == vector["nonce"]
     assert digest is not None and digest.hex() == vector["hash"]
     assert checked == nonce + 1
@@ -79,14 +79,14 @@ def test_inner_digest_is_raw_bytes_not_hex() -> None:
 
 @pytest.mark.parametrize("difficulty", [1, 7, 8, 9, 200, 255, 256])
 def test_golden_target_matches_zero_bits(difficulty: int) -> None:
-    target = protocol.golden_target(difficulty)
+    target = worker.golden_target(difficulty)
     just_golden = (1 << (256 - difficulty)) - 1
     just_not = 1 << (256 - difficulty)
     assert zero_bits(just_golden.to_bytes(32, "big")) >= difficulty
     assert just_golden.to_bytes(32, "big") < target
     assert zero_bits(just_not.to_bytes(32, "big")) == difficulty - 1
     assert not just_not.to_bytes(32, "big") < target
-    assert zero_bits(bytes(32)) == 256 and bytes(32) < protocol.golden_target(256)
+    assert zero_bits(bytes(32)) == 256 and bytes(32) < worker.golden_target(256)
 
 
 def test_units_are_equal_contiguous_and_lazy() -> None:
