@@ -15,4 +15,5 @@ program = Program(
 
 
 def main() -> None:
+    """The cnd-fab command: the same tasks as `fab`, without a fabfile."""
     program.run()

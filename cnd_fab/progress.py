@@ -58,15 +58,19 @@ class LiveReporter(Reporter):
         self.live = Live(console=console, refresh_per_second=8, transient=True)
 
     def start(self) -> None:
+        """Start drawing the live display."""
         self.live.start()
 
     def stop(self) -> None:
+        """Stop the live display, leaving its last frame."""
         self.live.stop()
 
     def event(self, text: str) -> None:
+        """Print one event line above the display."""
         self.live.console.print(Text.assemble((time.strftime("%H:%M:%S "), "dim"), text))
 
     def update(self, snapshot: Snapshot) -> None:
+        """Redraw the display from a new snapshot."""
         self.live.update(self.render(snapshot))
 
     def render(self, snapshot: Snapshot) -> RenderableType:
@@ -144,9 +148,11 @@ class PlainReporter(Reporter):
         self.next_line = time.monotonic() + every
 
     def event(self, text: str) -> None:
+        """Print one event line."""
         self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)
 
     def update(self, snapshot: Snapshot) -> None:
+        """Print a progress line, at most every few seconds."""
         if time.monotonic() < self.next_line:
             return
         self.next_line = time.monotonic() + self.every

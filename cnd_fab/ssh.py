@@ -42,6 +42,7 @@ class KeyPair:
 
     @classmethod
     def generate(cls, comment: str) -> "KeyPair":
+        """A new ed25519 key pair."""
         private = Ed25519PrivateKey.generate()
         text = private.private_bytes(
             serialization.Encoding.PEM,
@@ -52,11 +53,13 @@ class KeyPair:
 
     @classmethod
     def from_private(cls, text: str, comment: str) -> "KeyPair":
+        """The key pair of an OpenSSH private key text."""
         key = paramiko.Ed25519Key.from_private_key(io.StringIO(text))
         return cls(key, text, f"{key.get_name()} {key.get_base64()} {comment}")
 
 
 def known_hosts_name(host: str, port: int) -> str:
+    """How known_hosts names host:port (bracketed when not 22)."""
     return host if port == 22 else f"[{host}]:{port}"
 
 
@@ -69,6 +72,7 @@ class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
         self.lock = threading.Lock()
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        """Trust and save the unknown key, with a loud warning."""
         with self.lock:
             client.get_host_keys().add(hostname, key.get_name(), key)
             self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +108,7 @@ class SshTarget:
 
     @property
     def address(self) -> str:
+        """user@host:port, for messages."""
         return f"{self.user}@{self.host}:{self.port}"
 
 
@@ -126,18 +131,21 @@ class SshChannel(WorkerChannel):
             pass
 
     def send_line(self, line: str) -> None:
+        """Write one line to the worker's stdin."""
         try:
             self.channel.sendall((line + "\n").encode())
         except (socket.error, paramiko.SSHException) as error:
             raise OSError(str(error)) from error
 
     def read_line(self) -> str:
+        """One line of the worker's stdout; '' once it is closed."""
         try:
             return bytes(self._stdout.readline()).decode("utf-8", "replace")
         except (OSError, EOFError, paramiko.SSHException):
             return ""
 
     def close(self) -> None:
+        """Close the worker's stdin and the channel."""
         try:
             self.channel.shutdown_write()
             self.channel.close()
@@ -145,6 +153,7 @@ class SshChannel(WorkerChannel):
             pass
 
     def stderr_tail(self) -> str:
+        """The worker's last lines of stderr."""
         return "\n".join(self._stderr_lines[-5:])
 
 
@@ -267,6 +276,7 @@ class SshHost(Host):
             raise HostConnectError(f"{self.name}: pushing the worker over SFTP failed: {error}") from error
 
     def worker_command(self, run_id: str, payload: WorkerPayload = WorkerPayload()) -> str:
+        """The shell command that starts the worker, every part quoted."""
         argv = [
             "exec",
             self.target.python,
@@ -283,6 +293,7 @@ class SshHost(Host):
         return " ".join(shlex.quote(part) for part in argv)
 
     def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
+        """Connect, push the worker and its kernel, and start it on an exec channel."""
         connection = self.connect()
         with self._lock:
             if self.released:
@@ -313,6 +324,7 @@ class SshHost(Host):
             raise HostConnectError(f"{self.name}: {command.split()[0]!r} failed: {error}") from error
 
     def cleanup_command(self) -> str:
+        """The shell command that kills this run's worker and removes its directory."""
         return " ".join(
             shlex.quote(part)
             for part in (self.target.python, f"{self.run_dir}/worker.py", "--cleanup", self.run_dir)

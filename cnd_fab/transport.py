@@ -90,14 +90,17 @@ class PipeChannel(WorkerChannel):
             del self._stderr_lines[:-20]
 
     def send_line(self, line: str) -> None:
+        """Write one line to the worker's stdin."""
         with self._write_lock:
             self._stdin.write(line.encode() + b"\n")
             self._stdin.flush()
 
     def read_line(self) -> str:
+        """One line of the worker's stdout; '' once it is closed."""
         return self._stdout.readline().decode("utf-8", "replace")
 
     def close(self) -> None:
+        """Close the worker's stdin, so it exits by itself."""
         with self._write_lock:
             try:
                 self._stdin.close()
@@ -105,6 +108,7 @@ class PipeChannel(WorkerChannel):
                 pass
 
     def stderr_tail(self) -> str:
+        """The worker's last lines of stderr."""
         return "\n".join(self._stderr_lines[-5:])
 
 

@@ -36,6 +36,10 @@ class ProviderOptions:
     warn: Callable[[str], None] = _print_warning
 
 
+#: A Released action in the words of a dry run.
+_PLANNED = {"killed": "kill", "terminated": "terminate", "deleted": "delete", "stopped": "stop", "cleaned": "clean"}
+
+
 @dataclass(frozen=True)
 class Released:
     """What became of one resource at release or teardown: done, or not and why."""
@@ -56,7 +60,7 @@ class Released:
     def line(self) -> str:
         """One line for the terminal."""
         if self.planned:
-            return f"would remove {self.resource}"
+            return f"would {_PLANNED.get(self.action, 'remove')} {self.resource}"
         if self.done:
             return f"{self.action} {self.resource}"
         return f"could not remove {self.resource}: {self.why}"

@@ -155,7 +155,8 @@ class LocalProvider(Provider):
         return [LocalHost(f"local-{index + 1}", processes, journal) for index in range(count)]
 
     def release(self, hosts: List[Host], journal: RunJournal) -> List[Released]:
-        """Stop every worker; one result per worker that was started."""
+        """Stop every worker, and any the journal names that a failed launch never handed
+        over; one result per worker that was started."""
         released = []
         for host in hosts:
             host.stop_worker()
@@ -163,7 +164,7 @@ class LocalProvider(Provider):
                 done = host.stopped()
                 why = "" if done else "it did not exit after SIGKILL"
                 released.append(Released(f"local worker pid {host.process.pid}", done, why, action="killed"))
-        return released
+        return released + self.remove(Leftover(journal.run_id, self.name, journal))
 
     def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
         """Kill the journal's workers that still run with this run's id on their command line."""
@@ -176,7 +177,7 @@ class LocalProvider(Provider):
                 continue
             name = f"local worker pid {pid} ({leftover.run_id})"
             if dry_run:
-                released.append(Released(name, True, planned=True))
+                released.append(Released(name, True, planned=True, action="killed"))
                 continue
             kill_process_group(pid)
             gone = not _process_mentions(pid, leftover.run_id)

@@ -35,6 +35,12 @@ def test_example_inventory_is_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert inventory.ec2.region == "eu-west-2" and inventory.ec2.instance_type == "c7a.large"
 
 
+def test_arch_takes_uname_and_debian_names(tmp_path: Path, key: Path) -> None:
+    text = "hosts:\n  - {{host: a, user: u, key: {key}, arch: arm64}}\n  - {{host: b, user: u, key: {key}, arch: x86_64}}\n"
+    inventory = load(write(tmp_path, text.format(key=key)))
+    assert [h.arch for h in inventory.hosts] == ["aarch64", "x86_64"]
+
+
 def test_relative_key_paths_are_relative_to_the_file(tmp_path: Path, key: Path) -> None:
     inventory = load(write(tmp_path, "hosts:\n  - {host: h, user: u, key: id_ed25519}\n"))
     assert inventory.hosts[0].key == key and inventory.hosts[0].port == 22
@@ -56,6 +62,7 @@ def test_relative_key_paths_are_relative_to_the_file(tmp_path: Path, key: Path) 
         ("clouds: 3\n", ":1: clouds is not a known field"),
         ("hosts:\n  - host: h\n    user: u\n    key: {key}\n  - host: h\n    user: u\n    key: {key}\n", ":5: hosts[1].name repeats the name 'h:22'"),
         ("hosts: [\n", ": not valid YAML"),
+        ("hosts:\n  - host: h\n    user: u\n    key: {key}\n    arch: riscv64\n", ":5: hosts[0].arch must be one of x86_64, aarch64, not 'riscv64'"),
     ],
 )
 def test_bad_fields_name_file_line_and_field(tmp_path: Path, key: Path, text: str, message: str) -> None:
