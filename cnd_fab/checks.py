@@ -17,16 +17,8 @@ from .providers import Provider, ProviderOptions, provider_class
 
 def provider_options(choice: ProviderRequest) -> ProviderOptions:
     """The ProviderOptions a request names: its inventory file loaded and its flags over it."""
-    return ProviderOptions(
-        inventory=inventory_file.load(choice.inventory_path) if choice.inventory_path else inventory_file.Inventory(),
-        accept_new_host_key=choice.accept_new_host_key,
-        image=choice.image,
-        region=choice.region,
-        instance_type=choice.instance_type,
-        ami=choice.ami,
-        ssh_cidr=choice.ssh_cidr,
-        timeout=choice.timeout,
-    )
+    inventory = inventory_file.load(choice.inventory_path) if choice.inventory_path else inventory_file.Inventory()
+    return ProviderOptions(**vars(choice), inventory=inventory)
 
 
 def open_provider(choice: ProviderRequest, count: Optional[int]) -> Tuple[Provider, int]:

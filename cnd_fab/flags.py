@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple, cast
+from typing import Dict, Mapping, Optional, Sequence, Tuple, TypeVar, cast
 
 from .errors import InputError
 
@@ -93,6 +93,14 @@ def parse_usd(flag: str, raw: object) -> float:
     return value
 
 
+Given = TypeVar("Given")
+
+
+def _given(value: Optional[Given], name: str) -> Given:
+    assert value is not None, f"--{name} has no default"
+    return value
+
+
 class RawFlags:
     """One task's raw flag values, read one option at a time through its options.
 
@@ -145,9 +153,7 @@ class RawFlags:
 
     def whole(self, name: str) -> int:
         """As maybe_whole, for options whose default is a number."""
-        value = self.maybe_whole(name)
-        assert value is not None, f"--{name} has no default"
-        return value
+        return _given(self.maybe_whole(name), name)
 
     def maybe_seconds(self, name: str) -> Optional[float]:
         """Seconds above 0, or the default."""
@@ -156,9 +162,7 @@ class RawFlags:
 
     def seconds(self, name: str) -> float:
         """As maybe_seconds, for options whose default is a number."""
-        value = self.maybe_seconds(name)
-        assert value is not None, f"--{name} has no default"
-        return value
+        return _given(self.maybe_seconds(name), name)
 
     def probability(self, name: str) -> Optional[float]:
         """A probability strictly between 0 and 1, or the default."""

@@ -33,6 +33,8 @@ DEFAULT_DIFFICULTY = 6
 DEFAULT_PROVIDER = "local"
 KERNEL_CHOICES = ("auto", "native", "python")
 SEARCH, CALIBRATE, BENCH = "search", "calibrate", "bench"
+#: Search's provider settings given as text; each flag is its ProviderRequest field, dashes as '_'.
+PROVIDER_TEXT_FLAGS = ("image", "region", "instance-type", "ami", "ssh-cidr")
 
 _ANY_HOST = "; ".join(f"{name}: {meaning}" for name, meaning in sorted(COUNT_MEANINGS.items()))
 
@@ -167,15 +169,11 @@ def parse_search(raw: Mapping[str, object]) -> SearchRequest:
         space=space,
         count=count,
         provider=ProviderRequest(
-            name=provider,
-            inventory_path=inventory,
-            accept_new_host_key=flags.flag("accept-new-host-key"),
-            image=flags.name("image"),
-            region=flags.name("region"),
-            instance_type=flags.name("instance-type"),
-            ami=flags.name("ami"),
-            ssh_cidr=flags.name("ssh-cidr"),
+            provider,
+            inventory,
+            flags.flag("accept-new-host-key"),
             timeout=timeout,
+            **{flag.replace("-", "_"): flags.name(flag) for flag in PROVIDER_TEXT_FLAGS},
         ),
         timeout=timeout,
         first_found_wins=flags.flag("any"),

@@ -16,7 +16,7 @@ from .spec import Problem, UnitSpace
 class ProviderRequest:
     """Which provider, and the flags that configure it; opened by cnd_fab.checks.open_provider."""
 
-    name: str
+    name: str = "local"
     inventory_path: Optional[str] = None
     accept_new_host_key: bool = False
     image: Optional[str] = None

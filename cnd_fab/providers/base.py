@@ -9,6 +9,7 @@ from typing import Callable, ClassVar, List, Optional, Tuple
 from ..cost import CostEstimate
 from ..inventory import Inventory
 from ..journal import RunJournal
+from ..request import ProviderRequest
 from ..transport import Host
 
 __all__ = ["Host", "Leftover", "LiveResource", "Provider", "ProviderOptions", "Released"]
@@ -21,18 +22,10 @@ def _print_warning(text: str) -> None:
 
 
 @dataclass(frozen=True)
-class ProviderOptions:
-    """What every provider may be configured with: the inventory and the flags over it."""
+class ProviderOptions(ProviderRequest):
+    """A provider's request with its inventory file loaded, and where its warnings go."""
 
     inventory: Inventory = field(default_factory=Inventory)
-    accept_new_host_key: bool = False
-    image: Optional[str] = None
-    region: Optional[str] = None
-    instance_type: Optional[str] = None
-    ami: Optional[str] = None
-    ssh_cidr: Optional[str] = None
-    #: The run's --timeout, for providers whose hosts must outlive no controller.
-    timeout: Optional[float] = None
     warn: Callable[[str], None] = _print_warning
 
 
