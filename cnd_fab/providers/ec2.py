@@ -10,40 +10,46 @@ Every resource is tagged ``cnd-fab:run``; instances and volumes also carry
 it and never trusts on first use, and schedules ``shutdown -P +M``: the instances end
 themselves (shutdown behaviour: terminate) if the controller dies. A live controller pushes
 that shutdown further out every few minutes.
+
+The AWS calls for one region are in ``ec2_region.py``; names, tags, user-data and error
+lines in ``ec2_settings.py``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
+from .. import ssh
 from ..cost import CostEstimate, estimate, hourly_price, instance_cost
 from ..errors import InputError, ProviderError
 from ..journal import RunJournal
-from ..ssh import KeyPair, SshHost, SshTarget, stop_all
-from .base import Host, Provider, ProviderOptions
+from ..ssh import SshHost
+from .base import Host, Leftover, LiveResource, Provider, ProviderOptions, Released
+from .ec2_launch import RunLaunch
+from .ec2_region import AWS_ERRORS, Ec2Region, TaggedInstance
+from .ec2_settings import (
+    DEFAULT_INSTANCE_TYPE,
+    DEFAULT_SSH_DEADLINE,
+    MAX_INSTANCES,
+    SSH_USER,
+    TAG_TIME_FORMAT,
+    UBUNTU_AMI_PARAMETER,
+    UNAME_MACHINE,
+    architecture,
+    check_request,
+    dead_man_minutes,
+    explain,
+    instance_resource,
+    run_regions,
+    searched_regions,
+)
 
-DEFAULT_INSTANCE_TYPE = "c7a.large"
-UBUNTU_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
-SSH_USER = "ubuntu"
-DEFAULT_SSH_DEADLINE = 300.0
-# With no --timeout, instances shut themselves down an hour after the last sign of life.
-UNBOUNDED_RUN_MINUTES = 60
-DEAD_MAN_MARGIN_MINUTES = 10
 KEEPALIVE_SECONDS = 240.0
-MAX_INSTANCES = 256
-TOOL_TAG = "cnd-fab:tool"
-RUN_TAG = "cnd-fab:run"
-EXPIRES_TAG = "cnd-fab:expires-at"
-LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
-INSTANCE_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ def public_address() -> str:
 
 
 def public_endpoint(instance: Dict[str, Any], user_data: str) -> SshEndpoint:
+    """An instance's public address on port 22."""
     address = instance.get("PublicIpAddress")
     if not address:
         raise ProviderError(f"{instance['InstanceId']} has no public IPv4 address (is the subnet public?)")
@@ -80,62 +87,8 @@ address_lookup: Callable[[], str] = public_address
 endpoint_resolver: Callable[[Dict[str, Any], str], SshEndpoint] = public_endpoint
 
 
-def architecture(instance_type: str) -> str:
-    """Graviton families carry a 'g' after the generation digit (c7g, t4g, c8gd, …)."""
-    family = instance_type.split(".")[0]
-    return "arm64" if re.match(r"^[a-z]+\d+g", family) else "amd64"
-
-
-def is_burstable(instance_type: str) -> bool:
-    return instance_type.split(".")[0].startswith("t")
-
-
-def dead_man_minutes(timeout: Optional[float]) -> int:
-    if timeout is None:
-        return UNBOUNDED_RUN_MINUTES
-    return int(-(-timeout // 60)) + DEAD_MAN_MARGIN_MINUTES
-
-
-def cloud_config(host_key: KeyPair, login_key: KeyPair, minutes: int) -> str:
-    """User-data: our host key instead of generated ones, our login key, the dead-man's switch."""
-    document = {
-        "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
-        "ssh_keys": {
-            "ed25519_private": host_key.private_openssh,
-            "ed25519_public": host_key.public_line,
-        },
-        "ssh_authorized_keys": [login_key.public_line],
-        "runcmd": [["shutdown", "-P", f"+{minutes}"]],
-    }
-    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False)
-
-
-def _error_code(error: Exception) -> str:
-    response = getattr(error, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", type(error).__name__))
-
-
-def explain(error: Exception, action: str, region: str, instance_type: str = "") -> str:
-    """One line for an AWS error, with what to do about the common ones."""
-    code = _error_code(error)
-    if code == "InsufficientInstanceCapacity":
-        return (
-            f"ec2 ({region}): AWS has no spare capacity for {instance_type} right now; try another "
-            "instance type or region, or fewer instances"
-        )
-    if code in ("VcpuLimitExceeded", "InstanceLimitExceeded"):
-        return (
-            f"ec2 ({region}): the account's vCPU quota is too low for this many {instance_type} "
-            "instances; request more On-Demand vCPUs in Service Quotas (code L-1216C47A) or use fewer"
-        )
-    if code in ("UnauthorizedOperation", "AuthFailure"):
-        return f"ec2 ({region}): {action} was refused: the AWS credentials lack permission ({code})"
-    return f"ec2 ({region}): {action} failed: {code}: {error}"
-
-
 class Ec2Provider(Provider):
-    """Launches, watches and always terminates EC2 instances; tears down leftovers by tag."""
+    """Launches, watches and always terminates EC2 instances; finds and removes leftovers by tag."""
 
     name = "ec2"
     count_meaning = "EC2 instances launched together in one request"
@@ -151,24 +104,28 @@ class Ec2Provider(Provider):
         self.ssh_cidr = self.options.ssh_cidr or settings.ssh_cidr
         self.ssh_deadline = settings.ssh_timeout or DEFAULT_SSH_DEADLINE
         self._clients: Dict[str, Any] = {}
-        self.instance_ids: List[str] = []
-        self.group_id: Optional[str] = None
-        self.key_name: Optional[str] = None
-        self.launched_at: Optional[float] = None
+        self._launch: Optional[RunLaunch] = None
         self.terminated_at: Optional[float] = None
         self._keepalive_stop = threading.Event()
 
     def cores_per_host(self) -> int:
+        """The instance type's vCPUs."""
         from ..calibration import vcpus
 
         return vcpus(self.instance_type)
 
     def max_hosts(self) -> int:
+        """The most instances one run launches."""
         return MAX_INSTANCES
+
+    def architectures(self) -> Tuple[str, ...]:
+        """aarch64 for Graviton instance types, x86_64 for the rest."""
+        return (UNAME_MACHINE[architecture(self.instance_type)],)
 
     # --- AWS clients -------------------------------------------------------------------
     @property
     def region(self) -> str:
+        """The region to launch in: --region, the inventory, then the AWS configuration."""
         import boto3
 
         region = self.region_setting or boto3.session.Session().region_name
@@ -177,6 +134,7 @@ class Ec2Provider(Provider):
         return str(region)
 
     def client(self, service: str, region: Optional[str] = None) -> Any:
+        """One boto3 client per service and region, with standard retries and deadlines."""
         import boto3
         from botocore.config import Config
 
@@ -196,21 +154,19 @@ class Ec2Provider(Provider):
 
     @property
     def ec2(self) -> Any:
+        """The EC2 client of the launch region."""
         return self.client("ec2")
+
+    def in_region(self, region: str) -> Ec2Region:
+        """The AWS calls for one region, on this provider's client for it."""
+        return Ec2Region(self.client("ec2", region), region)
 
     # --- before launch -----------------------------------------------------------------
     def check(self, count: int) -> None:
+        """Refuse bad flags, a missing region or missing credentials before anything is paid for."""
         import boto3
 
-        if count > MAX_INSTANCES:
-            raise InputError(f"--count {count} is too many instances (at most {MAX_INSTANCES})")
-        if not INSTANCE_TYPE_PATTERN.match(self.instance_type):
-            raise InputError(f"--instance-type {self.instance_type!r} is not an instance type such as c7a.large")
-        if self.ssh_cidr is not None:
-            try:
-                ipaddress.ip_network(self.ssh_cidr, strict=False)
-            except ValueError:
-                raise InputError(f"--ssh-cidr {self.ssh_cidr!r} is not an address range such as 203.0.113.7/32") from None
+        check_request(count, self.instance_type, self.ssh_cidr)
         self.region
         if boto3.session.Session().get_credentials() is None:
             raise InputError(
@@ -218,131 +174,35 @@ class Ec2Provider(Provider):
             )
 
     def cost_estimate(self, count: int, timeout: Optional[float]) -> Optional[CostEstimate]:
+        """At most `count` instances for the whole timeout (an hour without one)."""
         return estimate(self.instance_type, count, timeout)
 
     def latest_ami(self) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        """The current AMI from its public SSM parameter."""
         try:
             answer = self.client("ssm").get_parameter(Name=self.ami_parameter)
-        except (ClientError, BotoCoreError) as error:
+        except AWS_ERRORS as error:
             raise ProviderError(explain(error, f"looking up the AMI in SSM {self.ami_parameter}", self.region)) from None
         return str(answer["Parameter"]["Value"])
 
-    def launch_request(self, count: int, ami: str, user_data: str, run_id: str, expires: str) -> Dict[str, Any]:
-        tags = [
-            {"Key": TOOL_TAG, "Value": "cnd-fab"},
-            {"Key": RUN_TAG, "Value": run_id},
-            {"Key": EXPIRES_TAG, "Value": expires},
-            {"Key": "Name", "Value": f"cnd-fab {run_id}"},
-        ]
-        request: Dict[str, Any] = {
-            "ImageId": ami,
-            "InstanceType": self.instance_type,
-            "MinCount": count,
-            "MaxCount": count,
-            "KeyName": self.key_name,
-            "SecurityGroupIds": [self.group_id],
-            "UserData": user_data,
-            # The same run id gives the same token: a retried call cannot launch twice.
-            "ClientToken": run_id[:64],
-            "InstanceInitiatedShutdownBehavior": "terminate",
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-            "TagSpecifications": [
-                {"ResourceType": "instance", "Tags": tags},
-                {"ResourceType": "volume", "Tags": tags},
-            ],
-        }
-        if is_burstable(self.instance_type):
-            request["CreditSpecification"] = {"CpuCredits": "unlimited"}
-        return request
-
     # --- launch ------------------------------------------------------------------------
     def launch(self, count: int, journal: RunJournal) -> List[Host]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        run_id = journal.run_id
+        """Create the key pair, the group and `count` instances, and wait until they run."""
         region = self.region
         journal.details.update(region=region, instance_type=self.instance_type)
         minutes = dead_man_minutes(self.options.timeout)
-        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + minutes * 60))
-        action = "preparing the launch"
-        try:
-            cidr = self.ssh_cidr or f"{address_lookup()}/32"
-            ami = self.ami or self.latest_ami()
-            login_key = KeyPair.generate(f"cnd-fab-{run_id}")
-            host_key = KeyPair.generate(f"cnd-fab-{run_id}-host")
-            run_tags = [{"Key": TOOL_TAG, "Value": "cnd-fab"}, {"Key": RUN_TAG, "Value": run_id}]
-
-            self.key_name = f"cnd-fab-{run_id}"
-            journal.record("ec2-key-pair", region=region, name=self.key_name)
-            action = "importing the key pair"
-            self.ec2.import_key_pair(
-                KeyName=self.key_name,
-                PublicKeyMaterial=login_key.public_line.encode(),
-                TagSpecifications=[{"ResourceType": "key-pair", "Tags": run_tags}],
-            )
-
-            action = "finding the default VPC"
-            vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-            if not vpcs:
-                raise ProviderError(f"ec2 ({region}): this region has no default VPC to launch into")
-            group_name = f"cnd-fab-{run_id}"
-            journal.record("ec2-security-group", region=region, name=group_name)
-            action = "creating the security group"
-            self.group_id = self.ec2.create_security_group(
-                GroupName=group_name,
-                Description=f"cnd-fab run {run_id}: SSH from the controller only",
-                VpcId=vpcs[0]["VpcId"],
-                TagSpecifications=[{"ResourceType": "security-group", "Tags": run_tags}],
-            )["GroupId"]
-            journal.record("ec2-security-group", region=region, name=group_name, group_id=self.group_id)
-            action = "opening 22/tcp to the controller"
-            self.ec2.authorize_security_group_ingress(
-                GroupId=self.group_id,
-                IpPermissions=[
-                    {
-                        "IpProtocol": "tcp",
-                        "FromPort": 22,
-                        "ToPort": 22,
-                        "IpRanges": [{"CidrIp": cidr, "Description": "cnd-fab controller"}],
-                    }
-                ],
-            )
-
-            user_data = cloud_config(host_key, login_key, minutes)
-            journal.record("ec2-launch", region=region, client_token=run_id[:64], expires_at=expires)
-            action = f"launching {count} × {self.instance_type}"
-            response = self.ec2.run_instances(**self.launch_request(count, ami, user_data, run_id, expires))
-            self.instance_ids = [instance["InstanceId"] for instance in response["Instances"]]
-            self.launched_at = time.time()
-            journal.record("ec2-instances", region=region, ids=self.instance_ids)
-
-            action = "waiting for the instances to run"
-            self.ec2.get_waiter("instance_running").wait(
-                InstanceIds=self.instance_ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60}
-            )
-            described = self.ec2.describe_instances(InstanceIds=self.instance_ids)
-        except (ClientError, BotoCoreError) as error:
-            raise ProviderError(explain(error, action, region, self.instance_type)) from None
-        instances = {i["InstanceId"]: i for r in described["Reservations"] for i in r["Instances"]}
-        hosts: List[Host] = []
-        for index, instance_id in enumerate(self.instance_ids):
-            endpoint = endpoint_resolver(instances[instance_id], user_data)
-            target = SshTarget(
-                name=instance_id,
-                host=endpoint.host,
-                port=endpoint.port,
-                user=endpoint.user,
-                login_key=login_key.key,
-                pinned_host_keys=[host_key.key],
-                connect_deadline=self.ssh_deadline,
-                retry_auth=True,
-                warn=self.options.warn,
-            )
-            hosts.append(SshHost(target, run_id, index + 1, journal))
+        cidr = self.ssh_cidr or f"{address_lookup()}/32"
+        ami = self.ami or self.latest_ami()
+        self._launch = RunLaunch(self.in_region(region), journal)
+        launched = self._launch.create(count, self.instance_type, ami, cidr, minutes)
+        hosts = launched.ssh_hosts(journal, endpoint_resolver, self.ssh_deadline, self.options.warn)
         threading.Thread(target=self._keep_alive, args=(hosts,), daemon=True).start()
         return hosts
+
+    @property
+    def instance_ids(self) -> List[str]:
+        """The instances this provider launched, once RunInstances has answered."""
+        return self._launch.instance_ids if self._launch else []
 
     def _keep_alive(self, hosts: Sequence[Host]) -> None:
         """Push every instance's scheduled shutdown further out while this controller lives."""
@@ -356,132 +216,80 @@ class Ec2Provider(Provider):
                         continue
 
     # --- the end -----------------------------------------------------------------------
-    def release(self, hosts: List[Host], journal: RunJournal) -> None:
+    def release(self, hosts: List[Host], journal: RunJournal) -> List[Released]:
+        """Stop the workers, terminate the instances, delete the group and key pair. Never raises
+        for AWS: what could not be removed comes back failed, with AWS's reason."""
         self._keepalive_stop.set()
-        stop_all(hosts)
-        lines = self.destroy(journal.run_id, self.region, extra_instances=self.instance_ids)
-        for line in lines:
-            if line.startswith(("could not", "cannot")):
-                raise ProviderError(f"{line}; run `fab teardown --run {journal.run_id}` to retry")
+        unconfirmed = ssh.stop_all(hosts)
+        results: List[Released] = []
+        # launch records the region before it creates anything: without one there is nothing.
+        for region, known in run_regions(journal).items():
+            results += self.in_region(region).remove(journal.run_id, known)
         self.terminated_at = time.time()
         cost = self.incurred_cost()
         if cost is not None:
             journal.details["cost_usd"] = round(cost, 6)
+        # A worker whose stop went unconfirmed dies with its instance: it matters only when
+        # the instance may still be running.
+        terminated = {r.resource for r in results if r.done}
+        if any(r.failed for r in results):
+            results += [
+                Released(f"worker on {host}", False, why)
+                for host, why in unconfirmed.items()
+                if instance_resource(host) not in terminated
+            ]
+        return results
 
     def incurred_cost(self) -> Optional[float]:
+        """Billed seconds (at least a minute) of every instance, at the built-in price."""
         hourly = hourly_price(self.instance_type)
-        if hourly is None or self.launched_at is None:
+        if hourly is None or self._launch is None or self._launch.launched_at is None:
             return None
-        seconds = (self.terminated_at or time.time()) - self.launched_at
+        seconds = (self.terminated_at or time.time()) - self._launch.launched_at
         return instance_cost(hourly, seconds) * len(self.instance_ids)
 
-    def teardown(self, journal: RunJournal, dry_run: bool = False) -> List[str]:
-        regions = {str(r["region"]) for r in journal.resources if r.get("region")}
-        if journal.details.get("region"):
-            regions.add(str(journal.details["region"]))
+    def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
+        """Remove a run's instances (by tag and from its journal), group and key pair in every
+        region its journal names."""
+        regions = run_regions(leftover.journal, leftover.region)
         if not regions:
-            regions.add(self.region)
-        known = [i for r in journal.resources if r.get("kind") == "ec2-instances" for i in r.get("ids", [])]
-        lines: List[str] = []
-        for region in sorted(regions):
-            lines += self.destroy(journal.run_id, region, extra_instances=known, dry_run=dry_run)
-        return lines
-
-    def destroy(
-        self, run_id: str, region: str, extra_instances: Sequence[str] = (), dry_run: bool = False
-    ) -> List[str]:
-        """Terminate the run's instances, then delete its security group and key pair."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        ec2 = self.client("ec2", region)
-        lines: List[str] = []
-        verb = "would" if dry_run else "did"
-        try:
-            found = ec2.describe_instances(
-                Filters=[
-                    {"Name": f"tag:{RUN_TAG}", "Values": [run_id]},
-                    {"Name": "instance-state-name", "Values": LIVE_STATES},
-                ]
-            )
-            live = {i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]}
-            if extra_instances:
-                live |= self._still_live(ec2, extra_instances)
-            if live:
-                ids = sorted(live)
-                lines.append(f"{'would terminate' if dry_run else 'terminated'} {len(ids)} instance(s) of {run_id} in {region}: {', '.join(ids)}")
-                if not dry_run:
-                    ec2.terminate_instances(InstanceIds=ids)
-                    ec2.get_waiter("instance_terminated").wait(
-                        InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 120}
-                    )
-            groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [f"cnd-fab-{run_id}"]}])
-            for group in groups["SecurityGroups"]:
-                lines.append(f"{'would delete' if dry_run else 'deleted'} security group {group['GroupId']} ({run_id})")
-                if not dry_run:
-                    self._delete_group(ec2, group["GroupId"])
-            keys = ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [f"cnd-fab-{run_id}"]}])
-            for key in keys["KeyPairs"]:
-                lines.append(f"{'would delete' if dry_run else 'deleted'} key pair {key['KeyName']} ({run_id})")
-                if not dry_run:
-                    ec2.delete_key_pair(KeyName=key["KeyName"])
-        except (ClientError, BotoCoreError) as error:
-            lines.append(f"could not finish the teardown of {run_id} in {region} ({verb} not complete): {explain(error, 'teardown', region)}")
-        return lines
-
-    @staticmethod
-    def _still_live(ec2: Any, ids: Sequence[str]) -> Set[str]:
-        from botocore.exceptions import ClientError
-
-        live = set()
-        for instance_id in ids:
             try:
-                found = ec2.describe_instances(InstanceIds=[instance_id])
-            except ClientError as error:
-                if _error_code(error).startswith("InvalidInstanceID"):
+                regions = {self.region: []}
+            except InputError as error:
+                return [Released(f"ec2 resources of {leftover.run_id}", False, str(error))]
+        results: List[Released] = []
+        for region, known in regions.items():
+            results += self.in_region(region).remove(leftover.run_id, known, dry_run=dry_run)
+        return results
+
+    def leftovers(self, journals: List[RunJournal], expired_only: bool = False) -> List[Leftover]:
+        """Every run with live tagged instances in the searched regions (only expired ones if asked).
+        Raises ProviderError, one line, when AWS cannot be asked."""
+        now = time.strftime(TAG_TIME_FORMAT, time.gmtime())
+        found: Dict[Tuple[str, str], Leftover] = {}
+        for region in searched_regions(journals, self.region_setting):
+            for instance in self._tagged(region):
+                expired = instance.expired(now)
+                if expired_only and not expired:
                     continue
-                raise
-            for reservation in found["Reservations"]:
-                for instance in reservation["Instances"]:
-                    if instance["State"]["Name"] in LIVE_STATES:
-                        live.add(instance["InstanceId"])
-        return live
+                leftover = found.setdefault(
+                    (instance.run_id, region), Leftover.found(instance.run_id, self.name, region=region)
+                )
+                leftover.expired = leftover.expired or expired
+        return list(found.values())
 
-    @staticmethod
-    def _delete_group(ec2: Any, group_id: str, within: float = 300.0) -> None:
-        """A group stays 'in use' for a while after its instances terminate: retry that."""
-        from botocore.exceptions import ClientError
-
-        deadline = time.monotonic() + within
-        delay = 2.0
-        while True:
-            try:
-                ec2.delete_security_group(GroupId=group_id)
-                return
-            except ClientError as error:
-                code = _error_code(error)
-                if code == "InvalidGroup.NotFound":
-                    return
-                if code != "DependencyViolation" or time.monotonic() + delay > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(15.0, delay * 1.5)
-
-    def labelled_runs(self, regions: Sequence[str], expired_only: bool = False) -> Dict[str, str]:
-        """Run id -> region of every cnd-fab instance still alive in these regions."""
-        runs: Dict[str, str] = {}
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        for region in regions:
-            found = self.client("ec2", region).describe_instances(
-                Filters=[
-                    {"Name": f"tag:{TOOL_TAG}", "Values": ["cnd-fab"]},
-                    {"Name": "instance-state-name", "Values": LIVE_STATES},
-                ]
+    def live_resources(self, journals: List[RunJournal]) -> List[LiveResource]:
+        """Every live tagged instance in the searched regions, for `fab status`."""
+        return [
+            LiveResource(
+                self.name, i.instance_id, i.state, i.run_id, f"{i.instance_type}, expires {i.expires_at or 'never'}"
             )
-            for reservation in found["Reservations"]:
-                for instance in reservation["Instances"]:
-                    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-                    if expired_only and tags.get(EXPIRES_TAG, "9999") > now:
-                        continue
-                    if RUN_TAG in tags:
-                        runs[tags[RUN_TAG]] = region
-        return runs
+            for region in searched_regions(journals, self.region_setting)
+            for i in self._tagged(region)
+        ]
+
+    def _tagged(self, region: str) -> List[TaggedInstance]:
+        try:
+            return self.in_region(region).tagged_instances()
+        except AWS_ERRORS as error:
+            raise ProviderError(explain(error, "searching for cnd-fab instances by tag", region)) from None

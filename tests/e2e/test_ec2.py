@@ -13,15 +13,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 import yaml
 
+from cnd_fab import ssh
 from cnd_fab.errors import ProviderError
 from cnd_fab.journal import RunJournal
-from cnd_fab.providers import ProviderOptions
-from cnd_fab.providers.ec2 import EXPIRES_TAG, RUN_TAG, TOOL_TAG, Ec2Provider
+from cnd_fab.providers import ProviderOptions, ec2
+from cnd_fab.providers.base import Host, Leftover, Released
+from cnd_fab.providers.ec2 import Ec2Provider
+from cnd_fab.providers.ec2_settings import EXPIRES_TAG, RUN_TAG, TOOL_TAG
 from cnd_fab.inventory import load
 from tests.helpers import REPO, cli, run_cli, wait_for_no_workers
 from tests.testbed import ec2_standin
@@ -88,6 +91,10 @@ def run_keys(ec2: Any) -> List[str]:
 def assert_nothing_left(ec2: Any) -> None:
     assert live_instances(ec2) == []
     assert run_groups(ec2) == [] and run_keys(ec2) == []
+
+
+def assert_all_done(results: List[Released]) -> None:
+    assert results and [r.line() for r in results if not r.done or r.planned] == []
 
 
 def test_search_on_ec2_launches_searches_and_removes_everything(aws: Any, inventory: Path, private_state: Path) -> None:
@@ -163,7 +170,7 @@ def test_launch_request_carries_every_setting(aws: Any, inventory: Path, instanc
         for host in hosts:
             assert host.target.pinned_host_keys[0].get_base64() in user_data["ssh_keys"]["ed25519_public"]  # type: ignore[attr-defined]
     finally:
-        provider.release(hosts, journal)
+        assert_all_done(provider.release(hosts, journal))
     assert_nothing_left(aws)
 
 
@@ -195,7 +202,7 @@ def test_throttling_is_retried_by_botocore(aws: Any, inventory: Path) -> None:
     provider.ec2.meta.events.register("before-send.ec2.RunInstances", throttle)
     journal = RunJournal.start("ec2")
     hosts = provider.launch(1, journal)
-    provider.release(hosts, journal)
+    assert_all_done(provider.release(hosts, journal))
     assert throttle.calls == 3
     assert_nothing_left(aws)
 
@@ -215,8 +222,128 @@ def test_failed_launch_is_a_clear_error_and_leaves_nothing(aws: Any, inventory: 
     with pytest.raises(ProviderError, match=message.replace("(", r"\(").replace(")", r"\)")):
         provider.launch(2, journal)
     assert run_groups(aws) and run_keys(aws)  # made before the launch failed
-    provider.release([], journal)
+    released = provider.release([], journal)
+    assert_all_done(released)
+    assert sorted(r.resource.split()[0] for r in released) == ["key", "security"]  # no instance was made
     assert_nothing_left(aws)
+
+
+@pytest.fixture
+def no_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests of the AWS side alone: no worker starts, so nothing ever connects to this."""
+    monkeypatch.setattr(ec2, "address_lookup", lambda: "127.0.0.1")
+    monkeypatch.setattr(ec2, "endpoint_resolver", lambda instance, user_data: ec2.SshEndpoint("127.0.0.1", 9, "root"))
+
+
+def launched(inventory: Path, count: int = 2) -> Tuple[Ec2Provider, RunJournal, List[Host]]:
+    provider = Ec2Provider(ProviderOptions(inventory=load(str(inventory)), timeout=300))
+    journal = RunJournal.start("ec2")
+    return provider, journal, provider.launch(count, journal)
+
+
+def run_resources(journal: RunJournal, instance_ids: List[str]) -> List[str]:
+    """The resources of a launched run, as Released names them."""
+    [group_id] = [r["group_id"] for r in journal.resources if r.get("group_id")]
+    name = f"cnd-fab-{journal.run_id}"
+    return sorted([f"instance {i}" for i in instance_ids] + [f"security group {group_id} ({name})", f"key pair {name}"])
+
+
+def test_release_reports_every_instance_group_and_key_pair_done(
+    aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider, journal, hosts = launched(inventory)
+    ids = provider.instance_ids
+    # Once its instance is confirmed terminated, a worker whose stop went unconfirmed is gone too.
+    monkeypatch.setattr(ssh, "stop_all", lambda hosts: {ids[0]: "its stop did not finish within 15s"})
+    released = provider.release(hosts, journal)
+    assert sorted(r.resource for r in released) == run_resources(journal, ids)
+    assert all(r.done and not r.planned and not r.failed for r in released)
+    assert {r.line().split()[0] for r in released} == {"terminated", "deleted"}
+    assert journal.details["cost_usd"] > 0
+    assert {i["State"]["Name"] for i in aws.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]} == {"terminated"}
+    assert_nothing_left(aws)
+
+
+def test_leftovers_of_a_dead_controller_are_found_planned_then_removed(aws: Any, inventory: Path, no_ssh: None) -> None:
+    died, journal, _ = launched(inventory)
+    died._keepalive_stop.set()  # the controller "died": nothing is released
+    ids = died.instance_ids
+    later = Ec2Provider(ProviderOptions())  # knows no region but the journal's
+    [leftover] = later.leftovers([journal])
+    assert (leftover.run_id, leftover.provider, leftover.region, leftover.expired) == (journal.run_id, "ec2", REGION, False)
+    assert later.leftovers([journal], expired_only=True) == []
+    live = later.live_resources([journal])
+    assert sorted(r.name for r in live) == sorted(ids) and {(r.provider, r.run_id, r.state) for r in live} == {("ec2", journal.run_id, "running")}
+    assert all(r.detail.startswith("c7a.large, expires 20") and r.detail.endswith("Z") for r in live)
+
+    planned = later.remove(leftover, dry_run=True)
+    assert sorted(r.resource for r in planned) == run_resources(journal, ids)
+    assert all(r.planned and r.done and not r.failed and r.line().startswith("would remove ") for r in planned)
+    assert len(live_instances(aws)) == 2 and run_groups(aws) and run_keys(aws)
+
+    removed = later.remove(leftover)
+    assert sorted(r.resource for r in removed) == run_resources(journal, ids)
+    assert all(r.done and not r.planned for r in removed)
+    assert {i["State"]["Name"] for i in aws.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]} == {"terminated"}
+    assert_nothing_left(aws)
+    # Safe to run again, from the journal as from the tags: nothing is left to remove.
+    assert later.remove(Leftover(journal.run_id, "ec2", journal)) == [] and later.leftovers([journal]) == []
+
+
+def test_release_that_aws_refuses_returns_failed_items_and_raises_nothing(
+    aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ClientError
+
+    provider, journal, hosts = launched(inventory)
+    ids = provider.instance_ids
+
+    def refuse(**kwargs: Any) -> None:
+        raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "not allowed"}}, "TerminateInstances")
+
+    provider.ec2.terminate_instances = refuse
+    monkeypatch.setattr(ssh, "stop_all", lambda hosts: {ids[0]: "its stop did not finish within 15s"})
+    released = provider.release(hosts, journal)
+    reason = f"ec2 ({REGION}): terminating the instances was refused: the AWS credentials lack permission (UnauthorizedOperation)"
+    [group] = [r.resource for r in released if r.resource.startswith("security group")]
+    assert {r.resource: r.why for r in released if r.failed} == {
+        **{f"instance {i}": reason for i in ids},
+        group: "not tried: the run's instances are not confirmed terminated",
+        f"worker on {ids[0]}": "its stop did not finish within 15s",
+    }
+    assert [r.line() for r in released if r.done] == [f"deleted key pair cnd-fab-{journal.run_id}"]
+    assert f"could not remove instance {ids[0]}: {reason}" in [r.line() for r in released]
+    assert len(live_instances(aws)) == 2 and run_groups(aws)
+
+    del provider.ec2.terminate_instances  # AWS allows it again: teardown finishes the job
+    finished = provider.remove(Leftover(journal.run_id, "ec2", journal))
+    assert sorted(r.resource for r in finished) == sorted([f"instance {i}" for i in ids] + [group])
+    assert all(r.done for r in finished)
+    assert_nothing_left(aws)
+
+
+def tagged_instance(aws: Any, run: str, expires: str) -> str:
+    """An instance of ours as only its tags tell it: no journal, group or key pair."""
+    image = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    tags = [{"Key": TOOL_TAG, "Value": "cnd-fab"}, {"Key": RUN_TAG, "Value": run}, {"Key": EXPIRES_TAG, "Value": expires}]
+    answer = aws.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+    return str(answer["Instances"][0]["InstanceId"])
+
+
+def test_leftovers_tell_expired_runs_apart_and_aws_errors_are_one_line(aws: Any) -> None:
+    old = tagged_instance(aws, "cnd-old", "2020-01-01T00:00:00Z")
+    tagged_instance(aws, "cnd-fresh", "2999-01-01T00:00:00Z")
+    provider = Ec2Provider(ProviderOptions(region=REGION))
+    assert {(f.run_id, f.region, f.expired) for f in provider.leftovers([])} == {("cnd-old", REGION, True), ("cnd-fresh", REGION, False)}
+    [expired] = provider.leftovers([], expired_only=True)
+    assert Ec2Provider().leftovers([]) == []  # no journal and no --region: nowhere to look
+    assert [r.line() for r in provider.remove(expired)] == [f"terminated instance {old}"]
+    denied = FailingSend("UnauthorizedOperation", 403, times=100)
+    provider.client("ec2", REGION).meta.events.register("before-send.ec2.DescribeInstances", denied)
+    with pytest.raises(ProviderError, match=rf"^ec2 \({REGION}\): searching for cnd-fab instances by tag was refused"):
+        provider.leftovers([])
+    with pytest.raises(ProviderError):
+        provider.live_resources([])
 
 
 def test_unreachable_instance_is_lost_and_the_run_goes_on(aws: Any, inventory: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -252,8 +379,8 @@ def test_killed_controller_then_teardown_twice(aws: Any, inventory: Path, privat
     assert len(live_instances(aws)) == 2 and run_groups(aws) and run_keys(aws)
     first = run_cli(cli("teardown"))
     assert first.returncode == 0, first.stderr
-    assert "terminated 2 instance(s)" in first.stderr
-    assert "deleted security group" in first.stderr and "deleted key pair" in first.stderr
+    assert first.stderr.count("terminated instance i-") == 2
+    assert "deleted security group sg-" in first.stderr and "deleted key pair cnd-fab-" in first.stderr
     assert_nothing_left(aws)
     second = run_cli(cli("teardown"))
     assert second.returncode == 0 and "removed 0 resource(s) from 0 run(s)" in second.stderr
@@ -261,23 +388,16 @@ def test_killed_controller_then_teardown_twice(aws: Any, inventory: Path, privat
 
 
 def test_teardown_expired_finds_instances_by_tag_alone(aws: Any) -> None:
-    image = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-
-    def launch(run: str, expires: str) -> str:
-        tags = [{"Key": TOOL_TAG, "Value": "cnd-fab"}, {"Key": RUN_TAG, "Value": run}, {"Key": EXPIRES_TAG, "Value": expires}]
-        answer = aws.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
-        return str(answer["Instances"][0]["InstanceId"])
-
-    old = launch("cnd-old", "2020-01-01T00:00:00Z")
-    fresh = launch("cnd-fresh", "2999-01-01T00:00:00Z")
+    old = tagged_instance(aws, "cnd-old", "2020-01-01T00:00:00Z")
+    fresh = tagged_instance(aws, "cnd-fresh", "2999-01-01T00:00:00Z")
     status = run_cli(cli("status", "--region", REGION))
     assert old in status.stdout and fresh in status.stdout
     result = run_cli(cli("teardown", "--expired", "--region", REGION))
     assert result.returncode == 0, result.stderr
-    assert f"terminated 1 instance(s) of cnd-old in {REGION}: {old}" in result.stderr
+    assert f"terminated instance {old}" in result.stderr and fresh not in result.stderr
     assert [i["InstanceId"] for i in live_instances(aws)] == [fresh]
     everything = run_cli(cli("teardown", "--all", "--region", REGION))
-    assert f"cnd-fresh in {REGION}: {fresh}" in everything.stderr
+    assert f"terminated instance {fresh}" in everything.stderr
     assert live_instances(aws) == []
 
 

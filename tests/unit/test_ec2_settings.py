@@ -9,32 +9,42 @@ import pytest
 import yaml
 
 from cnd_fab import cost
-from cnd_fab.providers import ec2
+from cnd_fab.errors import InputError
+from cnd_fab.journal import RunJournal
+from cnd_fab.providers import ec2, ec2_settings
 from cnd_fab.providers.base import ProviderOptions
 from cnd_fab.ssh import KeyPair, SshHost
 
 
 @pytest.mark.parametrize(
-    "instance_type, arch, burstable",
-    [("c7a.large", "amd64", False), ("c7g.xlarge", "arm64", False), ("t4g.small", "arm64", True), ("t3.micro", "amd64", True), ("c8gd.large", "arm64", False), ("m7i.large", "amd64", False)],
+    "instance_type, arch, machine, burstable",
+    [
+        ("c7a.large", "amd64", "x86_64", False),
+        ("c7g.xlarge", "arm64", "aarch64", False),
+        ("t4g.small", "arm64", "aarch64", True),
+        ("t3.micro", "amd64", "x86_64", True),
+        ("c8gd.large", "arm64", "aarch64", False),
+        ("m7i.large", "amd64", "x86_64", False),
+    ],
 )
-def test_architecture_and_credits_follow_the_type(instance_type: str, arch: str, burstable: bool) -> None:
-    assert ec2.architecture(instance_type) == arch
-    assert ec2.is_burstable(instance_type) == burstable
+def test_architecture_and_credits_follow_the_type(instance_type: str, arch: str, machine: str, burstable: bool) -> None:
+    assert ec2_settings.architecture(instance_type) == arch
+    assert ec2_settings.is_burstable(instance_type) == burstable
     provider = ec2.Ec2Provider(ProviderOptions(instance_type=instance_type))
     assert provider.ami_parameter == f"/aws/service/canonical/ubuntu/server/24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
+    assert provider.architectures() == (machine,)
 
 
 def test_dead_man_minutes_cover_the_timeout_with_a_margin() -> None:
-    assert ec2.dead_man_minutes(None) == 60
-    assert ec2.dead_man_minutes(60) == 11
-    assert ec2.dead_man_minutes(61) == 12
-    assert ec2.dead_man_minutes(3600) == 70
+    assert ec2_settings.dead_man_minutes(None) == 60
+    assert ec2_settings.dead_man_minutes(60) == 11
+    assert ec2_settings.dead_man_minutes(61) == 12
+    assert ec2_settings.dead_man_minutes(3600) == 70
 
 
 def test_cloud_config_pins_our_keys_and_schedules_shutdown() -> None:
     host, login = KeyPair.generate("h"), KeyPair.generate("l")
-    text = ec2.cloud_config(host, login, 25)
+    text = ec2_settings.cloud_config(host, login, 25)
     assert text.startswith("#cloud-config\n")
     document = yaml.safe_load(text)
     assert document["ssh_genkeytypes"] == [] and document["ssh_deletekeys"] is True
@@ -59,8 +69,50 @@ class FakeClientError(Exception):
     ],
 )
 def test_aws_errors_become_one_actionable_line(code: str, expected: str) -> None:
-    message = ec2.explain(FakeClientError(code), "run_instances", "eu-west-2", "c7a.large")
+    message = ec2_settings.explain(FakeClientError(code), "run_instances", "eu-west-2", "c7a.large")
     assert message.startswith("ec2 (eu-west-2): ") and expected in message and "\n" not in message
+
+
+def test_explain_keeps_a_many_line_error_on_one_line() -> None:
+    message = ec2_settings.explain(ValueError("Waiter failed:\n  Max attempts exceeded"), "waiting", "eu-west-2")
+    assert message == "ec2 (eu-west-2): waiting failed: ValueError: Waiter failed: Max attempts exceeded"
+
+
+@pytest.mark.parametrize(
+    "count, instance_type, cidr, message",
+    [
+        (257, "c7a.large", None, "--count 257 is too many instances (at most 256)"),
+        (1, "huge", None, "--instance-type 'huge' is not an instance type"),
+        (1, "c7a.large", "everyone", "--ssh-cidr 'everyone' is not an address range"),
+    ],
+)
+def test_requests_aws_would_refuse_are_refused_first(count: int, instance_type: str, cidr: Any, message: str) -> None:
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ec2_settings.check_request(count, instance_type, cidr)
+    ec2_settings.check_request(256, "c7a.large", "203.0.113.7/32")
+
+
+def test_run_regions_give_each_region_only_its_own_instances() -> None:
+    journal = RunJournal(run_id="r1", provider="ec2", details={"region": "eu-west-2"})
+    journal.resources += [
+        {"kind": "ec2-key-pair", "region": "eu-west-2", "name": "cnd-fab-r1"},
+        {"kind": "ec2-instances", "region": "eu-west-2", "ids": ["i-a", "i-b"]},
+        {"kind": "ec2-instances", "region": "us-east-1", "ids": ["i-c"]},
+    ]
+    assert ec2_settings.run_regions(journal, "eu-west-1") == {
+        "eu-west-1": [], "eu-west-2": ["i-a", "i-b"], "us-east-1": ["i-c"]
+    }
+    assert ec2_settings.run_regions(RunJournal(run_id="r2", provider="ec2")) == {}
+
+
+def test_searched_regions_come_from_ec2_journals_and_the_flag() -> None:
+    journals = [
+        RunJournal(run_id="a", provider="ec2", details={"region": "us-east-1"}),
+        RunJournal(run_id="b", provider="docker", details={"region": "ignored"}),
+        RunJournal(run_id="c", provider="ec2"),
+    ]
+    assert ec2_settings.searched_regions(journals, "eu-west-2") == ["eu-west-2", "us-east-1"]
+    assert ec2_settings.searched_regions([], None) == []
 
 
 def test_cost_estimate_and_minimum_billing() -> None:
