@@ -86,7 +86,7 @@ def worker_mode_rate(mode: str, processes: int, seconds: float, unit_nonces: int
     )
     channel = PipeChannel(process)
     try:
-        hello = worker.decode(channel.read_line())
+        hello = worker.decode(channel.read_line(worker.MAX_LINE_CHARS + 1))
         assert isinstance(hello, worker.Hello), hello
         next_unit = 0
 
@@ -103,7 +103,7 @@ def worker_mode_rate(mode: str, processes: int, seconds: float, unit_nonces: int
         first_unit: Optional[float] = None
         samples: List[Tuple[float, int]] = []
         while time.perf_counter() - began < seconds:
-            message = worker.decode(channel.read_line())
+            message = worker.decode(channel.read_line(worker.MAX_LINE_CHARS + 1))
             if isinstance(message, worker.Done):
                 if message.unit == 0:
                     first_unit = time.perf_counter() - began

@@ -37,7 +37,7 @@ from .outcome import (
     snapshot_of,
 )
 from .schedule import Completion, GoldenNonce, Scheduler
-from .session import HostEvent, HostFailed, HostSession, WorkerClosed, WorkerOpened, stop_sessions
+from .session import HostEvent, HostFailed, HostSession, WorkerClosed, WorkerOpened, host_text, stop_sessions
 from .spec import Problem, UnitSpace
 from .transport import Host, WorkerPayload
 
@@ -120,7 +120,8 @@ class FleetSearch:
                     pass
                 now = time.monotonic()
                 for session in self.sessions.values():
-                    reason = session.overdue(now, self.heartbeat_timeout, HELLO_TIMEOUT)
+                    holding = bool(self.scheduler.held_by(session.name))
+                    reason = session.overdue(now, self.heartbeat_timeout, HELLO_TIMEOUT, holding)
                     if reason:
                         self._lose(session, reason)
                 if now - last_update >= REDRAW_SECONDS:
@@ -150,6 +151,14 @@ class FleetSearch:
         session = self.sessions[name]
         if session.view.state in (LOST, STOPPED):
             return
+        try:
+            self._handle_event(session, event)
+        except FleetLostError:
+            raise
+        except Exception as error:  # whatever a host's message triggers, it costs that host alone
+            self._lose(session, f"its message could not be handled: {type(error).__name__}: {error}")
+
+    def _handle_event(self, session: HostSession, event: HostEvent) -> None:
         if isinstance(event, WorkerOpened):
             session.started_at = time.monotonic()
         elif isinstance(event, WorkerClosed):
@@ -164,7 +173,10 @@ class FleetSearch:
         if isinstance(message, worker.Hello):
             self._hello(session, message)
         elif isinstance(message, worker.Progress):
-            session.count_progress(message.hashes)
+            lie = session.count_progress(message.hashes)
+            if lie is not None:
+                self._lose(session, lie)
+                return
             if message.units and session.view.running_at is None:
                 session.view.running_at = time.monotonic()
         elif isinstance(message, worker.Found):
@@ -175,9 +187,9 @@ class FleetSearch:
         elif isinstance(message, worker.Done):
             self._done(session, message)
         else:
-            self._lose(session, f"worker error: {message.message}")
+            self._lose(session, f"worker error: {host_text(message.message)}")
             if message.traceback:
-                self.reporter.event(f"[{session.name}] remote traceback:\n{message.traceback.rstrip()}")
+                self.reporter.event(f"[{session.name}] remote traceback:\n{host_text(message.traceback.rstrip(), lines=True)}")
 
     def _hello(self, session: HostSession, hello: worker.Hello) -> None:
         if hello.version != worker.PROTOCOL_VERSION:
@@ -185,11 +197,14 @@ class FleetSearch:
             return
         session.joined(hello)
         self.scheduler.add_host(session.name)
-        note = f" ({hello.kernel_note})" if hello.kernel_note else ""
-        self.reporter.event(f"{session.name} joined: {hello.cores} cores, kernel {hello.kernel}{note}")
+        note = f" ({host_text(hello.kernel_note)})" if hello.kernel_note else ""
+        self.reporter.event(f"{session.name} joined: {hello.cores} cores, kernel {session.view.kernel}{note}")
         self._fill(session)
 
     def _done(self, session: HostSession, done: worker.Done) -> None:
+        if done.unit >= self.space.count or done.hashes > self.space.unit(done.unit).size:
+            self._lose(session, f"DONE for unit {done.unit} claims {done.hashes:,} hashes, more than the unit holds")
+            return
         golden = None
         if done.nonce is not None and done.hash is not None:
             golden = GoldenNonce(done.unit, done.nonce, done.hash)
@@ -219,8 +234,11 @@ class FleetSearch:
                 self._send(self.sessions[name], worker.Cancel(above=completion.above))
 
     def _fill(self, session: HostSession) -> None:
-        wanted = session.prefetch - len(self.scheduler.held_by(session.name))
+        held = len(self.scheduler.held_by(session.name))
+        wanted = session.prefetch - held
         for unit in self.scheduler.take(session.name, wanted) if wanted > 0 else []:
+            session.note_issued(unit.size, idle=held == 0)
+            held += 1
             if session.view.first_unit_at is None:
                 session.view.first_unit_at = time.monotonic()
             work = worker.Work(

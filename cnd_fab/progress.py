@@ -118,15 +118,16 @@ def host_table(hosts: List[HostView], final: bool = False) -> Table:
     table.add_column("error" if final else "last heartbeat", max_width=70, overflow="ellipsis")
     for host in hosts:
         style = {"lost": "red", "ready": "green"}.get(host.state, "")
+        # Text, never markup: a host's kernel name and error are whatever it sent.
         table.add_row(
-            host.name,
+            Text(host.name),
             Text(host.state, style=style),
             str(host.cores or "-"),
-            host.kernel or "-",
+            Text(host.kernel or "-"),
             human_rate(host.rate) if not final else human_rate(average_rate(host)),
             str(host.units_done),
             f"{host.hashes:,}",
-            host.error if final else _ago(host.last_heard),
+            Text(host.error) if final else _ago(host.last_heard),
         )
     return table
 

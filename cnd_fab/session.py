@@ -1,9 +1,16 @@
-"""One host for the length of a search: its worker channel, reader thread, heartbeat and rate.
+"""One host for the length of a search: its worker channel, reader and writer threads,
+heartbeat, progress checks and rate.
+
+A host is untrusted: every line it sends is decoded by the worker's own codec, and what the
+codec cannot know (how many nonces a host could have hashed, whether it keeps making progress,
+whether it reads its input) is checked here. A host that breaks a rule is given up alone.
 
 Concurrency: each session owns one reader thread. It starts the worker (which may mean a
-slow SSH connect and push), then only reads lines, decodes them with the worker's own codec
-and puts them on the fleet's one event queue. Everything else here is called from the
-fleet's loop alone, so a session's fields are never written by two threads.
+slow SSH connect and push), then only reads lines, decodes them and puts them on the fleet's
+one event queue. It also owns one writer thread, fed through a bounded outbox, so that the
+fleet's loop never blocks on a host that does not read its stdin. Everything else here is
+called from the fleet's loop alone, so a session's fields are never written by two threads,
+except the writer's two progress stamps, which the loop only reads.
 """
 
 from __future__ import annotations
@@ -21,6 +28,20 @@ from .outcome import READY, STARTING, STOPPED, HostView
 from .transport import Host, WorkerChannel, WorkerPayload
 
 RATE_SMOOTHING = 0.3
+#: Lines waiting for a host's stdin; a host that lets this many pile up is not reading.
+OUTBOX_LIMIT = 256
+#: A host may ask for this many queued units per core, and no more than MAX_PREFETCH in all,
+#: so that one host cannot hold every unit of the run.
+MAX_PREFETCH_PER_CORE = 4
+MAX_PREFETCH = 64
+#: Characters a host's text may not bring to the terminal: C0 and C1 controls but newline.
+_CONTROLS = {code: "\ufffd" for code in [*range(0x00, 0x20), *range(0x7F, 0xA0)] if code != 0x0A}
+
+
+def host_text(text: str, lines: bool = False) -> str:
+    """Text a host sent, made safe to print: control characters replaced, one line unless `lines`."""
+    safe = text.translate(_CONTROLS)
+    return safe if lines else safe.replace("\n", " ")
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,14 @@ class HostSession:
         self.started_at = time.monotonic()
         self._last_count: Tuple[float, int] = (0.0, 0)
         self._done_hashes = 0
+        #: Nonces in every unit sent to this host: more hashes than this are a lie.
+        self.issued_nonces = 0
+        #: When this host last showed progress (more hashes, or a unit settled).
+        self.last_advance = time.monotonic()
+        self._outbox: "queue.Queue[Optional[str]]" = queue.Queue(maxsize=OUTBOX_LIMIT)
+        #: Set by the writer thread: since when one write has been blocked, and why writing failed.
+        self.writing_since: Optional[float] = None
+        self.write_failure: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -72,9 +101,11 @@ class HostSession:
         try:
             channel = self.host.start_worker(run_id, payload)
             self.channel = channel
+            threading.Thread(target=self._write_lines, args=(channel,), name=f"host-{self.name}-writer", daemon=True).start()
             events.put((self.name, WorkerOpened()))
             while True:
-                line = channel.read_line()
+                # One more than the codec takes: an over-long line is refused, never buffered whole.
+                line = channel.read_line(worker.MAX_LINE_CHARS + 1)
                 if not line:
                     events.put((self.name, WorkerClosed()))
                     return
@@ -87,26 +118,46 @@ class HostSession:
         except Exception as error:  # anything else on a host's thread is that host's failure
             events.put((self.name, HostFailed(f"{type(error).__name__}: {error}")))
 
+    def _write_lines(self, channel: WorkerChannel) -> None:
+        """The writer thread: the only place a write to this host may block."""
+        while True:
+            line = self._outbox.get()
+            if line is None:
+                return
+            self.writing_since = time.monotonic()
+            try:
+                channel.send_line(line)
+            except Exception as error:  # any failure of the channel is this host's failure
+                self.write_failure = f"write to the worker failed: {error}"
+                return
+            self.writing_since = None
+
     # --- called from the fleet's loop --------------------------------------------------
     def send(self, message: worker.ToWorker) -> Optional[str]:
-        """Write one message; returns why it failed, or None."""
+        """Queue one message for the writer thread; returns why it cannot be sent, or None."""
         if self.channel is None or self.view.state != READY:
             return "the worker is not ready"
+        if self.write_failure is not None:
+            return self.write_failure
         try:
-            self.channel.send_line(worker.encode(message))
+            self._outbox.put_nowait(worker.encode(message))
             return None
-        except (OSError, EOFError) as error:
-            return f"write to the worker failed: {error}"
+        except queue.Full:
+            return f"not reading its input ({OUTBOX_LIMIT} messages waiting)"
 
     def joined(self, hello: worker.Hello) -> None:
         """The worker said HELLO: take its cores, kernel and prefetch."""
         self.view.state = READY
         self.view.cores = hello.cores
-        self.view.kernel = hello.kernel
-        self.prefetch = hello.prefetch
+        self.view.kernel = host_text(hello.kernel)
+        self.prefetch = max(1, min(hello.prefetch, MAX_PREFETCH_PER_CORE * hello.cores, MAX_PREFETCH))
 
-    def count_progress(self, hashes: int) -> None:
-        """A cumulative hash count arrived: update the smoothed rate and the total."""
+    def count_progress(self, hashes: int) -> Optional[str]:
+        """A cumulative hash count arrived: update the smoothed rate and the total.
+
+        Returns why the count cannot be true, or None."""
+        if hashes > self.issued_nonces:
+            return f"claims {hashes:,} hashes, more than the {self.issued_nonces:,} nonces it was given"
         now = time.monotonic()
         then, before = self._last_count
         view = self.view
@@ -114,32 +165,61 @@ class HostSession:
             instant = (hashes - before) / (now - then)
             view.rate = instant if view.rate == 0 else RATE_SMOOTHING * instant + (1 - RATE_SMOOTHING) * view.rate
         self._last_count = (now, hashes)
+        if hashes > view.hashes:
+            self.last_advance = now
         view.hashes = max(view.hashes, hashes)
+        return None
 
     def count_unit(self, hashes: int) -> None:
         """A unit this host held was accepted as settled."""
         self.view.units_done += 1
+        self.last_advance = time.monotonic()
         self._done_hashes += hashes
         self.view.hashes = max(self.view.hashes, self._done_hashes)
 
-    def overdue(self, now: float, heartbeat_timeout: float, hello_timeout: float) -> Optional[str]:
-        """Why this host must be given up for silence, or None while it keeps its deadlines."""
+    def overdue(self, now: float, heartbeat_timeout: float, hello_timeout: float, holding: bool) -> Optional[str]:
+        """Why this host must be given up, or None while it keeps its deadlines.
+
+        `holding`: it holds units, so it must be making progress on them."""
         view = self.view
-        if view.state == READY and view.last_heard is not None and now - view.last_heard > heartbeat_timeout:
-            return f"silent for {now - view.last_heard:.1f}s (heartbeat deadline)"
-        if view.state == STARTING and self.channel is not None and now - self.started_at > hello_timeout:
-            return f"no HELLO within {hello_timeout:.0f}s of starting the worker"
+        if self.write_failure is not None:
+            return self.write_failure
+        if self.writing_since is not None and now - self.writing_since > heartbeat_timeout:
+            return f"has not read its input for {now - self.writing_since:.1f}s"
+        if view.state == READY:
+            if view.last_heard is not None and now - view.last_heard > heartbeat_timeout:
+                return f"silent for {now - view.last_heard:.1f}s (heartbeat deadline)"
+            if holding and now - self.last_advance > heartbeat_timeout:
+                return f"made no progress on its units for {now - self.last_advance:.1f}s"
+        if view.state == STARTING:
+            if self.channel is None and now - self.started_at > self.host.setup_seconds:
+                return f"not set up (connect, push, start) within {self.host.setup_seconds:g}s"
+            if self.channel is not None and now - self.started_at > hello_timeout:
+                return f"no HELLO within {hello_timeout:.0f}s of starting the worker"
         return None
 
     def exit_reason(self) -> str:
         """Why the worker's stdout closed, from the last line of its stderr."""
         tail = self.channel.stderr_tail() if self.channel else ""
-        return "the worker exited" + (f": {tail.splitlines()[-1]}" if tail else "")
+        return "the worker exited" + (f": {host_text(tail.splitlines()[-1])}" if tail.strip() else "")
+
+    def note_issued(self, nonces: int, idle: bool) -> None:
+        """A unit of `nonces` was sent: the host may now have hashed that many more.
+
+        `idle`: it held no unit until now, so its progress clock starts with this one."""
+        if idle:
+            self.last_advance = time.monotonic()
+        self.issued_nonces += nonces
 
     def close(self) -> None:
-        """Close the channel; the worker exits on stdin EOF."""
+        """Stop the writer and close the channel, off this thread: a host that reads nothing
+        may hold the channel's write side for ever; the release then kills it."""
+        try:
+            self._outbox.put_nowait(None)
+        except queue.Full:
+            pass
         if self.channel is not None:
-            self.channel.close()
+            threading.Thread(target=self.channel.close, name=f"host-{self.name}-close", daemon=True).start()
 
 
 def stop_sessions(sessions: List[HostSession], events: "queue.Queue[Tuple[str, HostEvent]]", wait: float) -> None:
@@ -161,8 +241,9 @@ def stop_sessions(sessions: List[HostSession], events: "queue.Queue[Tuple[str, H
         if name not in waiting:
             continue
         if isinstance(event, worker.Progress):
-            by_name[name].count_progress(event.hashes)
-            if event.final:
+            if by_name[name].count_progress(event.hashes) is not None:
+                waiting.discard(name)  # a lie is not waited for; the fleet already counted the truth
+            elif event.final:
                 waiting.discard(name)
         elif isinstance(event, (WorkerClosed, HostFailed)):
             waiting.discard(name)

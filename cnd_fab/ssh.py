@@ -28,6 +28,8 @@ from .transport import Host, WorkerChannel, WorkerPayload, worker, worker_source
 
 DEFAULT_CONNECT_DEADLINE = 60.0
 COMMAND_TIMEOUT = 10.0
+#: Pushing the worker and kernel and starting it, after the connection is up.
+PUSH_SECONDS = 60.0
 STOP_CONNECT_DEADLINE = 5.0
 REMOTE_ROOT = "/tmp"
 
@@ -137,10 +139,10 @@ class SshChannel(WorkerChannel):
         except (socket.error, paramiko.SSHException) as error:
             raise OSError(str(error)) from error
 
-    def read_line(self) -> str:
-        """One line of the worker's stdout; '' once it is closed."""
+    def read_line(self, limit: int) -> str:
+        """One line of the worker's stdout, at most `limit` bytes of it; '' once it is closed."""
         try:
-            return bytes(self._stdout.readline()).decode("utf-8", "replace")
+            return bytes(self._stdout.readline(limit)).decode("utf-8", "replace")
         except (OSError, EOFError, paramiko.SSHException):
             return ""
 
@@ -174,6 +176,7 @@ class SshHost(Host):
         self.clean_failed = False
         #: Why, when clean_failed.
         self.clean_problem = ""
+        self.setup_seconds = target.connect_deadline + PUSH_SECONDS
         self._lock = threading.Lock()
 
     # --- connecting --------------------------------------------------------------------
@@ -262,16 +265,21 @@ class SshHost(Host):
     def push(self, connection: Connection, payload: WorkerPayload) -> None:
         """Copy the worker and the kernel binaries into a private per-run directory over SFTP."""
         try:
-            sftp = connection.sftp()
-            try:
-                sftp.mkdir(self.run_dir, mode=0o700)
-            except OSError:
-                sftp.stat(self.run_dir)  # already there from an earlier attempt
-            sftp.putfo(io.BytesIO(worker_source()), f"{self.run_dir}/worker.py")
-            if payload.kernel != "python":
-                for name, data in kernel_files(payload.kernel_dir, self.target.arch).items():
-                    sftp.putfo(io.BytesIO(data), f"{self.run_dir}/{name}")
-                    sftp.chmod(f"{self.run_dir}/{name}", 0o755)
+            # Fabric's sftp() has no timeout: a stalled SFTP server would hold this thread for
+            # ever. Every SFTP call on this channel times out instead.
+            channel = connection.client.get_transport().open_session(timeout=COMMAND_TIMEOUT)
+            channel.settimeout(PUSH_SECONDS)
+            channel.invoke_subsystem("sftp")
+            with paramiko.SFTPClient(channel) as sftp:
+                try:
+                    sftp.mkdir(self.run_dir, mode=0o700)
+                except OSError:
+                    sftp.stat(self.run_dir)  # already there from an earlier attempt
+                sftp.putfo(io.BytesIO(worker_source()), f"{self.run_dir}/worker.py")
+                if payload.kernel != "python":
+                    for name, data in kernel_files(payload.kernel_dir, self.target.arch).items():
+                        sftp.putfo(io.BytesIO(data), f"{self.run_dir}/{name}")
+                        sftp.chmod(f"{self.run_dir}/{name}", 0o755)
         except (OSError, EOFError, paramiko.SSHException) as error:
             raise HostConnectError(f"{self.name}: pushing the worker over SFTP failed: {error}") from error
 

@@ -55,8 +55,9 @@ class WorkerChannel(ABC):
         """Write one protocol line; raises OSError when the worker is gone."""
 
     @abstractmethod
-    def read_line(self) -> str:
-        """Block until one line arrives; '' means the worker closed its stdout."""
+    def read_line(self, limit: int) -> str:
+        """Block until one line arrives, or `limit` characters of one; '' means the worker
+        closed its stdout."""
 
     @abstractmethod
     def close(self) -> None:
@@ -95,9 +96,9 @@ class PipeChannel(WorkerChannel):
             self._stdin.write(line.encode() + b"\n")
             self._stdin.flush()
 
-    def read_line(self) -> str:
-        """One line of the worker's stdout; '' once it is closed."""
-        return self._stdout.readline().decode("utf-8", "replace")
+    def read_line(self, limit: int) -> str:
+        """One line of the worker's stdout, at most `limit` bytes of it; '' once it is closed."""
+        return self._stdout.readline(limit).decode("utf-8", "replace")
 
     def close(self) -> None:
         """Close the worker's stdin, so it exits by itself."""
@@ -118,6 +119,8 @@ class Host(ABC):
     name: str
     #: When the host first became reachable (monotonic clock), for start-up figures.
     reachable_at: Optional[float] = None
+    #: How long connecting, pushing and starting the worker may take together.
+    setup_seconds: float = 60.0
 
     @abstractmethod
     def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:

@@ -140,7 +140,7 @@ class ScriptedChannel:
     def send_line(self, line: str) -> None:
         pass
 
-    def read_line(self) -> str:
+    def read_line(self, limit: int) -> str:
         return self.lines.pop(0) if self.lines else ""
 
     def close(self) -> None:

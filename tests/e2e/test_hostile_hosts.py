@@ -1,0 +1,135 @@
+"""Hostile hosts next to an honest one: the answer stays right and lowest, the run ends in
+time, only the bad host is dropped, and nothing is left running (issue 10's matrix)."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+from rich.console import Console
+
+from cnd_fab.fleet import FleetSearch
+from cnd_fab.journal import RunJournal
+from cnd_fab.outcome import FOUND_STATUS, LOST, SearchOutcome
+from cnd_fab.progress import print_summary
+from cnd_fab.providers.local import LocalHost
+from cnd_fab.spec import Problem, UnitSpace
+from cnd_fab.transport import Host, WorkerPayload
+from tests.testbed.hostile import HostileHost, StalledSetupHost
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_leaked_workers")]
+
+BLOCK = b"COMSM0010cloud"
+PYTHON = WorkerPayload(kernel="python")
+HEARTBEAT = 2.0
+#: Everything here must end well inside this: a hang fails the test instead of the suite.
+DEADLINE = 40.0
+
+
+@pytest.fixture
+def journal() -> RunJournal:
+    return RunJournal.start("local")
+
+
+def search_with(hosts: List[Host], problem: Problem, space: UnitSpace, run_id: str) -> Tuple[SearchOutcome, float]:
+    began = time.monotonic()
+    fleet = FleetSearch(
+        problem,
+        space,
+        hosts,
+        run_id,
+        deadline=began + DEADLINE,
+        heartbeat_timeout=HEARTBEAT,
+        on_lost=lambda host: host.stop_worker(),
+        payload=PYTHON,
+    )
+    try:
+        outcome = fleet.run()
+    finally:
+        for host in hosts:
+            host.stop_worker()
+    return outcome, time.monotonic() - began
+
+
+def assert_honest_answer(outcome: SearchOutcome, problem: Problem, space: UnitSpace, lost_reason: str) -> None:
+    expected = problem.scan(0, space.space)
+    assert outcome.status == FOUND_STATUS and outcome.lowest
+    assert outcome.golden is not None and outcome.golden.nonce == expected
+    views = {view.name: view for view in outcome.hosts}
+    assert views["honest"].state != LOST, views["honest"].error
+    assert views["hostile"].state == LOST
+    assert lost_reason in views["hostile"].error, views["hostile"].error
+
+
+ROWS = [
+    ("progress-infinity", "bad line"),
+    ("progress-lies", "more than the"),
+    ("found-negative", "bad line"),
+    ("found-outside-space", "but it is not"),
+    ("found-outside-unit", "but it is not"),
+    ("done-minus-infinity", "bad line"),
+    ("done-too-many-hashes", "more than the unit holds"),
+    ("hello-cores-infinity", "bad line"),
+    ("huge-line", "longer than"),
+    ("heartbeats-no-work", "made no progress on its units"),
+    ("huge-prefetch-no-work", "made no progress on its units"),
+]
+
+
+@pytest.mark.parametrize("mode, lost_reason", ROWS, ids=[row[0] for row in ROWS])
+def test_a_hostile_host_is_dropped_alone(mode: str, lost_reason: str, journal: RunJournal, tmp_path: Path) -> None:
+    problem, space = Problem(BLOCK, 4, 14), UnitSpace(4, 1 << 14)
+    hosts: List[Host] = [HostileHost("hostile", mode, tmp_path), LocalHost("honest", 1, journal)]
+    outcome, seconds = search_with(hosts, problem, space, journal.run_id)
+    assert_honest_answer(outcome, problem, space, lost_reason)
+    assert seconds < DEADLINE
+
+
+def test_huge_prefetch_is_capped(journal: RunJournal, tmp_path: Path) -> None:
+    from cnd_fab.session import MAX_PREFETCH_PER_CORE
+
+    hosts: List[Host] = [HostileHost("hostile", "huge-prefetch-no-work", tmp_path), LocalHost("honest", 1, journal)]
+    fleet = FleetSearch(Problem(BLOCK, 4, 14), UnitSpace(4, 1 << 14), hosts, journal.run_id, heartbeat_timeout=HEARTBEAT, payload=PYTHON)
+    try:
+        fleet.run()
+    finally:
+        for host in hosts:
+            host.stop_worker()
+    assert fleet.sessions["hostile"].prefetch == MAX_PREFETCH_PER_CORE  # it said 1 core
+    assert fleet.sessions["hostile"].issued_nonces <= MAX_PREFETCH_PER_CORE * (1 << 18)
+
+
+def test_a_host_that_never_reads_its_input_cannot_block_the_run(journal: RunJournal, tmp_path: Path) -> None:
+    # 8-byte nonces and a 60 kB block: four WORK lines outgrow any pipe buffer.
+    problem, space = Problem(bytes(range(256)) * 234, 8, 6), UnitSpace(8, 1 << 16)
+    hosts: List[Host] = [HostileHost("hostile", "never-reads", tmp_path), LocalHost("honest", 1, journal)]
+    outcome, seconds = search_with(hosts, problem, UnitSpace(8, 1 << 16), journal.run_id)
+    golden = outcome.golden
+    assert golden is not None and golden.nonce == problem.scan(0, 1 << 16)
+    views = {view.name: view for view in outcome.hosts}
+    assert views["hostile"].state == LOST and "input" in views["hostile"].error
+    assert seconds < DEADLINE
+
+
+def test_a_host_stuck_in_setup_is_lost_and_released(journal: RunJournal) -> None:
+    # The answer, 1,027,827, takes the honest host about a second: the stuck one is given up first.
+    problem, space = Problem(BLOCK, 4, 20), UnitSpace(4, 1 << 14)
+    stuck = StalledSetupHost("hostile", setup_seconds=0.3)
+    outcome, seconds = search_with([stuck, LocalHost("honest", 1, journal)], problem, space, journal.run_id)
+    assert_honest_answer(outcome, problem, space, "not set up (connect, push, start) within 0.3s")
+    assert stuck.released.is_set()
+
+
+def test_host_text_is_shown_as_text(journal: RunJournal, tmp_path: Path) -> None:
+    problem, space = Problem(BLOCK, 4, 14), UnitSpace(4, 1 << 14)
+    hosts: List[Host] = [HostileHost("hostile", "markup-and-escapes", tmp_path), LocalHost("honest", 1, journal)]
+    outcome, _ = search_with(hosts, problem, space, journal.run_id)
+    assert_honest_answer(outcome, problem, space, "worker error")
+    shown = io.StringIO()
+    print_summary(Console(file=shown, width=300, force_terminal=True), outcome)
+    text = shown.getvalue()
+    assert "[/oops]" in text and "pwned" in text  # shown, as text
+    assert "\x1b]0;" not in text and "\x07" not in text and "\x1b[2J" not in text
