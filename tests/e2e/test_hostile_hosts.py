@@ -18,6 +18,7 @@ from cnd_fab.progress import print_summary
 from cnd_fab.providers.local import LocalHost
 from cnd_fab.spec import Problem, UnitSpace
 from cnd_fab.transport import Host, WorkerPayload
+from tests.e2e.conftest import Testbed
 from tests.testbed.hostile import HostileHost, StalledSetupHost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_leaked_workers")]
@@ -133,3 +134,62 @@ def test_host_text_is_shown_as_text(journal: RunJournal, tmp_path: Path) -> None
     text = shown.getvalue()
     assert "[/oops]" in text and "pwned" in text  # shown, as text
     assert "\x1b]0;" not in text and "\x07" not in text and "\x1b[2J" not in text
+
+
+def test_stop_and_timeout_take_effect_within_a_second_whatever_a_host_does(journal: RunJournal, tmp_path: Path) -> None:
+    import threading
+
+    from cnd_fab.outcome import INTERRUPTED_STATUS, TIMEOUT_STATUS
+
+    # 8-byte nonces and a 60 kB block: the hostile host's input is full before the stop comes.
+    problem, space = Problem(bytes(range(256)) * 234, 8, 64), UnitSpace(8, 1 << 16)
+    for ending in (INTERRUPTED_STATUS, TIMEOUT_STATUS):
+        hosts: List[Host] = [HostileHost("hostile", "never-reads", tmp_path), LocalHost("honest", 1, journal)]
+        stop = threading.Event()
+        began = time.monotonic()
+        fleet = FleetSearch(
+            problem, space, hosts, journal.run_id, heartbeat_timeout=60.0, payload=PYTHON, stop=stop,
+            deadline=began + 2.0 if ending == TIMEOUT_STATUS else None,
+        )
+        if ending == INTERRUPTED_STATUS:
+            threading.Timer(2.0, stop.set).start()
+        try:
+            outcome = fleet.run()
+        finally:
+            for host in hosts:
+                host.stop_worker()
+        assert outcome.status == ending
+        assert fleet.finished_at is not None and fleet.finished_at - began < 3.0
+
+
+@pytest.mark.usefixtures("private_state")
+def test_a_hostile_worker_over_real_sshd_is_dropped_alone(testbed: Testbed, journal: RunJournal, tmp_path: Path) -> None:
+    import io as _io
+
+    from cnd_fab.providers.static import load_login_key
+    from cnd_fab.ssh import SshHost, SshTarget
+    from tests.testbed.hostile import hostile_source
+
+    class HostileSshHost(SshHost):
+        """A real SSH host whose pushed worker is replaced by the hostile one."""
+
+        def push(self, connection: object, payload: WorkerPayload) -> None:
+            super().push(connection, payload)  # type: ignore[arg-type]
+            with self.connection.sftp() as sftp:  # type: ignore[union-attr]
+                sftp.putfo(_io.BytesIO(hostile_source("progress-lies")), f"{self.run_dir}/hostile.py")
+
+        def worker_command(self, run_id: str, payload: WorkerPayload = WorkerPayload()) -> str:
+            return super().worker_command(run_id, payload).replace("/worker.py", "/hostile.py", 1)
+
+    box = testbed.hosts[0]
+    target = SshTarget(
+        name="hostile", host="127.0.0.1", port=box.port, user="root",
+        login_key=load_login_key(testbed.key_file, "hostile"), known_hosts=testbed.known_hosts,
+    )
+    # The answer, 1,027,827, takes the honest host about a second: the SSH host joins first.
+    problem, space = Problem(BLOCK, 4, 20), UnitSpace(4, 1 << 16)
+    hostile = HostileSshHost(target, journal.run_id, 1, journal)
+    outcome, seconds = search_with([hostile, LocalHost("honest", 1, journal)], problem, space, journal.run_id)
+    assert_honest_answer(outcome, problem, space, "more than the")
+    assert not hostile.clean_failed, hostile.clean_problem
+    assert seconds < DEADLINE
