@@ -37,9 +37,9 @@ from .outcome import (
     snapshot_of,
 )
 from .schedule import Completion, GoldenNonce, Scheduler
-from .session import HostEvent, HostFailed, HostSession, WorkerClosed, WorkerOpened, host_text, stop_sessions
+from .session import HostEvent, HostFailed, HostSession, WorkerClosed, WorkerOpened, stop_sessions
 from .spec import Problem, UnitSpace
-from .transport import Host, WorkerPayload
+from .transport import Host, WorkerPayload, host_text
 
 DEFAULT_HEARTBEAT_TIMEOUT = 8.0
 HELLO_TIMEOUT = 30.0
@@ -119,11 +119,7 @@ class FleetSearch:
                 except queue.Empty:
                     pass
                 now = time.monotonic()
-                for session in self.sessions.values():
-                    holding = bool(self.scheduler.held_by(session.name))
-                    reason = session.overdue(now, self.heartbeat_timeout, HELLO_TIMEOUT, holding)
-                    if reason:
-                        self._lose(session, reason)
+                self._lose_overdue(now)
                 if now - last_update >= REDRAW_SECONDS:
                     self.reporter.update(self.snapshot())
                     last_update = now
@@ -146,6 +142,13 @@ class FleetSearch:
             reasons = "; ".join(s.view.error for s in self.sessions.values() if s.view.error)
             raise FleetLostError(f"every host was lost before the search finished: {reasons}")
         return None
+
+    def _lose_overdue(self, now: float) -> None:
+        for session in self.sessions.values():
+            holding = bool(self.scheduler.held_by(session.name))
+            reason = session.overdue(now, self.heartbeat_timeout, HELLO_TIMEOUT, holding)
+            if reason:
+                self._lose(session, reason)
 
     def _handle(self, name: str, event: HostEvent) -> None:
         session = self.sessions[name]
@@ -192,18 +195,19 @@ class FleetSearch:
                 self.reporter.event(f"[{session.name}] remote traceback:\n{host_text(message.traceback.rstrip(), lines=True)}")
 
     def _hello(self, session: HostSession, hello: worker.Hello) -> None:
-        if hello.version != worker.PROTOCOL_VERSION:
-            self._lose(session, f"worker speaks protocol {hello.version}, this controller speaks {worker.PROTOCOL_VERSION}")
+        refusal = session.joined(hello)
+        if refusal is not None:
+            self._lose(session, refusal)
             return
-        session.joined(hello)
         self.scheduler.add_host(session.name)
         note = f" ({host_text(hello.kernel_note)})" if hello.kernel_note else ""
         self.reporter.event(f"{session.name} joined: {hello.cores} cores, kernel {session.view.kernel}{note}")
         self._fill(session)
 
     def _done(self, session: HostSession, done: worker.Done) -> None:
-        if done.unit >= self.space.count or done.hashes > self.space.unit(done.unit).size:
-            self._lose(session, f"DONE for unit {done.unit} claims {done.hashes:,} hashes, more than the unit holds")
+        lie = session.impossible_done(done, self.space)
+        if lie is not None:
+            self._lose(session, lie)
             return
         golden = None
         if done.nonce is not None and done.hash is not None:

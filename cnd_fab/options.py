@@ -33,6 +33,9 @@ DEFAULT_DIFFICULTY = 6
 DEFAULT_PROVIDER = "local"
 KERNEL_CHOICES = ("auto", "native", "python")
 SEARCH, CALIBRATE, BENCH = "search", "calibrate", "bench"
+#: The largest block a WORK line carries (the worker codec's limit, in bytes); the worker
+#: module itself is not imported here, so that parsing stays light.
+MAX_BLOCK_BYTES = 512 << 10
 #: Search's provider settings given as text; each flag is its ProviderRequest field, dashes as '_'.
 PROVIDER_TEXT_FLAGS = ("image", "region", "instance-type", "ami", "ssh-cidr")
 
@@ -115,6 +118,8 @@ def parse_block(text: Optional[str], hex_text: Optional[str]) -> bytes:
         block = (DEFAULT_BLOCK_TEXT if text is None else text).encode("utf-8")
     if not block:
         raise InputError("the block is empty; give a non-empty --block or --block-hex")
+    if len(block) > MAX_BLOCK_BYTES:
+        raise InputError(f"the block is {len(block):,} bytes; at most {MAX_BLOCK_BYTES:,} (512 KiB) are accepted")
     return block
 
 

@@ -25,7 +25,8 @@ from remote import worker
 
 from .errors import CndError
 from .outcome import READY, STARTING, STOPPED, HostView
-from .transport import Host, WorkerChannel, WorkerPayload
+from .spec import UnitSpace
+from .transport import Host, WorkerChannel, WorkerPayload, host_text
 
 RATE_SMOOTHING = 0.3
 #: Lines waiting for a host's stdin; a host that lets this many pile up is not reading.
@@ -34,14 +35,6 @@ OUTBOX_LIMIT = 256
 #: so that one host cannot hold every unit of the run.
 MAX_PREFETCH_PER_CORE = 4
 MAX_PREFETCH = 64
-#: Characters a host's text may not bring to the terminal: C0 and C1 controls but newline.
-_CONTROLS = {code: "\ufffd" for code in [*range(0x00, 0x20), *range(0x7F, 0xA0)] if code != 0x0A}
-
-
-def host_text(text: str, lines: bool = False) -> str:
-    """Text a host sent, made safe to print: control characters replaced, one line unless `lines`."""
-    safe = text.translate(_CONTROLS)
-    return safe if lines else safe.replace("\n", " ")
 
 
 @dataclass(frozen=True)
@@ -145,12 +138,25 @@ class HostSession:
         except queue.Full:
             return f"not reading its input ({OUTBOX_LIMIT} messages waiting)"
 
-    def joined(self, hello: worker.Hello) -> None:
-        """The worker said HELLO: take its cores, kernel and prefetch."""
+    def joined(self, hello: worker.Hello) -> Optional[str]:
+        """The worker said HELLO: take its cores, kernel and prefetch. Returns why it cannot
+        join (another protocol version), or None."""
+        if hello.version != worker.PROTOCOL_VERSION:
+            return f"worker speaks protocol {hello.version}, this controller speaks {worker.PROTOCOL_VERSION}"
         self.view.state = READY
         self.view.cores = hello.cores
         self.view.kernel = host_text(hello.kernel)
         self.prefetch = max(1, min(hello.prefetch, MAX_PREFETCH_PER_CORE * hello.cores, MAX_PREFETCH))
+        return None
+
+    @staticmethod
+    def impossible_done(done: worker.Done, space: UnitSpace) -> Optional[str]:
+        """Why a DONE cannot be true (a unit outside the space, more hashes than it holds), or None."""
+        if done.unit >= space.count:
+            return f"DONE for unit {done.unit}, but the space has {space.count} units"
+        if done.hashes > space.unit(done.unit).size:
+            return f"DONE for unit {done.unit} claims {done.hashes:,} hashes, more than the unit holds"
+        return None
 
     def count_progress(self, hashes: int) -> Optional[str]:
         """A cumulative hash count arrived: update the smoothed rate and the total.

@@ -24,10 +24,12 @@ from fabric import Config, Connection
 from .errors import HostConnectError
 from .journal import RunJournal
 from .kernels import kernel_files
-from .transport import Host, WorkerChannel, WorkerPayload, worker, worker_source
+from .transport import Host, WorkerChannel, WorkerPayload, host_text, worker, worker_source
 
 DEFAULT_CONNECT_DEADLINE = 60.0
 COMMAND_TIMEOUT = 10.0
+#: Cleanup exit codes after which nothing of the run is left running on the host.
+CLEANUP_CONFIRMED = (worker.CLEANUP_KILLED, worker.CLEANUP_NOTHING, worker.CLEANUP_NOT_OURS)
 #: Pushing the worker and kernel and starting it, after the connection is up.
 PUSH_SECONDS = 60.0
 STOP_CONNECT_DEADLINE = 5.0
@@ -347,8 +349,10 @@ class SshHost(Host):
             try:
                 # A dropped connection may leave a live worker: reconnect briefly to kill it.
                 self.connect(deadline=time.monotonic() + STOP_CONNECT_DEADLINE, cleaning=True)
-                self.run_command(self.cleanup_command(), timeout=STOP_CONNECT_DEADLINE)
-                self.clean_failed = False
+                status, output = self.run_command(self.cleanup_command(), timeout=STOP_CONNECT_DEADLINE)
+                self.clean_failed = status not in CLEANUP_CONFIRMED
+                if self.clean_failed:
+                    self.clean_problem = f"its worker's stop was not confirmed (cleanup exit {status}: {host_text(output.strip())})"
             except HostConnectError as error:
                 # Gone or hung: the provider removes it, or teardown retries.
                 self.clean_failed, self.clean_problem = True, str(error)

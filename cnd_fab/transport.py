@@ -12,7 +12,17 @@ from typing import IO, List, Optional
 
 from remote import worker
 
-__all__ = ["worker", "worker_source", "WorkerChannel", "PipeChannel", "Host", "WorkerPayload"]
+__all__ = ["worker", "host_text", "worker_source", "WorkerChannel", "PipeChannel", "Host", "WorkerPayload"]
+
+
+#: Characters a host's text may not bring to the terminal: C0 and C1 controls but newline.
+_CONTROLS = {code: "\ufffd" for code in [*range(0x00, 0x20), *range(0x7F, 0xA0)] if code != 0x0A}
+
+
+def host_text(text: str, lines: bool = False) -> str:
+    """Text a host sent, made safe to print: control characters replaced, one line unless `lines`."""
+    safe = text.translate(_CONTROLS)
+    return safe if lines else safe.replace("\n", " ")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ Protocol: one JSON object per line, each with a "type" field.
                            STOP      exit now
 
 stdout carries only the protocol; diagnostics go to stderr.
+
+A core process or native kernel that dies (the OOM killer, a stray kill) is noticed at once
+and its chunk redone on a fresh one, so the unit still settles with its lowest nonce; when
+that keeps failing, the worker sends ERROR and the controller reissues its units.
 """
 
 import argparse
@@ -509,26 +513,96 @@ def select_kernel(kernel_dir, choice="auto", forced_path=None):
     return None, KERNEL_NAME, note
 
 
+class KernelFailure(RuntimeError):
+    """The kernel process died, or sent a line that is not the answer to the job it was given."""
+
+
+# A kernel's reply is one short line; anything longer is not a reply.
+MAX_KERNEL_REPLY = 4096
+_DECIMAL = re.compile("[0-9]+").fullmatch
+_HASH_TEXT = re.compile("[0-9a-f]{64}").fullmatch
+
+
+def double_sha256(block, nonce_bytes, nonce):
+    """SHA-256(SHA-256(block || nonce)), the nonce big-endian in nonce_bytes bytes."""
+    return hashlib.sha256(hashlib.sha256(block + nonce.to_bytes(nonce_bytes, "big")).digest()).digest()
+
+
 class NativeScanner(object):
-    """One long-lived kernel process per core, fed one chunk per line."""
+    """One long-lived kernel process per core, fed one chunk per line, every reply checked.
+
+    Each job carries an id that the kernel echoes on its progress, answer and error lines, so
+    a reply to some other line (a stale answer, a piece of a split line) is never taken for
+    this job's answer. The kernel remembers the last block it accepted ("="), so a big block
+    crosses the pipe once, not once per chunk.
+    """
 
     def __init__(self, argv):
         self.argv = argv
+        self.process = None
+        self.job_id = 0
+        self.kernel_block = None  # the block "=" names in the kernel, once a job with it is answered
         self._start()
 
     def _start(self):
         import subprocess
 
         self.process = subprocess.Popen(self.argv + ["--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        ready = self.process.stdout.readline().decode()
+        self.kernel_block = None
+        ready = self.process.stdout.readline(MAX_KERNEL_REPLY).decode("ascii", "replace")
         if not ready.startswith("ready "):
-            raise RuntimeError("the native kernel did not start: %r" % ready)
+            raise KernelFailure("the native kernel did not start: %r" % ready)
+
+    def close(self):
+        """Kill the kernel process, if it still runs, and reap it."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            process.kill()
+        except OSError:
+            pass
+        process.wait()
+        for pipe in (process.stdin, process.stdout):
+            try:
+                pipe.close()
+            except OSError:  # unsent bytes for a dead process
+                pass
+
+    def restart(self):
+        """A fresh kernel process in place of this one, whatever became of it."""
+        self.close()
+        self._start()
+
+    def _failure(self, job, what):
+        process = self.process
+        try:
+            # A kernel that closed its output is exiting: give it a moment to say how.
+            status = process.wait(timeout=0.5)
+        except Exception:
+            status = None
+        if status is None:
+            state = "is running"
+        elif status < 0:
+            state = "was killed by signal %d" % -status
+        else:
+            state = "exited with status %d" % status
+        return KernelFailure("kernel process %d %s, on job %d: %s" % (process.pid, state, job, what))
+
+    def _reply(self, job):
+        line = self.process.stdout.readline(MAX_KERNEL_REPLY)
+        if not line.endswith(b"\n"):
+            raise self._failure(job, "its output ended" if not line else "a reply line too long: %r" % line[:80])
+        return line[:-1].decode("ascii", "replace").split(" ")
 
     def scan(self, block, nonce_bytes, difficulty, start, end, on_stride=None):
         """(nonce, hash, checked) like scan_range, or None when the kernel refuses the job.
 
-        The kernel's "p <checked>" lines go to on_stride; when it asks to stop, the kernel
-        is killed mid-chunk and a fresh one started, so a cancel takes effect at once.
+        A kernel that dies, or answers anything but this very job (its id, a count that fits
+        the range, a golden hash that hashlib confirms), raises KernelFailure: the caller
+        restarts it and redoes the chunk, and never takes such a line as an answer. The
+        kernel's "p <id> <checked>" lines go to on_stride; when it asks to stop, the kernel is
+        killed mid-chunk and a fresh one started, so a cancel takes effect at once.
         """
         if end == 1 << 64:
             # The kernel's range ends are 64-bit: the very last nonce is checked here.
@@ -537,24 +611,40 @@ class NativeScanner(object):
                 return head
             nonce, digest, checked = scan_range(block, nonce_bytes, difficulty, end - 1, end)
             return nonce, digest, head[2] + checked
-        request = "%s %d %d %d %d\n" % (block.hex() or "-", nonce_bytes, difficulty, start, end)
-        self.process.stdin.write(request.encode())
-        self.process.stdin.flush()
-        while True:
-            answer = self.process.stdout.readline().decode().split()
-            if len(answer) == 2 and answer[0] == "p":
-                if on_stride is not None and on_stride(int(answer[1])):
-                    self.process.kill()
-                    self.process.wait()
-                    self._start()
-                    return None, None, int(answer[1])
-                continue
-            break
-        if len(answer) != 4 or answer[0] not in ("0", "1"):
-            return None
-        if answer[0] == "1":
-            return int(answer[1]), bytes.fromhex(answer[3]), int(answer[2])
-        return None, None, int(answer[2])
+        self.job_id += 1
+        job = self.job_id
+        job_text = str(job)
+        size = end - start
+        same_block = self.kernel_block is not None and block == self.kernel_block
+        request = "%d %s %d %d %d %d\n" % (job, "=" if same_block else block.hex() or "-", nonce_bytes, difficulty, start, end)
+        try:
+            self.process.stdin.write(request.encode("ascii"))
+            self.process.stdin.flush()
+        except OSError as error:
+            raise self._failure(job, "sending it failed (%s)" % error)
+        words = self._reply(job)
+        while words[0] == "p":
+            if len(words) != 3 or words[1] != job_text or not _DECIMAL(words[2]) or int(words[2]) > size:
+                raise self._failure(job, "a progress line that is not its own: %r" % " ".join(words)[:120])
+            if on_stride is not None and on_stride(int(words[2])):
+                self.restart()
+                return None, None, int(words[2])
+            words = self._reply(job)
+        if words[0] == "error" and len(words) >= 3 and words[1] == job_text:
+            return None  # refused: the caller scans this chunk in Python
+        answer = None
+        if len(words) == 5 and words[0] == job_text and _DECIMAL(words[2]) and _DECIMAL(words[3]):
+            nonce, checked = int(words[2]), int(words[3])
+            if words[1] == "0" and words[2] == "0" and checked == size and words[4] == "-":
+                answer = None, None, checked
+            elif words[1] == "1" and start <= nonce < end and checked == nonce - start + 1 and _HASH_TEXT(words[4]):
+                digest = bytes.fromhex(words[4])
+                if digest == double_sha256(block, nonce_bytes, nonce) and digest < golden_target(difficulty):
+                    answer = nonce, digest, checked
+        if answer is None:
+            raise self._failure(job, "a reply that does not answer it: %r" % " ".join(words)[:160])
+        self.kernel_block = block
+        return answer
 
 
 def _die_with_parent():
@@ -569,46 +659,188 @@ def _die_with_parent():
         pass
 
 
-def _core_main(slot, tasks, results, counters, cancel_above, parent_pid, kernel_argv):
-    """One core: take chunks off the task queue until told to quit or orphaned."""
+class _Tally(object):
+    """One core's entry in the shared hash counts: it never goes down, nor counts a nonce twice.
+
+    A chunk redone on a fresh kernel or core restarts its own count from 0. The entry stays at
+    what was already shown until the redo passes it, so PROGRESS never steps back and the
+    redone nonces are counted once.
+    """
+
+    def __init__(self, counters, slot, answered):
+        self.counters = counters
+        self.slot = slot
+        self.answered = answered  # hashes of this slot's chunks already answered to the worker
+        self.shown = counters[slot]
+
+    def show(self, checked):
+        """Publish the count with `checked` nonces of the current chunk done."""
+        value = self.answered + checked
+        if value > self.shown:
+            self.counters[self.slot] = self.shown = value
+
+    def answer(self, checked):
+        """The current chunk is answered with `checked` nonces."""
+        self.show(checked)
+        self.answered += checked
+
+
+def _scan_chunk(native, block, nonce_bytes, difficulty, start, end, on_stride):
+    """(nonce, hash, checked) of one chunk: the kernel's, or Python's where it refuses the job."""
+    if native is not None:
+        try:
+            answer = native.scan(block, nonce_bytes, difficulty, start, end, on_stride)
+        except KernelFailure:
+            # Killed (the OOM killer) or confused: a fresh kernel redoes the whole chunk. A
+            # second failure on the same chunk is not bad luck, and goes up as an ERROR.
+            native.restart()
+            answer = native.scan(block, nonce_bytes, difficulty, start, end, on_stride)
+        if answer is not None:
+            return answer
+    return scan_range(block, nonce_bytes, difficulty, start, end, on_stride)
+
+
+def _core_main(link, inherited, slot, counters, cancel_above, parent_pid, kernel_argv, answered):
+    """One core: scan the chunks its link brings, in order, until told to quit or orphaned.
+
+    The link carries tasks (unit, start, end, block or None for the last block, nonce
+    bytes, D) in, and ("chunk", ...) or ("error", traceback) out.
+    """
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Forked from the worker, this process holds copies of the worker's ends of every link,
+    # its own included; only the core's own end is for it.
+    for connection in inherited:
+        connection.close()
+    tally = _Tally(counters, slot, answered)
     native = None
     if kernel_argv:
         try:
             native = NativeScanner(kernel_argv)
         except Exception:
-            results.put(("error", traceback.format_exc()))
+            link.send(("error", traceback.format_exc()))
             return
-    base = 0
+    block = None
     while True:
-        task = tasks.get()
+        try:
+            task = link.recv()
+        except (EOFError, OSError):
+            return
         if task is None:
             return
-        unit, start, end, block, nonce_bytes, difficulty = task
+        unit, start, end, sent_block, nonce_bytes, difficulty = task
+        if sent_block is not None:
+            block = sent_block
         began = time.monotonic()
 
         def on_stride(checked, unit=unit):
-            counters[slot] = base + checked
+            tally.show(checked)
             if os.getppid() != parent_pid:
                 os._exit(1)
             return unit > cancel_above.value
 
         if unit > cancel_above.value:
-            results.put(("chunk", unit, start, end, None, None, 0, 0.0, True))
+            link.send(("chunk", unit, start, end, None, None, 0, 0.0, True))
             continue
         try:
-            answer = native.scan(block, nonce_bytes, difficulty, start, end, on_stride) if native else None
-            if answer is None:  # pure Python, or a job the kernel refuses (a huge block)
-                answer = scan_range(block, nonce_bytes, difficulty, start, end, on_stride)
-            nonce, digest, checked = answer
+            nonce, digest, checked = _scan_chunk(native, block, nonce_bytes, difficulty, start, end, on_stride)
         except Exception:  # reported, not raised: the main process turns it into ERROR
-            results.put(("error", traceback.format_exc()))
+            link.send(("error", traceback.format_exc()))
             return
-        base += checked
-        counters[slot] = base
+        tally.answer(checked)
         cancelled = nonce is None and checked < end - start
-        results.put(("chunk", unit, start, end, nonce, digest, checked, time.monotonic() - began, cancelled))
+        link.send(("chunk", unit, start, end, nonce, digest, checked, time.monotonic() - began, cancelled))
+
+
+def _how_it_ended(exitcode):
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        return "was killed by signal %d" % -exitcode
+    return "exited with status %d" % exitcode
+
+
+class CoreLink(object):
+    """The worker's end of one core process: a pipe each way and the chunks sent down it.
+
+    A writer thread sends tasks and a reader thread posts what comes back to the inbox as
+    ("core", (link, message)), so the main loop never blocks on a busy core, whatever the
+    block's size. Only the core holds the other end of the pipe, so a core that dies, however
+    it dies, is an EOF here at once, posted as ("core", (link, None)).
+    """
+
+    def __init__(self, context, slot, inbox, core_args, inherited):
+        here, there = context.Pipe(duplex=True)
+        self.slot = slot
+        self.inbox = inbox
+        self.connection = here
+        self.chunks = []  # tasks sent and not yet answered, in the order the core takes them
+        self.outbox = queue.Queue()
+        self.process = context.Process(
+            target=_core_main, args=(there, list(inherited) + [here], slot) + core_args, daemon=True
+        )
+        self.process.start()
+        there.close()
+        self.threads = []
+
+    def start_threads(self):
+        """Start the writer and the reader, once the core is forked."""
+        for target, role in ((self._write, "writer"), (self._read, "reader")):
+            thread = threading.Thread(target=target, name="core-%d-%s" % (self.slot, role), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def send(self, task):
+        """Queue a task for the core; it is answered in order."""
+        self.chunks.append(task)
+        self.outbox.put(task)
+
+    def _write(self):
+        last_block = None
+        while True:
+            task = self.outbox.get()
+            if task is None:
+                return
+            unit, start, end, block, nonce_bytes, difficulty = task
+            # The block crosses only when it changes: one unit's chunks share one bytes object.
+            wire = (unit, start, end, None if block is last_block else block, nonce_bytes, difficulty)
+            try:
+                self.connection.send(wire)
+            except (OSError, ValueError):  # the core is gone; the reader reports it
+                return
+            last_block = block
+
+    def _read(self):
+        while True:
+            try:
+                message = self.connection.recv()
+            except Exception:  # EOF, or a message cut off by the core's death
+                break
+            self.inbox.put(("core", (self, message)))
+        self.inbox.put(("core", (self, None)))
+
+    def describe(self):
+        """How this core ended, for an ERROR message: "core process 1 (pid 123) was killed by signal 9"."""
+        return "core process %d (pid %d) %s" % (self.slot, self.process.pid, _how_it_ended(self.process.exitcode))
+
+    def retire(self):
+        """Reap the dead core and let go of its pipe; its reader thread has already ended."""
+        self.outbox.put(None)
+        self.process.join(1.0)
+        if self.process.is_alive():  # a garbled pipe, not a death: end it
+            self.process.kill()
+            self.process.join()
+        for thread in self.threads:
+            thread.join(1.0)
+        # Closed only when no thread can still be using it, or its number could be reused under one.
+        if not any(thread.is_alive() for thread in self.threads):
+            self.connection.close()
+
+    def stop(self):
+        """Ask the core to stop (SIGTERM); shutdown() waits for it."""
+        self.outbox.put(None)
+        if self.process.is_alive():
+            self.process.terminate()
 
 
 class UnitState(object):
@@ -631,14 +863,24 @@ class UnitState(object):
         return all(start > self.best_nonce for start in self.chunks_left)
 
 
+# A core that dies is replaced and its chunks redone. A chunk that has killed this many cores,
+# or a slot whose cores die this many times in a row without answering a chunk, is no bad
+# luck: the worker gives up with an ERROR, and the controller reissues its units elsewhere.
+MAX_CHUNK_DEATHS = 3
+MAX_DEATHS_IN_A_ROW = 3
+# Chunks queued at each core: the one it scans and the next, so it never waits for us.
+CHUNKS_PER_CORE = 2
+
+
 class Worker(object):
-    """The main process: reads the protocol, feeds the cores, writes results."""
+    """The main process: reads the protocol, feeds the cores, replaces dead ones, writes results."""
 
     def __init__(self, processes, mode, chunk_nonces, kernel_argv=None, kernel_name=KERNEL_NAME, kernel_note=None, out=None):
         import multiprocessing
 
         self.kernel_name = kernel_name
         self.kernel_note = kernel_note
+        self.kernel_argv = kernel_argv
         self.out = out or sys.stdout
         self.out_lock = threading.Lock()
         self.processes = processes
@@ -647,24 +889,27 @@ class Worker(object):
         self.inbox = queue.Queue()
         self.units = {}
         self.pending = []  # heap of (unit, start, end, block, nonce_bytes, difficulty)
-        self.outstanding = 0
         self.cancel_floor = NO_CANCEL
-        context = multiprocessing.get_context("fork")
-        self.tasks = context.SimpleQueue()
-        self.results = context.SimpleQueue()
-        self.counters = context.Array("Q", processes, lock=False)
-        self.cancel_above = context.Value("Q", NO_CANCEL, lock=False)
-        # The cores are forked before any thread starts, so no lock is copied held.
-        self.cores = [
-            context.Process(
-                target=_core_main,
-                args=(slot, self.tasks, self.results, self.counters, self.cancel_above, os.getpid(), kernel_argv),
-                daemon=True,
-            )
-            for slot in range(processes)
-        ]
-        for core in self.cores:
-            core.start()
+        self.block_hex, self.block = None, None
+        self.context = multiprocessing.get_context("fork")
+        self.counters = self.context.Array("Q", processes, lock=False)
+        self.cancel_above = self.context.Value("Q", NO_CANCEL, lock=False)
+        self.answered = [0] * processes  # per slot: hashes of the chunks its cores answered
+        self.deaths_in_a_row = [0] * processes
+        self.chunk_deaths = {}  # (unit, chunk start) -> cores that died scanning it
+        # The first cores are forked before any thread starts. A replacement core is forked
+        # while threads run, so those threads hold no lock the child needs: stdin is read
+        # raw (not through sys.stdin, which the child closes), and the child uses nothing
+        # of the parent's but its own link and the shared counters.
+        self.links = []
+        for slot in range(processes):
+            self.links.append(self._fork_core(slot))
+        for link in self.links:
+            link.start_threads()
+
+    def _fork_core(self, slot):
+        core_args = (self.counters, self.cancel_above, os.getpid(), self.kernel_argv, self.answered[slot])
+        return CoreLink(self.context, slot, self.inbox, core_args, [link.connection for link in self.links])
 
     def send(self, message: ToController) -> None:
         """Write one protocol line to the controller."""
@@ -699,7 +944,6 @@ class Worker(object):
             )
         )
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
-        threading.Thread(target=self._read_results, name="results", daemon=True).start()
         parent = os.getppid()
         next_beat = 0.0
         try:
@@ -719,8 +963,12 @@ class Worker(object):
                         self.send(self.progress(final=True))
                         return 0
                     self._handle_command(command)
-                elif kind == "result":
-                    self._handle_result(payload)
+                elif kind == "core":
+                    link, message = payload
+                    if message is None:
+                        self._core_died(link)
+                    else:
+                        self._handle_result(link, message)
                 if time.monotonic() >= next_beat:
                     if os.getppid() != parent:
                         return 1
@@ -730,19 +978,37 @@ class Worker(object):
             self.shutdown()
 
     def _read_stdin(self):
-        for raw in sys.stdin:
-            raw = raw.strip()
-            if raw:
-                self.inbox.put(("stdin", raw))
-        self.inbox.put(("stdin", None))
-
-    def _read_results(self):
+        # Raw reads of fd 0, never sys.stdin: a thread blocked inside sys.stdin holds its
+        # lock, and a replacement core forked meanwhile would hang for ever when
+        # multiprocessing closes its copy of sys.stdin.
+        buffer = bytearray()
         while True:
             try:
-                result = self.results.get()
-            except (EOFError, OSError):
-                return
-            self.inbox.put(("result", result))
+                data = os.read(0, 1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            searched = len(buffer)
+            buffer += data
+            while True:
+                newline = buffer.find(b"\n", searched)
+                if newline < 0:
+                    break
+                self._post_line(bytes(buffer[:newline]))
+                del buffer[: newline + 1]
+                searched = 0
+            if len(buffer) > 4 * MAX_LINE_CHARS:
+                # No newline in sight: decode() refuses it by its length, and the worker ends.
+                self._post_line(bytes(buffer))
+                buffer.clear()
+        self._post_line(bytes(buffer))
+        self.inbox.put(("stdin", None))
+
+    def _post_line(self, raw):
+        line = raw.decode("utf-8", "replace").strip()
+        if line:
+            self.inbox.put(("stdin", line))
 
     def _handle_command(self, command):
         if isinstance(command, Work):
@@ -753,7 +1019,11 @@ class Worker(object):
 
     def _accept_unit(self, work):
         index, start, end = work.unit, work.start, work.end
-        block = bytes.fromhex(work.block)
+        if work.block != self.block_hex:
+            # Units of one search share one block: one bytes object, decoded once, which the
+            # core links then send to each core once.
+            self.block_hex, self.block = work.block, bytes.fromhex(work.block)
+        block = self.block
         nonce_bytes, difficulty = work.nonce_bytes, work.difficulty
         if index > self.cancel_floor:
             return
@@ -783,17 +1053,55 @@ class Worker(object):
             del self.units[index]
 
     def _feed_cores(self):
-        # Only a couple of chunks per core sit in the shared queue; the rest wait in our
-        # heap, where a reissued lower unit can still jump ahead of them.
-        while self.pending and self.outstanding < 2 * self.processes:
-            self.tasks.put(heapq.heappop(self.pending))
-            self.outstanding += 1
+        # A couple of chunks per core sit in its pipe; the rest wait in our heap, where a
+        # reissued lower unit can still jump ahead of them. The least loaded core goes first.
+        while self.pending:
+            link = min(self.links, key=lambda each: len(each.chunks))
+            if len(link.chunks) >= CHUNKS_PER_CORE:
+                return
+            link.send(heapq.heappop(self.pending))
 
-    def _handle_result(self, result):
+    def _still_needed(self, task):
+        state = self.units.get(task[0])
+        return state is not None and task[1] in state.chunks_left
+
+    def _core_died(self, link):
+        """Replace a dead core, and put the chunks it held back in the heap to be redone."""
+        link.retire()
+        what = link.describe()
+        slot = link.slot
+        self.deaths_in_a_row[slot] += 1
+        if link.chunks:
+            scanning = link.chunks[0][:2]
+            self.chunk_deaths[scanning] = self.chunk_deaths.get(scanning, 0) + 1
+            if self.chunk_deaths[scanning] >= MAX_CHUNK_DEATHS:
+                raise RuntimeError(
+                    "%s; unit %d's chunk at %d has now ended %d core processes, so it is not redone again"
+                    % ((what,) + scanning + (self.chunk_deaths[scanning],))
+                )
+        if self.deaths_in_a_row[slot] >= MAX_DEATHS_IN_A_ROW:
+            raise RuntimeError(
+                "%s; %d core processes in a row in slot %d died without answering a chunk"
+                % (what, self.deaths_in_a_row[slot], slot)
+            )
+        for task in link.chunks:
+            if self._still_needed(task):
+                heapq.heappush(self.pending, task)
+        # The replacement counts on from the chunks answered, under what was shown (see _Tally).
+        self.links[slot] = self._fork_core(slot)
+        self.links[slot].start_threads()
+        self._feed_cores()
+
+    def _handle_result(self, link, result):
         if result[0] == "error":
-            raise RuntimeError("a core failed:\n" + result[1])
+            # The traceback's last line names the failure: it leads, the rest follows for detail.
+            cause = (result[1].strip().splitlines() or ["no traceback"])[-1]
+            raise RuntimeError("core process %d (pid %d) failed: %s\n%s" % (link.slot, link.process.pid, cause, result[1]))
         _, index, start, end, nonce, digest, checked, seconds, cancelled = result
-        self.outstanding -= 1
+        # A core answers its chunks in the order it was sent them.
+        link.chunks.pop(0)
+        self.answered[link.slot] += checked
+        self.deaths_in_a_row[link.slot] = 0
         state = self.units.get(index)
         if state is not None:
             state.hashes += checked
@@ -819,15 +1127,14 @@ class Worker(object):
         self._feed_cores()
 
     def shutdown(self):
-        for core in self.cores:
-            if core.is_alive():
-                core.terminate()
+        for link in self.links:
+            link.stop()
         deadline = time.monotonic() + 2.0
-        for core in self.cores:
-            core.join(max(0.0, deadline - time.monotonic()))
-            if core.is_alive():
-                core.kill()
-                core.join()
+        for link in self.links:
+            link.process.join(max(0.0, deadline - time.monotonic()))
+            if link.process.is_alive():
+                link.process.kill()
+                link.process.join()
 
 
 RUN_DIR_PREFIX = "cnd-fab-"
@@ -849,7 +1156,40 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def _group_members(pgid):
+    """pid -> argv of every live (not zombie) process in process group pgid; None without /proc."""
+    members = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as handle:
+                stat = handle.read()
+            # After "pid (command) ": state, parent, process group. The command may hold ") ".
+            state, _, group = stat[stat.rindex(b")") + 2 :].split()[:3]
+            if int(group) != pgid or state in (b"Z", b"X"):
+                continue
+            with open("/proc/%s/cmdline" % name, "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        members[int(name)] = [arg.decode("utf-8", "surrogateescape") for arg in argv if arg]
+    return members
+
+
+def _runs_from(argv, run_dirs):
+    """True when a command line runs a file of the run directory: its worker, cores or kernels."""
+    if "--cleanup" in argv:
+        return False
+    return any(arg.startswith(run_dir + "/") for arg in argv for run_dir in run_dirs)
+
+
 def _group_alive(pgid):
+    """True while some process is in group pgid (zombies included), by signal 0."""
     try:
         os.killpg(pgid, 0)
         return True
@@ -859,37 +1199,92 @@ def _group_alive(pgid):
         return True
 
 
-def cleanup(run_dir, grace=1.0):
-    """Kill the process group named in RUN_DIR's pidfile (TERM, then KILL), remove RUN_DIR.
+def _wait_for_group(pgid, seconds):
+    """True when group pgid has no live process left within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while _group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
-    Runs on the host, started by the controller over SSH, so killing needs no shell and no
-    procps. Only directories named like ours are removed.
+
+# --cleanup's exit status. 0, 1 and 3 all mean nothing of this run is left running.
+CLEANUP_KILLED = 0  # this run's worker was running; it was signalled and is gone
+CLEANUP_NOTHING = 1  # nothing was running: no pidfile, or its group had ended
+CLEANUP_REFUSED = 2  # not a cnd-fab run directory: nothing touched (a usage error exits 2 too)
+CLEANUP_NOT_OURS = 3  # the pidfile's group runs something else (a reused id): left alone
+CLEANUP_UNCONFIRMED = 4  # the worker outlived SIGKILL, or without /proc it could not be told apart
+_CLEANUP_RESULTS = {
+    CLEANUP_KILLED: "killed",
+    CLEANUP_NOTHING: "nothing running",
+    CLEANUP_NOT_OURS: "not ours",
+    CLEANUP_UNCONFIRMED: "unconfirmed",
+}
+
+
+def cleanup(run_dir, grace=1.0):
+    """Kill RUN_DIR's worker, if its process group still runs it, then remove RUN_DIR.
+
+    Runs on the host, started by the controller over SSH, so it needs no shell and no procps.
+    Only a directory named like ours is removed. The pidfile's group is signalled (TERM,
+    then KILL) only when one of its live processes runs a file from RUN_DIR (the worker's
+    script, its pidfile, a kernel): after the worker has ended, its id may be anyone's. A
+    group id cannot be reused while any process of the group lives, so a group that no
+    longer runs from RUN_DIR holds nothing of this run.
+
+    Returns, as the exit status (and the "result" of the JSON line on stdout):
+      0 (CLEANUP_KILLED)    this run's worker was running; it was signalled and is gone
+      1 (CLEANUP_NOTHING)   nothing was running: no pidfile, or its group had ended
+      2 (CLEANUP_REFUSED)   RUN_DIR is not a cnd-fab run directory: nothing was touched
+      3 (CLEANUP_NOT_OURS)  the group runs something else now: it was left alone
+      4 (CLEANUP_UNCONFIRMED) the worker outlived SIGKILL, or a live group could not be
+                            checked (no /proc) and was left alone: the stop is not confirmed
+    Every status but 2 removes RUN_DIR; 0, 1 and 3 mean nothing of this run is left running.
     """
     import shutil
 
+    given = run_dir.rstrip("/") or run_dir
     run_dir = os.path.abspath(run_dir)
     if not os.path.basename(run_dir).startswith(RUN_DIR_PREFIX):
         sys.stderr.write("refusing to clean %r: not a cnd-fab run directory\n" % run_dir)
-        return 2
-    killed = None
+        return CLEANUP_REFUSED
     try:
         with open(os.path.join(run_dir, PIDFILE_NAME)) as handle:
             pgid = int(handle.read().strip())
     except (OSError, ValueError):
         pgid = None
+    status = CLEANUP_NOTHING
     if pgid is not None and pgid > 1 and pgid != os.getpgid(0):
-        killed = False
-        if _group_alive(pgid):
-            os.killpg(pgid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while _group_alive(pgid) and time.monotonic() < deadline:
-                time.sleep(0.02)
+        members = _group_members(pgid)
+        ours = [pid for pid, argv in (members or {}).items() if _runs_from(argv, {run_dir, given})]
+        if members is None:
             if _group_alive(pgid):
-                os.killpg(pgid, signal.SIGKILL)
-            killed = True
+                status = CLEANUP_UNCONFIRMED
+                sys.stderr.write("left process group %d alone: without /proc it cannot be told to be this run's\n" % pgid)
+        elif members and not ours:
+            status = CLEANUP_NOT_OURS
+            sys.stderr.write(
+                "left process group %d alone: none of its processes runs from %s, so the id is "
+                "no longer this run's worker\n" % (pgid, run_dir)
+            )
+        elif ours:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if not _wait_for_group(pgid, grace):
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            status = CLEANUP_KILLED if _wait_for_group(pgid, grace) else CLEANUP_UNCONFIRMED
     shutil.rmtree(run_dir, ignore_errors=True)
-    sys.stdout.write(json.dumps({"cleaned": run_dir, "pgid": pgid, "killed": killed}) + "\n")
-    return 0
+    sys.stdout.write(
+        json.dumps({"cleaned": run_dir, "pgid": pgid, "killed": status == CLEANUP_KILLED, "result": _CLEANUP_RESULTS[status]})
+        + "\n"
+    )
+    return status
 
 
 def main(argv=None):

@@ -8,13 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v sshd >/dev/null \
-    || ! command -v qemu-aarch64 >/dev/null; then
+    || ! command -v qemu-aarch64 >/dev/null || ! command -v gcc >/dev/null; then
     if [ "$(id -u)" != 0 ]; then
         echo "tests/run.sh: needs root to install docker.io, openssh-server, debootstrap and qemu-user" >&2
         exit 1
     fi
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io openssh-server debootstrap qemu-user >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io openssh-server debootstrap qemu-user gcc >/dev/null
 fi
 
 python3 -m venv .venv

@@ -15,6 +15,7 @@ import paramiko
 from ..errors import HostConnectError, InputError
 from ..journal import RunJournal
 from ..ssh import SshHost, SshTarget, stop_all
+from ..transport import worker
 from . import COUNT_MEANINGS
 from .base import Host, Leftover, Provider, ProviderOptions, Released
 
@@ -28,6 +29,17 @@ def load_login_key(path: Path, host: str) -> paramiko.PKey:
     except Exception as error:  # paramiko and cryptography raise many kinds; all mean the same here
         reason = "it needs a passphrase (use an agent-free, unencrypted key for cnd-fab)" if isinstance(error, TypeError) else str(error)
         raise InputError(f"{host}: cannot load the key file {path}: {reason}") from None
+
+
+def cleanup_result(where: str, status: int) -> Released:
+    """What the worker's --cleanup exit status says of a run directory and its worker."""
+    if status == worker.CLEANUP_KILLED:
+        return Released(where, True, action="cleaned")
+    if status in (worker.CLEANUP_NOTHING, worker.CLEANUP_NOT_OURS):
+        return Released(where, True, action="found nothing left at")
+    if status == worker.CLEANUP_REFUSED:
+        return Released(where, False, "refused: not a cnd-fab run directory")
+    return Released(where, False, f"its worker could not be confirmed stopped (cleanup exit {status})")
 
 
 class StaticProvider(Provider):
@@ -127,7 +139,7 @@ class StaticProvider(Provider):
             try:
                 host.connect(cleaning=True)
                 status, _ = host.run_command(host.cleanup_command())
-                released.append(Released(where, True, action="cleaned" if status == 0 else "found nothing left at"))
+                released.append(cleanup_result(where, status))
             except HostConnectError as error:
                 released.append(Released(where, False, str(error)))
             finally:

@@ -1,15 +1,23 @@
 /*
  * cnd-fab native kernel: the lowest golden nonce in a range, SHA-256(SHA-256(block || nonce)).
  *
- * One static binary per architecture, run by the worker's core processes. Two ways to run it:
+ * One static binary per architecture, run by the worker's core processes. Three ways to run it:
  *
- *   sha256d --serve [--path P]   read jobs on stdin, one per line:
- *                                  <block hex, or - when empty> <nonce bytes> <difficulty> <start> <end>
- *                                answer each with one line:
- *                                  <found 0|1> <nonce> <checked> <hash hex or ->
- *                                after "p <checked>" lines every 2^20 nonces on the way
+ *   sha256d --serve [--path P]   read jobs on stdin, one per line, six fields split by single spaces:
+ *                                  <job id> <block hex, - when empty, = for the block of the last
+ *                                  job that passed its checks> <nonce bytes> <difficulty> <start> <end>
+ *                                answer each line with exactly one line that echoes the job id:
+ *                                  <job id> <found 0|1> <nonce> <checked> <hash hex or ->
+ *                                  error <job id, or - if unreadable> <reason>
+ *                                after "p <job id> <checked>" lines every 2^20 nonces on the way
  *   sha256d --paths              print the paths this CPU can run, best first
- *   sha256d --path P --once ...  one job from argv (the same five fields), for tests
+ *   sha256d --path P --once ...  one job from argv (the five fields after the id), for tests;
+ *                                prints "<found> <nonce> <checked> <hash>" or "error <reason>"
+ *
+ * Every field is checked in full: numbers are plain decimal digits that fit (no sign, no
+ * exponent, no trailing junk, no silent clamping), 4 or 8 nonce bytes, D in 1..256, start below
+ * end, end inside the nonce space. A line of any length up to MAX_LINE is read whole, and a
+ * longer one is consumed and refused, so each request gets one answer that the worker can match.
  *
  * Paths: "sha-ni" (x86-64 SHA extensions, two nonces interleaved), "armv8-sha2" (ARMv8
  * crypto extensions, two nonces interleaved) and "portable" (plain C). The best one the CPU
@@ -19,12 +27,14 @@
  * before the nonce are compressed once into a midstate. The second hash is rejected early on
  * its first word, before the full comparison with the target.
  */
+#include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <signal.h>
+#include <unistd.h>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -53,14 +63,16 @@ static const uint32_t IV[8] = {
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 };
 
-#define MAX_BLOCK 65536
-/* In --serve mode, a line "p <checked>" every this many nonces, for live counts and cancel. */
+/* The longest --serve line read: blocks up to 2 MiB, four times what a WORK message may carry. */
+#define MAX_LINE ((size_t)4 << 20)
+/* In --serve mode, a line "p <job id> <checked>" every this many nonces, for live counts and cancel. */
 #define PROGRESS_MASK ((1u << 20) - 1)
 static int report_progress = 0;
+static unsigned long long progress_job_id = 0;
 
 static inline void progress(uint64_t nonce, uint64_t start) {
     if (report_progress && ((nonce - start) & PROGRESS_MASK) == 0 && nonce != start) {
-        printf("p %llu\n", (unsigned long long)(nonce - start));
+        printf("p %llu %llu\n", progress_job_id, (unsigned long long)(nonce - start));
         fflush(stdout);
     }
 }
@@ -265,7 +277,7 @@ NI_TARGET static void search_sha_ni(const job_t *job, uint64_t start, uint64_t e
     const __m128i pad2 = _mm_set_epi32(0, 0, 0, (int)0x80000000u);
     const __m128i pad3 = _mm_set_epi32(256, 0, 0, 0);
     uint64_t nonce = start;
-    for (; nonce + 1 < end; nonce += 2) {
+    for (; end - nonce >= 2; nonce += 2) { /* not nonce + 1 < end: that wraps at 2^64 - 1 */
         progress(nonce, start);
         put_nonce(tail_a, job, nonce);
         put_nonce(tail_b, job, nonce + 1);
@@ -356,7 +368,7 @@ ARM_TARGET static void search_armv8(const job_t *job, uint64_t start, uint64_t e
     const uint32_t pad2_words[4] = {0x80000000u, 0, 0, 0}, pad3_words[4] = {0, 0, 0, 256};
     const uint32x4_t pad2 = vld1q_u32(pad2_words), pad3 = vld1q_u32(pad3_words);
     uint64_t nonce = start;
-    for (; nonce + 1 < end; nonce += 2) {
+    for (; end - nonce >= 2; nonce += 2) { /* not nonce + 1 < end: that wraps at 2^64 - 1 */
         progress(nonce, start);
         put_nonce(tail_a, job, nonce);
         put_nonce(tail_b, job, nonce + 1);
@@ -414,37 +426,104 @@ static int hex_value(int c) {
     return -1;
 }
 
-/* Returns 0 and fills `job`, or -1 with a reason in `why`. */
-static int prepare(job_t *job, const char *block_hex, int nonce_bytes, int difficulty, const char **why) {
-    static uint8_t block[MAX_BLOCK];
-    if (strcmp(block_hex, "-") == 0) block_hex = ""; /* the empty block */
-    size_t hex_len = strlen(block_hex);
-    if (hex_len % 2 || hex_len / 2 > MAX_BLOCK) { *why = "bad block length"; return -1; }
-    size_t block_len = hex_len / 2;
-    for (size_t i = 0; i < block_len; i++) {
-        int hi = hex_value(block_hex[2 * i]), lo = hex_value(block_hex[2 * i + 1]);
-        if (hi < 0 || lo < 0) { *why = "block is not hex"; return -1; }
-        block[i] = (uint8_t)(hi * 16 + lo);
+/* A block hashed up to its last whole 64-byte chunk: all that a job needs of it, whatever its length. */
+typedef struct {
+    uint32_t midstate[8];
+    uint8_t rest[64]; /* the bytes after the last whole chunk */
+    size_t rest_len;
+    uint64_t length;  /* bytes in the whole block */
+} prefix_t;
+
+/* The block a served kernel last accepted, which "=" names, so a big block crosses the pipe once. */
+typedef struct {
+    prefix_t prefix;
+    int present;
+} memory_t;
+
+/* A checked job: what the search needs. */
+typedef struct {
+    job_t job;
+    uint64_t start, end;
+} request_t;
+
+/* Hashes the whole chunks of a block given as hex ("-" is the empty block); NULL, or why not. */
+static const char *absorb_block(prefix_t *prefix, const char *hex) {
+    if (strcmp(hex, "-") == 0) hex = "";
+    size_t hex_len = strlen(hex);
+    if (hex_len % 2) return "block has an odd number of hex digits";
+    memcpy(prefix->midstate, IV, 32);
+    prefix->rest_len = 0;
+    prefix->length = hex_len / 2;
+    for (size_t i = 0; i < hex_len; i += 2) {
+        int hi = hex_value((unsigned char)hex[i]), lo = hex_value((unsigned char)hex[i + 1]);
+        if (hi < 0 || lo < 0) return "block is not hex";
+        prefix->rest[prefix->rest_len++] = (uint8_t)(hi * 16 + lo);
+        if (prefix->rest_len == 64) {
+            compress_bytes_portable(prefix->midstate, prefix->rest);
+            prefix->rest_len = 0;
+        }
     }
-    if (nonce_bytes != 4 && nonce_bytes != 8) { *why = "nonce bytes must be 4 or 8"; return -1; }
-    if (difficulty < 1 || difficulty > 256) { *why = "difficulty must be 1..256"; return -1; }
+    return NULL;
+}
+
+/* The per-nonce layout: the rest of the block, the nonce, the padding and the length. */
+static void build_job(job_t *job, const prefix_t *prefix, int nonce_bytes, int difficulty) {
     memset(job, 0, sizeof *job);
-    memcpy(job->midstate, IV, 32);
-    size_t whole = block_len / 64;
-    for (size_t c = 0; c < whole; c++) compress_bytes_portable(job->midstate, block + 64 * c);
-    size_t rest = block_len - 64 * whole;
-    size_t message_tail = rest + (size_t)nonce_bytes;
+    memcpy(job->midstate, prefix->midstate, 32);
+    size_t message_tail = prefix->rest_len + (size_t)nonce_bytes;
     job->tail_chunks = message_tail + 9 <= 64 ? 1 : 2;
-    memcpy(job->tail, block + 64 * whole, rest);
-    job->nonce_offset = (int)rest;
+    memcpy(job->tail, prefix->rest, prefix->rest_len);
+    job->nonce_offset = (int)prefix->rest_len;
     job->nonce_bytes = nonce_bytes;
     job->tail[message_tail] = 0x80;
-    uint64_t bits = 8 * (uint64_t)(block_len + (size_t)nonce_bytes);
+    uint64_t bits = 8 * (prefix->length + (uint64_t)nonce_bytes);
     uint8_t *length = job->tail + 64 * job->tail_chunks - 8;
     for (int i = 7; i >= 0; i--) { length[i] = (uint8_t)bits; bits >>= 8; }
     job->difficulty = difficulty;
     job->first_word_limit = difficulty >= 32 ? 0 : (uint32_t)((1ull << (32 - difficulty)) - 1);
+}
+
+/* 0 and the value when `text` is a whole decimal number up to `limit`. Digits only: strtoull
+   alone would take a sign, leading spaces or trailing junk, and clamps an overflow. */
+static int parse_number(const char *text, unsigned long long limit, unsigned long long *value) {
+    if (*text < '0' || *text > '9') return -1;
+    errno = 0;
+    char *stop;
+    unsigned long long parsed = strtoull(text, &stop, 10);
+    if (*stop != '\0' || errno == ERANGE || parsed > limit) return -1;
+    *value = parsed;
     return 0;
+}
+
+/* Checks a job's five fields (block, nonce bytes, D, start, end) and fills `request`; NULL,
+   or why the job is refused. With a memory, "=" names its block and a new block replaces it. */
+static const char *parse_job(char *const *fields, memory_t *memory, request_t *request) {
+    unsigned long long nonce_bytes, difficulty, start, end;
+    if (parse_number(fields[1], 8, &nonce_bytes) != 0 || (nonce_bytes != 4 && nonce_bytes != 8))
+        return "nonce bytes must be 4 or 8";
+    if (parse_number(fields[2], 256, &difficulty) != 0 || difficulty < 1)
+        return "difficulty must be a whole number from 1 to 256";
+    if (parse_number(fields[3], UINT64_MAX, &start) != 0) return "start must be a whole number below 2^64";
+    if (parse_number(fields[4], UINT64_MAX, &end) != 0) return "end must be a whole number below 2^64";
+    if (start >= end) return "start must be below end";
+    if (nonce_bytes == 4 && end > (1ull << 32)) return "end is past the 4-byte nonce space";
+    prefix_t given;
+    const prefix_t *prefix = &given;
+    if (strcmp(fields[0], "=") == 0) {
+        if (memory == NULL || !memory->present) return "= names no earlier block";
+        prefix = &memory->prefix;
+    } else {
+        const char *why = absorb_block(&given, fields[0]);
+        if (why) return why;
+        if (memory != NULL) {
+            memory->prefix = given;
+            memory->present = 1;
+        }
+    }
+    build_job(&request->job, prefix, (int)nonce_bytes, (int)difficulty);
+    request->start = start;
+    request->end = end;
+    return NULL;
 }
 
 static const path_t *choose_path(const char *forced) {
@@ -468,18 +547,132 @@ static void print_result(const result_t *result) {
     fflush(stdout);
 }
 
-static int run_job(const path_t *path, const char *block_hex, const char *nb, const char *d, const char *s, const char *e) {
-    job_t job;
-    const char *why = NULL;
-    char *stop1, *stop2;
-    unsigned long long start = strtoull(s, &stop1, 10), end = strtoull(e, &stop2, 10);
-    if (*stop1 || *stop2 || end < start) { printf("error bad range\n"); fflush(stdout); return 1; }
-    if (prepare(&job, block_hex, atoi(nb), atoi(d), &why) != 0) { printf("error %s\n", why); fflush(stdout); return 1; }
-    if (job.nonce_bytes == 4 && end > (1ull << 32)) { printf("error range beyond 4-byte nonces\n"); fflush(stdout); return 1; }
+/* ---------------------------------------------------------------- --serve */
+
+#define JOB_FIELDS 6
+#define READ_SIZE ((size_t)64 << 10)
+#define LINE_TOO_LONG ((size_t)-1)
+
+/* stdin, a line at a time, in one buffer that grows to the longest line (up to MAX_LINE). */
+typedef struct {
+    char *data;
+    size_t capacity;
+    size_t start;   /* the first unread byte */
+    size_t used;    /* the end of the bytes read */
+    int overlong;   /* the line being read is past MAX_LINE: drop it up to its newline */
+} reader_t;
+
+/* The next line, its newline replaced by NUL and its length in *length (LINE_TOO_LONG for a
+   line past MAX_LINE, consumed whole); NULL at the end of input. A last line without a
+   newline still counts. */
+static char *next_line(reader_t *r, size_t *length) {
+    size_t searched = r->start;
+    for (;;) {
+        char *newline = r->used > searched ? memchr(r->data + searched, '\n', r->used - searched) : NULL;
+        if (newline) {
+            char *line = r->data + r->start;
+            *newline = '\0';
+            size_t found = (size_t)(newline - line);
+            *length = r->overlong || found > MAX_LINE ? LINE_TOO_LONG : found;
+            r->overlong = 0;
+            r->start = (size_t)(newline - r->data) + 1;
+            return line;
+        }
+        searched = r->used;
+        if (r->used - r->start > MAX_LINE) { /* too long already: keep none of it */
+            r->overlong = 1;
+            r->start = r->used = searched = 0;
+        }
+        if (r->start > 0) { /* make room: the unread bytes to the front */
+            memmove(r->data, r->data + r->start, r->used - r->start);
+            r->used -= r->start;
+            searched -= r->start;
+            r->start = 0;
+        }
+        if (r->capacity - r->used < READ_SIZE + 1) { /* + 1 for the NUL after a last line */
+            size_t capacity = r->capacity ? 2 * r->capacity : 2 * READ_SIZE;
+            char *grown = realloc(r->data, capacity);
+            if (grown == NULL) {
+                fprintf(stderr, "sha256d: out of memory reading a line\n");
+                exit(4);
+            }
+            r->data = grown;
+            r->capacity = capacity;
+        }
+        ssize_t got = read(0, r->data + r->used, r->capacity - r->used - 1);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            if (r->used == r->start && !r->overlong) return NULL;
+            char *line = r->data + r->start;
+            r->data[r->used] = '\0';
+            *length = r->overlong || r->used - r->start > MAX_LINE ? LINE_TOO_LONG : r->used - r->start;
+            r->overlong = 0;
+            r->start = r->used;
+            return line;
+        }
+        r->used += (size_t)got;
+    }
+}
+
+static void refuse(const char *id, const char *why) {
+    printf("error %s %s\n", id, why);
+    fflush(stdout);
+}
+
+/* Answers one --serve line with exactly one line (after any progress lines), whatever it holds. */
+static void serve_line(const path_t *path, char *line, size_t length, memory_t *memory) {
+    if (length == LINE_TOO_LONG) {
+        char why[64];
+        snprintf(why, sizeof why, "line longer than %zu bytes", MAX_LINE);
+        refuse("-", why);
+        return;
+    }
+    if (memchr(line, '\0', length)) {
+        refuse("-", "line holds a NUL byte");
+        return;
+    }
+    char *fields[JOB_FIELDS];
+    int count = 0, empty = 0;
+    char *cursor = line, *end = line + length;
+    for (;;) {
+        char *space = memchr(cursor, ' ', (size_t)(end - cursor));
+        char *stop = space ? space : end;
+        if (stop == cursor) empty = 1;
+        if (count < JOB_FIELDS) fields[count] = cursor;
+        count++;
+        *stop = '\0';
+        if (!space) break;
+        cursor = space + 1;
+    }
+    /* Echo the id whenever it reads as one, so the worker can tell whose error this is. */
+    unsigned long long id = 0;
+    char id_text[24] = "-";
+    if (parse_number(fields[0], UINT64_MAX, &id) == 0) snprintf(id_text, sizeof id_text, "%llu", id);
+    if (empty) {
+        refuse(id_text, "fields must be split by single spaces");
+        return;
+    }
+    if (count != JOB_FIELDS) {
+        char why[64];
+        snprintf(why, sizeof why, "expected %d fields, not %d", JOB_FIELDS, count);
+        refuse(id_text, why);
+        return;
+    }
+    if (strcmp(id_text, "-") == 0) {
+        refuse(id_text, "job id must be a whole number below 2^64");
+        return;
+    }
+    request_t request;
+    const char *why = parse_job(fields + 1, memory, &request);
+    if (why) {
+        refuse(id_text, why);
+        return;
+    }
     result_t result = {0};
-    path->search(&job, start, end, &result);
+    progress_job_id = id;
+    path->search(&request.job, request.start, request.end, &result);
+    printf("%s ", id_text);
     print_result(&result);
-    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -501,21 +694,25 @@ int main(int argc, char **argv) {
     if (!path) { fprintf(stderr, "path %s is not available on this CPU\n", forced ? forced : "?"); return 3; }
     if (once) {
         if (argc - arg != 5) { fprintf(stderr, "--once needs BLOCK NB D START END\n"); return 2; }
-        return run_job(path, argv[arg], argv[arg + 1], argv[arg + 2], argv[arg + 3], argv[arg + 4]);
+        request_t request;
+        const char *why = parse_job(argv + arg, NULL, &request);
+        if (why) { printf("error %s\n", why); fflush(stdout); return 1; }
+        result_t result = {0};
+        path->search(&request.job, request.start, request.end, &result);
+        print_result(&result);
+        return 0;
     }
     if (!serve) { fprintf(stderr, "give --serve, --once or --paths\n"); return 2; }
-    static char line[2 * MAX_BLOCK + 256];
     /* A served kernel belongs to one worker core: it must not outlive it. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     report_progress = 1;
     printf("ready %s\n", path->name);
     fflush(stdout);
-    while (fgets(line, sizeof line, stdin)) {
-        char *fields[5];
-        int count = 0;
-        for (char *token = strtok(line, " \n"); token && count < 5; token = strtok(NULL, " \n")) fields[count++] = token;
-        if (count != 5) { printf("error expected 5 fields\n"); fflush(stdout); continue; }
-        run_job(path, fields[0], fields[1], fields[2], fields[3], fields[4]);
-    }
+    reader_t reader = {0};
+    memory_t memory = {0};
+    size_t length;
+    char *line;
+    while ((line = next_line(&reader, &length)) != NULL) serve_line(path, line, length, &memory);
+    free(reader.data);
     return 0;
 }

@@ -45,21 +45,25 @@ def available_paths(kernel_dir: Path, architecture: str) -> List[str]:
 
 
 class Served:
-    """One kernel in --serve mode with a forced path."""
+    """One kernel in --serve mode with a forced path, spoken to as the worker does."""
 
     def __init__(self, argv: List[str], path: str) -> None:
         self.process = subprocess.Popen(argv + ["--path", path, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.job = 0
         assert self.process.stdout is not None
         assert self.process.stdout.readline().strip() == f"ready {path}"
 
     def search(self, block: bytes, width: int, difficulty: int, start: int, end: int) -> Tuple[Optional[int], Optional[str], int]:
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{block.hex() or '-'} {width} {difficulty} {start} {end}\n")
+        self.job += 1
+        self.process.stdin.write(f"{self.job} {block.hex() or '-'} {width} {difficulty} {start} {end}\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         while line.startswith("p "):  # progress on long ranges
+            assert line.split()[1] == str(self.job), line
             line = self.process.stdout.readline()
-        found, nonce, checked, digest = line.split()
+        job, found, nonce, checked, digest = line.split()
+        assert job == str(self.job), line
         return (int(nonce), digest, int(checked)) if found == "1" else (None, None, int(checked))
 
     def close(self) -> None:
@@ -112,6 +116,10 @@ def test_every_path_matches_hashlib(kernel_dir: Path, architecture: str, path: s
             assert served.search(b"x", 4, 64, 0, 3 << 20) == (None, None, 3 << 20)
         # Difficulties above 32 need the early reject's word 0 == 0 and the rest compared.
         assert served.search(b"COMSM0010cloud", 4, 33, 0, 1000) == (None, None, 1000)
+        # A two-lane loop must not step past 2^64 - 1 into nonce 0 (nor into the excluded end).
+        block = edge_block()
+        for start in (LAST_NONCE - 2, LAST_NONCE - 3):
+            assert served.search(block, 8, 4, start, LAST_NONCE) == reference(block, 8, 4, start, LAST_NONCE)
     finally:
         served.close()
 
@@ -132,17 +140,18 @@ def test_unavailable_path_is_refused(kernel_dir: Path) -> None:
 def test_bad_jobs_get_an_error_line(kernel_dir: Path) -> None:
     served = subprocess.run(
         runner(kernel_dir, machine_architecture()) + ["--serve"],
-        input="zz 4 8 0 10\n00 5 8 0 10\n00 4 8 10 5\n00 4 8 0 99999999999\nshort line\n",
+        input="1 zz 4 8 0 10\n2 00 5 8 0 10\n3 00 4 8 10 5\n4 00 4 8 0 99999999999\nshort line\n5 00 4 8 0 10\n",
         capture_output=True, text=True,
     )
     lines = served.stdout.splitlines()
     assert lines[0].startswith("ready ")
     assert lines[1:] == [
-        "error block is not hex",
-        "error nonce bytes must be 4 or 8",
-        "error bad range",
-        "error range beyond 4-byte nonces",
-        "error expected 5 fields",
+        "error 1 block is not hex",
+        "error 2 nonce bytes must be 4 or 8",
+        "error 3 start must be below end",
+        "error 4 end is past the 4-byte nonce space",
+        "error - expected 6 fields, not 2",
+        "5 0 0 10 -",
     ]
 
 
@@ -186,25 +195,31 @@ def test_worker_falls_back_to_python_and_says_why(kernel_dir: Path, tmp_path: Pa
 def test_serve_reports_progress_lines(kernel_dir: Path) -> None:
     served = subprocess.run(
         runner(kernel_dir, machine_architecture()) + ["--serve"],
-        input=f"{b'x'.hex()} 4 64 0 {3 << 20}\n", capture_output=True, text=True,
+        input=f"7 {b'x'.hex()} 4 64 0 {3 << 20}\n", capture_output=True, text=True,
     )
     lines = served.stdout.splitlines()
-    assert lines[1:] == [f"p {1 << 20}", f"p {2 << 20}", f"0 0 {3 << 20} -"]
+    assert lines[1:] == [f"p 7 {1 << 20}", f"p 7 {2 << 20}", f"7 0 0 {3 << 20} -"]
+
+
+LAST_NONCE = (1 << 64) - 1
+
+
+def edge_block() -> bytes:
+    """A block whose only golden nonce (D = 4) among the last four is the very last one."""
+    return next(
+        b for b in (f"edge-{i}".encode() for i in range(10_000))
+        if worker.scan_range(b, 8, 4, LAST_NONCE - 3, LAST_NONCE + 1)[0] == LAST_NONCE
+    )
 
 
 def test_the_very_last_eight_byte_nonce_is_checked(kernel_dir: Path) -> None:
-    last = (1 << 64) - 1
-    # A block whose only golden nonce (D = 4) among the last three is the very last one.
-    block = next(
-        b for b in (f"edge-{i}".encode() for i in range(10_000))
-        if worker.scan_range(b, 8, 4, last - 2, last + 1)[0] == last
-    )
+    last = LAST_NONCE
+    block = edge_block()
     binary = str(kernel_dir / f"sha256d-{machine_architecture()}")
     scanner = worker.NativeScanner([binary])
     try:
         nonce, digest, checked = scanner.scan(block, 8, 4, last - 2, last + 1)
     finally:
-        scanner.process.kill()
-        scanner.process.wait()
+        scanner.close()
     assert nonce == last and checked == 3
     assert digest == worker.scan_range(block, 8, 4, last, last + 1)[1]

@@ -220,3 +220,12 @@ def test_startup_figures_print_median_min_and_max(monkeypatch: pytest.MonkeyPatc
     assert seen[0] == ["--help"] and seen[-1] == ["search", "--difficulty", "8"] and len(seen) == 8
     assert "cnd-fab --help" in text and "0.200s" in text and "0.100s" in text and "0.300s" in text
     assert "≤ 0.25s" in text and "above 0.4s" in text
+
+
+def test_a_block_larger_than_a_work_line_carries_is_refused_at_parse_time() -> None:
+    from remote import worker
+
+    assert options.MAX_BLOCK_BYTES == worker.MAX_BLOCK_HEX_CHARS // 2
+    assert len(parse_search({"block_hex": "ab" * options.MAX_BLOCK_BYTES}).problem.block) == options.MAX_BLOCK_BYTES
+    with pytest.raises(InputError, match=r"the block is 524,289 bytes; at most 524,288 \(512 KiB\) are accepted"):
+        parse_search({"block": "x" * (options.MAX_BLOCK_BYTES + 1)})
