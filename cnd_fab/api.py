@@ -53,7 +53,7 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
     outcome: Optional[SearchOutcome] = None
     release_error: Optional[ReleaseError] = None
     details = dict(difficulty=problem.difficulty, block_hex=problem.block.hex(), nonce_bytes=problem.nonce_bytes, units=space.count)
-    say = lambda text: console.print(text, highlight=False)  # noqa: E731
+    say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
     try:
         with launched(provider, count, details=details, stop=stop, say=say) as run:
             console.print(

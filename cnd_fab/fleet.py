@@ -46,6 +46,15 @@ HELLO_TIMEOUT = 30.0
 # How long the end of a run waits for the workers' exact final hash counts.
 FINAL_COUNT_WAIT = 0.5
 REDRAW_SECONDS = 0.2
+#: The longest the loop handles messages before it looks at the clock, the stop event and the
+#: deadlines again: a host that floods it cannot keep --timeout or Ctrl-C from taking effect.
+DRAIN_SECONDS = 0.05
+#: Messages read but not yet handled. When this many wait, the readers wait too, so a
+#: flooding host fills its own pipe instead of the controller's memory.
+MAX_QUEUED_EVENTS = 4096
+#: A host holding units must settle one within this many times the time the fleet's median
+#: host takes for as many units as it holds (and never less than the heartbeat deadline).
+SETTLE_MARGIN = 20.0
 
 
 def truly_golden(problem: Problem, space: UnitSpace, golden: GoldenNonce) -> bool:
@@ -90,7 +99,10 @@ class FleetSearch:
         self.heartbeat_timeout = heartbeat_timeout
         self.on_lost = on_lost
         self.sessions: Dict[str, HostSession] = {host.name: HostSession(host) for host in hosts}
-        self.events: "queue.Queue[Tuple[str, HostEvent]]" = queue.Queue()
+        self.events: "queue.Queue[Tuple[str, HostEvent]]" = queue.Queue(maxsize=MAX_QUEUED_EVENTS)
+        #: The lowest golden nonce each unit was verified to hold (from FOUND): a DONE that
+        #: says less is a lie.
+        self.verified_golden: Dict[int, int] = {}
         # Wall time counts from the caller's start (the launch included), like the deadline.
         self.started = time.monotonic() if started is None else started
         #: The lowest verified golden nonce reported so far, settled or not.
@@ -113,8 +125,9 @@ class FleetSearch:
                 wait = 0.1 if self.deadline is None else max(0.0, min(0.1, self.deadline - now))
                 try:
                     self._handle(*self.events.get(timeout=wait))
-                    # Drain whatever else already arrived before redrawing.
-                    while True:
+                    # Drain what else has arrived before redrawing, within a budget.
+                    budget = time.monotonic() + DRAIN_SECONDS
+                    while time.monotonic() < budget:
                         self._handle(*self.events.get_nowait())
                 except queue.Empty:
                     pass
@@ -144,11 +157,19 @@ class FleetSearch:
         return None
 
     def _lose_overdue(self, now: float) -> None:
+        unit_seconds = self._median_unit_seconds()
         for session in self.sessions.values():
-            holding = bool(self.scheduler.held_by(session.name))
-            reason = session.overdue(now, self.heartbeat_timeout, HELLO_TIMEOUT, holding)
+            held = len(self.scheduler.held_by(session.name))
+            reason = session.overdue(now, self.heartbeat_timeout, HELLO_TIMEOUT, held > 0)
+            if reason is None and held and unit_seconds is not None:
+                reason = session.settle_overdue(now, max(self.heartbeat_timeout, SETTLE_MARGIN * held * unit_seconds))
             if reason:
                 self._lose(session, reason)
+
+    def _median_unit_seconds(self) -> Optional[float]:
+        """How long the fleet's median host takes to settle a unit, once two hosts have shown it."""
+        paces = sorted(p for p in (s.unit_seconds() for s in self.sessions.values()) if p is not None)
+        return paces[len(paces) // 2] if len(paces) >= 2 else None
 
     def _handle(self, name: str, event: HostEvent) -> None:
         session = self.sessions[name]
@@ -163,7 +184,7 @@ class FleetSearch:
 
     def _handle_event(self, session: HostSession, event: HostEvent) -> None:
         if isinstance(event, WorkerOpened):
-            session.started_at = time.monotonic()
+            pass  # the HELLO deadline counts from session.opened_at, set before this was sent
         elif isinstance(event, WorkerClosed):
             self._lose(session, session.exit_reason())
         elif isinstance(event, HostFailed):
@@ -183,8 +204,12 @@ class FleetSearch:
             if message.units and session.view.running_at is None:
                 session.view.running_at = time.monotonic()
         elif isinstance(message, worker.Found):
+            if self.verified_golden.get(message.unit) == message.nonce:
+                return  # a redone chunk may find it again: already believed, not hashed again
             golden = GoldenNonce(message.unit, message.nonce, message.hash)
             if self._verified(session, golden):
+                known = self.verified_golden.get(golden.unit)
+                self.verified_golden[golden.unit] = golden.nonce if known is None else min(known, golden.nonce)
                 self._note_candidate(session, golden)
                 self._apply(self.scheduler.found(session.name, golden))
         elif isinstance(message, worker.Done):
@@ -192,10 +217,12 @@ class FleetSearch:
         else:
             self._lose(session, f"worker error: {host_text(message.message)}")
             if message.traceback:
-                self.reporter.event(f"[{session.name}] remote traceback:\n{host_text(message.traceback.rstrip(), lines=True)}")
+                lines = host_text(message.traceback.rstrip(), lines=True).splitlines()
+                # Every line prefixed: a traceback cannot pass for an event line of our own.
+                self.reporter.event(f"{session.name} remote traceback:\n" + "\n".join(f"  | {line}" for line in lines))
 
     def _hello(self, session: HostSession, hello: worker.Hello) -> None:
-        refusal = session.joined(hello)
+        refusal = "sent a second HELLO" if session.view.state == READY else session.joined(hello)
         if refusal is not None:
             self._lose(session, refusal)
             return
@@ -206,6 +233,10 @@ class FleetSearch:
 
     def _done(self, session: HostSession, done: worker.Done) -> None:
         lie = session.impossible_done(done, self.space)
+        known = self.verified_golden.get(done.unit)
+        if lie is None and known is not None and done.unit in self.scheduler.held_by(session.name):
+            if done.nonce is None or done.nonce > known:
+                lie = f"DONE for unit {done.unit} says {done.nonce}, but it reported golden nonce {known} there"
         if lie is not None:
             self._lose(session, lie)
             return

@@ -73,6 +73,12 @@ class HostSession:
         self.issued_nonces = 0
         #: When this host last showed progress (more hashes, or a unit settled).
         self.last_advance = time.monotonic()
+        #: When it last settled a unit, or got work after holding none.
+        self.last_settled = time.monotonic()
+        #: When its worker's channel opened (set before the channel is published).
+        self.opened_at: Optional[float] = None
+        self._settled_units = 0
+        self._working_seconds = 0.0
         self._outbox: "queue.Queue[Optional[str]]" = queue.Queue(maxsize=OUTBOX_LIMIT)
         #: Set by the writer thread: since when one write has been blocked, and why writing failed.
         self.writing_since: Optional[float] = None
@@ -93,6 +99,7 @@ class HostSession:
     def _read_worker_lines(self, run_id: str, payload: WorkerPayload, events: "queue.Queue[Tuple[str, HostEvent]]") -> None:
         try:
             channel = self.host.start_worker(run_id, payload)
+            self.opened_at = time.monotonic()
             self.channel = channel
             threading.Thread(target=self._write_lines, args=(channel,), name=f"host-{self.name}-writer", daemon=True).start()
             events.put((self.name, WorkerOpened()))
@@ -179,7 +186,10 @@ class HostSession:
     def count_unit(self, hashes: int) -> None:
         """A unit this host held was accepted as settled."""
         self.view.units_done += 1
-        self.last_advance = time.monotonic()
+        now = time.monotonic()
+        self._settled_units += 1
+        self._working_seconds += now - self.last_settled
+        self.last_advance = self.last_settled = now
         self._done_hashes += hashes
         self.view.hashes = max(self.view.hashes, self._done_hashes)
 
@@ -200,8 +210,18 @@ class HostSession:
         if view.state == STARTING:
             if self.channel is None and now - self.started_at > self.host.setup_seconds:
                 return f"not set up (connect, push, start) within {self.host.setup_seconds:g}s"
-            if self.channel is not None and now - self.started_at > hello_timeout:
+            if self.opened_at is not None and now - self.opened_at > hello_timeout:
                 return f"no HELLO within {hello_timeout:.0f}s of starting the worker"
+        return None
+
+    def unit_seconds(self) -> Optional[float]:
+        """Its measured seconds per settled unit, once it has settled two."""
+        return self._working_seconds / self._settled_units if self._settled_units >= 2 else None
+
+    def settle_overdue(self, now: float, limit: float) -> Optional[str]:
+        """Why a host that holds units but settles none within `limit` seconds is given up."""
+        if now - self.last_settled > limit:
+            return f"settled none of its units for {now - self.last_settled:.1f}s (limit {limit:.1f}s)"
         return None
 
     def exit_reason(self) -> str:
@@ -214,7 +234,7 @@ class HostSession:
 
         `idle`: it held no unit until now, so its progress clock starts with this one."""
         if idle:
-            self.last_advance = time.monotonic()
+            self.last_advance = self.last_settled = time.monotonic()
         self.issued_nonces += nonces
 
     def close(self) -> None:

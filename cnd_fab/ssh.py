@@ -28,8 +28,11 @@ from .transport import Host, WorkerChannel, WorkerPayload, host_text, worker, wo
 
 DEFAULT_CONNECT_DEADLINE = 60.0
 COMMAND_TIMEOUT = 10.0
+#: Python's exit status when the worker file is missing: the run directory is gone (cleanup
+#: removes it only after the kill) or was never filled (the push failed), so nothing runs.
+WORKER_FILE_GONE = 2
 #: Cleanup exit codes after which nothing of the run is left running on the host.
-CLEANUP_CONFIRMED = (worker.CLEANUP_KILLED, worker.CLEANUP_NOTHING, worker.CLEANUP_NOT_OURS)
+CLEANUP_CONFIRMED = (worker.CLEANUP_KILLED, worker.CLEANUP_NOTHING, worker.CLEANUP_NOT_OURS, WORKER_FILE_GONE)
 #: Pushing the worker and kernel and starting it, after the connection is up.
 PUSH_SECONDS = 60.0
 STOP_CONNECT_DEADLINE = 5.0

@@ -1084,12 +1084,14 @@ class Worker(object):
                 "%s; %d core processes in a row in slot %d died without answering a chunk"
                 % (what, self.deaths_in_a_row[slot], slot)
             )
-        for task in link.chunks:
-            if self._still_needed(task):
-                heapq.heappush(self.pending, task)
+        needed = [task for task in link.chunks if self._still_needed(task)]
         # The replacement counts on from the chunks answered, under what was shown (see _Tally).
+        # So the dead core's chunks go to it, not to another core: redone elsewhere, they would
+        # be counted there while this slot still shows their partial count.
         self.links[slot] = self._fork_core(slot)
         self.links[slot].start_threads()
+        for task in needed:
+            self.links[slot].send(task)
         self._feed_cores()
 
     def _handle_result(self, link, result):
@@ -1209,12 +1211,13 @@ def _wait_for_group(pgid, seconds):
     return True
 
 
-# --cleanup's exit status. 0, 1 and 3 all mean nothing of this run is left running.
+# --cleanup's exit status. 0, 10 and 12 all mean nothing of this run is left running. They stay
+# clear of 1 and 2, which Python itself uses (2: the worker file is gone, or a usage error).
 CLEANUP_KILLED = 0  # this run's worker was running; it was signalled and is gone
-CLEANUP_NOTHING = 1  # nothing was running: no pidfile, or its group had ended
-CLEANUP_REFUSED = 2  # not a cnd-fab run directory: nothing touched (a usage error exits 2 too)
-CLEANUP_NOT_OURS = 3  # the pidfile's group runs something else (a reused id): left alone
-CLEANUP_UNCONFIRMED = 4  # the worker outlived SIGKILL, or without /proc it could not be told apart
+CLEANUP_NOTHING = 10  # nothing was running: no pidfile, or its group had ended
+CLEANUP_REFUSED = 11  # not a cnd-fab run directory: nothing touched
+CLEANUP_NOT_OURS = 12  # the pidfile's group runs something else (a reused id): left alone
+CLEANUP_UNCONFIRMED = 13  # the worker outlived SIGKILL, or without /proc it could not be told apart
 _CLEANUP_RESULTS = {
     CLEANUP_KILLED: "killed",
     CLEANUP_NOTHING: "nothing running",
@@ -1235,12 +1238,12 @@ def cleanup(run_dir, grace=1.0):
 
     Returns, as the exit status (and the "result" of the JSON line on stdout):
       0 (CLEANUP_KILLED)    this run's worker was running; it was signalled and is gone
-      1 (CLEANUP_NOTHING)   nothing was running: no pidfile, or its group had ended
-      2 (CLEANUP_REFUSED)   RUN_DIR is not a cnd-fab run directory: nothing was touched
-      3 (CLEANUP_NOT_OURS)  the group runs something else now: it was left alone
-      4 (CLEANUP_UNCONFIRMED) the worker outlived SIGKILL, or a live group could not be
+      10 (CLEANUP_NOTHING)  nothing was running: no pidfile, or its group had ended
+      11 (CLEANUP_REFUSED)  RUN_DIR is not a cnd-fab run directory: nothing was touched
+      12 (CLEANUP_NOT_OURS) the group runs something else now: it was left alone
+      13 (CLEANUP_UNCONFIRMED) the worker outlived SIGKILL, or a live group could not be
                             checked (no /proc) and was left alone: the stop is not confirmed
-    Every status but 2 removes RUN_DIR; 0, 1 and 3 mean nothing of this run is left running.
+    Every status but 11 removes RUN_DIR; 0, 10 and 12 mean nothing of this run is left running.
     """
     import shutil
 

@@ -14,7 +14,7 @@ import paramiko
 
 from ..errors import HostConnectError, InputError
 from ..journal import RunJournal
-from ..ssh import SshHost, SshTarget, stop_all
+from ..ssh import WORKER_FILE_GONE, SshHost, SshTarget, stop_all
 from ..transport import worker
 from . import COUNT_MEANINGS
 from .base import Host, Leftover, Provider, ProviderOptions, Released
@@ -35,7 +35,7 @@ def cleanup_result(where: str, status: int) -> Released:
     """What the worker's --cleanup exit status says of a run directory and its worker."""
     if status == worker.CLEANUP_KILLED:
         return Released(where, True, action="cleaned")
-    if status in (worker.CLEANUP_NOTHING, worker.CLEANUP_NOT_OURS):
+    if status in (worker.CLEANUP_NOTHING, worker.CLEANUP_NOT_OURS, WORKER_FILE_GONE):
         return Released(where, True, action="found nothing left at")
     if status == worker.CLEANUP_REFUSED:
         return Released(where, False, "refused: not a cnd-fab run directory")

@@ -77,6 +77,8 @@ ROWS = [
     ("huge-line", "longer than"),
     ("heartbeats-no-work", "made no progress on its units"),
     ("huge-prefetch-no-work", "made no progress on its units"),
+    ("found-then-done-none", "but it reported golden nonce"),
+    ("second-hello", "sent a second HELLO"),
 ]
 
 
@@ -193,3 +195,38 @@ def test_a_hostile_worker_over_real_sshd_is_dropped_alone(testbed: Testbed, jour
     assert_honest_answer(outcome, problem, space, "more than the")
     assert not hostile.clean_failed, hostile.clean_problem
     assert seconds < DEADLINE
+
+
+def test_a_host_that_trickles_hashes_but_settles_nothing_is_dropped(journal: RunJournal, tmp_path: Path) -> None:
+    # Units of 2^14 nonces: the answer, 1,027,827, is in unit 62, and the trickling host,
+    # which starts first, holds the lowest units until the settle deadline drops it.
+    problem, space = Problem(BLOCK, 4, 22), UnitSpace(4, 1 << 18)
+    hosts: List[Host] = [
+        HostileHost("hostile", "trickle", tmp_path),
+        LocalHost("honest", 1, journal),
+        LocalHost("honest-2", 1, journal),
+    ]
+    outcome, seconds = search_with(hosts, problem, space, journal.run_id)
+    assert_honest_answer(outcome, problem, space, "settled none of its units")
+    assert seconds < DEADLINE
+
+
+def test_a_flood_of_repeated_lines_cannot_keep_stop_from_taking_effect(journal: RunJournal, tmp_path: Path) -> None:
+    import threading
+
+    from cnd_fab.outcome import INTERRUPTED_STATUS
+
+    # The only host floods a true FOUND and never settles its unit: only the stop ends the run.
+    problem, space = Problem(BLOCK, 4, 14), UnitSpace(4, 1 << 14)
+    hosts: List[Host] = [HostileHost("hostile", "flood-found", tmp_path)]
+    stop = threading.Event()
+    fleet = FleetSearch(problem, space, hosts, journal.run_id, heartbeat_timeout=60.0, payload=PYTHON, stop=stop)
+    threading.Timer(2.0, stop.set).start()
+    began = time.monotonic()
+    try:
+        outcome = fleet.run()
+    finally:
+        for host in hosts:
+            host.stop_worker()
+    assert outcome.status == INTERRUPTED_STATUS
+    assert fleet.finished_at is not None and fleet.finished_at - began < 3.0

@@ -113,7 +113,39 @@ def main():
         say('{"type": "DONE", "unit": %d, "hashes": %d, "seconds": 0.1, "nonce": null, "hash": null}' % (unit, 1 << 40))
     elif MODE == "heartbeats-no-work":
         pass
+    elif MODE in ("found-then-done-none", "flood-found"):
+        found = first_golden(work)
+        line = '{"type": "FOUND", "unit": %d, "nonce": %d, "hash": "%s"}' % (unit, found[0], found[1])
+        if MODE == "flood-found":
+            try:
+                while True:
+                    say(line)
+            except OSError:
+                os._exit(0)
+        say(line)
+        say('{"type": "DONE", "unit": %d, "hashes": 1, "seconds": 0.1, "nonce": null, "hash": null}' % unit)
+    elif MODE == "second-hello":
+        say(hello())
+    elif MODE == "trickle":
+        try:
+            for count in range(1, 10 ** 9):
+                say(progress(str(count), [unit]))
+                time.sleep(0.3)
+        except OSError:
+            os._exit(0)
     heartbeat_for_ever()
+
+
+def first_golden(work):
+    """The true lowest golden nonce of a WORK's range (the test's ranges hold one early)."""
+    import hashlib
+
+    block = bytes.fromhex(work["block"])
+    for nonce in range(work["start"], work["end"]):
+        digest = hashlib.sha256(hashlib.sha256(block + nonce.to_bytes(work["nonce_bytes"], "big")).digest()).digest()
+        if int.from_bytes(digest, "big") >> (256 - work["difficulty"]) == 0:
+            return nonce, digest.hex()
+    raise SystemExit("no golden nonce in the range")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def stranger() -> Iterator[subprocess.Popen[bytes]]:
 def test_a_pidfile_naming_an_unrelated_group_kills_nothing(run_dir: Path, stranger: subprocess.Popen[bytes]) -> None:
     (run_dir / worker.PIDFILE_NAME).write_text(f"{stranger.pid}\n")
     status, report, errors = run_cleanup(run_dir)
-    assert status == worker.CLEANUP_NOT_OURS == 3
+    assert status == worker.CLEANUP_NOT_OURS == 12
     assert report == {"cleaned": str(run_dir), "pgid": stranger.pid, "killed": False, "result": "not ours"}
     assert f"left process group {stranger.pid} alone" in errors
     assert stranger.poll() is None  # it survived
@@ -120,6 +120,6 @@ def test_without_proc_a_live_group_is_left_alone_and_the_stop_unconfirmed(
 ) -> None:
     (run_dir / worker.PIDFILE_NAME).write_text(f"{stranger.pid}\n")
     monkeypatch.setattr(worker, "_group_members", lambda pgid: None)  # as on a host without /proc
-    assert worker.cleanup(str(run_dir)) == worker.CLEANUP_UNCONFIRMED == 4
+    assert worker.cleanup(str(run_dir)) == worker.CLEANUP_UNCONFIRMED == 13
     assert json.loads(capsys.readouterr().out)["result"] == "unconfirmed"
     assert stranger.poll() is None and not run_dir.exists()
