@@ -200,8 +200,11 @@ class HostSession:
         view = self.view
         if self.write_failure is not None:
             return self.write_failure
-        if self.writing_since is not None and now - self.writing_since > heartbeat_timeout:
-            return f"has not read its input for {now - self.writing_since:.1f}s"
+        writing_since = self.writing_since
+        if writing_since is not None and self.channel is not None:
+            stalled_since = max(writing_since, self.channel.written_at)
+            if now - stalled_since > heartbeat_timeout:
+                return f"has not read its input for {now - stalled_since:.1f}s"
         if view.state == READY:
             if view.last_heard is not None and now - view.last_heard > heartbeat_timeout:
                 return f"silent for {now - view.last_heard:.1f}s (heartbeat deadline)"

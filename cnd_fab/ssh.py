@@ -24,7 +24,7 @@ from fabric import Config, Connection
 from .errors import HostConnectError
 from .journal import RunJournal
 from .kernels import kernel_files
-from .transport import Host, WorkerChannel, WorkerPayload, host_text, worker, worker_source
+from .transport import WRITE_PIECE, Host, WorkerChannel, WorkerPayload, host_text, worker, worker_source
 
 DEFAULT_CONNECT_DEADLINE = 60.0
 COMMAND_TIMEOUT = 10.0
@@ -139,8 +139,14 @@ class SshChannel(WorkerChannel):
 
     def send_line(self, line: str) -> None:
         """Write one line to the worker's stdin."""
+        data = memoryview((line + "\n").encode())
         try:
-            self.channel.sendall((line + "\n").encode())
+            while data:
+                sent = self.channel.send(bytes(data[:WRITE_PIECE]))
+                if sent <= 0:
+                    raise OSError("the channel is closed")
+                data = data[sent:]
+                self.written_at = time.monotonic()
         except (socket.error, paramiko.SSHException) as error:
             raise OSError(str(error)) from error
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import resources
@@ -56,9 +57,17 @@ def worker_source() -> bytes:
     return worker_file().read_bytes()
 
 
+#: Writes go out in pieces of this size, so a long line on a slow link still shows progress.
+WRITE_PIECE = 64 << 10
+
+
 class WorkerChannel(ABC):
     """A running worker's stdin and stdout, as lines. Implementations must be thread-safe
     for one reader thread and one writer thread at a time."""
+
+    #: When the worker last took a piece of a line (monotonic clock): a write that is slow
+    #: but moving is a slow link, not a host that refuses to read.
+    written_at: float = 0.0
 
     @abstractmethod
     def send_line(self, line: str) -> None:
@@ -102,9 +111,12 @@ class PipeChannel(WorkerChannel):
 
     def send_line(self, line: str) -> None:
         """Write one line to the worker's stdin."""
+        data = line.encode() + b"\n"
         with self._write_lock:
-            self._stdin.write(line.encode() + b"\n")
-            self._stdin.flush()
+            for offset in range(0, len(data), WRITE_PIECE):
+                self._stdin.write(data[offset : offset + WRITE_PIECE])
+                self._stdin.flush()
+                self.written_at = time.monotonic()
 
     def read_line(self, limit: int) -> str:
         """One line of the worker's stdout, at most `limit` bytes of it; '' once it is closed."""

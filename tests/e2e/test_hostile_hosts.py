@@ -230,3 +230,26 @@ def test_a_flood_of_repeated_lines_cannot_keep_stop_from_taking_effect(journal: 
             host.stop_worker()
     assert outcome.status == INTERRUPTED_STATUS
     assert fleet.finished_at is not None and fleet.finished_at - began < 3.0
+
+
+def test_a_slow_but_moving_write_is_not_taken_for_a_host_that_reads_nothing() -> None:
+    from cnd_fab.session import HostSession
+    from cnd_fab.outcome import READY
+
+    class SlowLink(HostileHost):
+        def __init__(self) -> None:
+            self.name = "slow"
+
+    session = HostSession(SlowLink())
+    session.view.state = READY
+
+    class Channel:
+        written_at = 0.0
+
+    session.channel = Channel()  # type: ignore[assignment]
+    now = time.monotonic()
+    session.writing_since = now - 30.0  # one long line, 30 s in the making...
+    session.channel.written_at = now - 1.0  # ...whose last piece went out a second ago
+    assert session.overdue(now, HEARTBEAT, 30.0, holding=False) is None
+    session.channel.written_at = now - 3.0
+    assert "has not read its input for 3.0s" in (session.overdue(now, HEARTBEAT, 30.0, holding=False) or "")
