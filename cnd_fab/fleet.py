@@ -37,7 +37,17 @@ from .outcome import (
     snapshot_of,
 )
 from .schedule import Completion, GoldenNonce, Scheduler
-from .session import HostEvent, HostFailed, HostSession, WorkerClosed, WorkerOpened, stop_sessions
+from .ledger import GoldenLedger
+from .session import (
+    HostEvent,
+    HostFailed,
+    HostSession,
+    WorkerClosed,
+    WorkerOpened,
+    median_unit_seconds,
+    stop_sessions,
+    traceback_event,
+)
 from .spec import Problem, UnitSpace
 from .transport import Host, WorkerPayload, host_text
 
@@ -55,18 +65,6 @@ MAX_QUEUED_EVENTS = 4096
 #: A host holding units must settle one within this many times the time the fleet's median
 #: host takes for as many units as it holds (and never less than the heartbeat deadline).
 SETTLE_MARGIN = 20.0
-
-
-def truly_golden(problem: Problem, space: UnitSpace, golden: GoldenNonce) -> bool:
-    """Re-hash a reported golden nonce here: a wrong answer must never be printed."""
-    if not 0 <= golden.unit < space.count:
-        return False
-    unit = space.unit(golden.unit)
-    return (
-        unit.start <= golden.nonce < unit.end
-        and problem.hash(golden.nonce).hex() == golden.hash
-        and problem.is_golden(golden.nonce)
-    )
 
 
 class FleetSearch:
@@ -100,9 +98,7 @@ class FleetSearch:
         self.on_lost = on_lost
         self.sessions: Dict[str, HostSession] = {host.name: HostSession(host) for host in hosts}
         self.events: "queue.Queue[Tuple[str, HostEvent]]" = queue.Queue(maxsize=MAX_QUEUED_EVENTS)
-        #: The lowest golden nonce each unit was verified to hold (from FOUND): a DONE that
-        #: says less is a lie.
-        self.verified_golden: Dict[int, int] = {}
+        self.ledger = GoldenLedger(problem, space)
         # Wall time counts from the caller's start (the launch included), like the deadline.
         self.started = time.monotonic() if started is None else started
         #: The lowest verified golden nonce reported so far, settled or not.
@@ -157,7 +153,7 @@ class FleetSearch:
         return None
 
     def _lose_overdue(self, now: float) -> None:
-        unit_seconds = self._median_unit_seconds()
+        unit_seconds = median_unit_seconds(list(self.sessions.values()))
         for session in self.sessions.values():
             held = len(self.scheduler.held_by(session.name))
             reason = session.overdue(now, self.heartbeat_timeout, HELLO_TIMEOUT, held > 0)
@@ -166,32 +162,21 @@ class FleetSearch:
             if reason:
                 self._lose(session, reason)
 
-    def _median_unit_seconds(self) -> Optional[float]:
-        """How long the fleet's median host takes to settle a unit, once two hosts have shown it."""
-        paces = sorted(p for p in (s.unit_seconds() for s in self.sessions.values()) if p is not None)
-        return paces[len(paces) // 2] if len(paces) >= 2 else None
-
     def _handle(self, name: str, event: HostEvent) -> None:
         session = self.sessions[name]
         if session.view.state in (LOST, STOPPED):
             return
         try:
-            self._handle_event(session, event)
+            # WorkerOpened needs nothing: the HELLO deadline counts from session.opened_at.
+            if isinstance(event, (WorkerClosed, HostFailed)):
+                self._lose(session, session.exit_reason() if isinstance(event, WorkerClosed) else event.reason)
+            elif not isinstance(event, WorkerOpened):
+                session.view.last_heard = time.monotonic()
+                self._on_message(session, event)
         except FleetLostError:
             raise
         except Exception as error:  # whatever a host's message triggers, it costs that host alone
             self._lose(session, f"its message could not be handled: {type(error).__name__}: {error}")
-
-    def _handle_event(self, session: HostSession, event: HostEvent) -> None:
-        if isinstance(event, WorkerOpened):
-            pass  # the HELLO deadline counts from session.opened_at, set before this was sent
-        elif isinstance(event, WorkerClosed):
-            self._lose(session, session.exit_reason())
-        elif isinstance(event, HostFailed):
-            self._lose(session, event.reason)
-        else:
-            session.view.last_heard = time.monotonic()
-            self._on_message(session, event)
 
     def _on_message(self, session: HostSession, message: worker.ToController) -> None:
         if isinstance(message, worker.Hello):
@@ -204,12 +189,10 @@ class FleetSearch:
             if message.units and session.view.running_at is None:
                 session.view.running_at = time.monotonic()
         elif isinstance(message, worker.Found):
-            if self.verified_golden.get(message.unit) == message.nonce:
-                return  # a redone chunk may find it again: already believed, not hashed again
+            if self.ledger.repeated(message):
+                return
             golden = GoldenNonce(message.unit, message.nonce, message.hash)
             if self._verified(session, golden):
-                known = self.verified_golden.get(golden.unit)
-                self.verified_golden[golden.unit] = golden.nonce if known is None else min(known, golden.nonce)
                 self._note_candidate(session, golden)
                 self._apply(self.scheduler.found(session.name, golden))
         elif isinstance(message, worker.Done):
@@ -217,9 +200,7 @@ class FleetSearch:
         else:
             self._lose(session, f"worker error: {host_text(message.message)}")
             if message.traceback:
-                lines = host_text(message.traceback.rstrip(), lines=True).splitlines()
-                # Every line prefixed: a traceback cannot pass for an event line of our own.
-                self.reporter.event(f"{session.name} remote traceback:\n" + "\n".join(f"  | {line}" for line in lines))
+                self.reporter.event(traceback_event(session.name, message.traceback))
 
     def _hello(self, session: HostSession, hello: worker.Hello) -> None:
         refusal = "sent a second HELLO" if session.view.state == READY else session.joined(hello)
@@ -233,10 +214,8 @@ class FleetSearch:
 
     def _done(self, session: HostSession, done: worker.Done) -> None:
         lie = session.impossible_done(done, self.space)
-        known = self.verified_golden.get(done.unit)
-        if lie is None and known is not None and done.unit in self.scheduler.held_by(session.name):
-            if done.nonce is None or done.nonce > known:
-                lie = f"DONE for unit {done.unit} says {done.nonce}, but it reported golden nonce {known} there"
+        if lie is None and done.unit in self.scheduler.held_by(session.name):
+            lie = self.ledger.denied_by(done)
         if lie is not None:
             self._lose(session, lie)
             return
@@ -252,10 +231,10 @@ class FleetSearch:
         self._fill_all()
 
     def _verified(self, session: HostSession, golden: GoldenNonce) -> bool:
-        if truly_golden(self.problem, self.space, golden):
-            return True
-        self._lose(session, f"reported nonce {golden.nonce} as golden in unit {golden.unit}, but it is not")
-        return False
+        lie = self.ledger.check(golden)
+        if lie is not None:
+            self._lose(session, lie)
+        return lie is None
 
     def _note_candidate(self, session: HostSession, golden: GoldenNonce) -> None:
         if self.candidate is None or golden.nonce < self.candidate.nonce:
@@ -276,14 +255,8 @@ class FleetSearch:
             held += 1
             if session.view.first_unit_at is None:
                 session.view.first_unit_at = time.monotonic()
-            work = worker.Work(
-                unit=unit.index,
-                start=unit.start,
-                end=unit.end,
-                block=self._block_hex,
-                nonce_bytes=self.problem.nonce_bytes,
-                difficulty=self.problem.difficulty,
-            )
+            problem = self.problem
+            work = worker.Work(unit.index, unit.start, unit.end, self._block_hex, problem.nonce_bytes, problem.difficulty)
             if not self._send(session, work):
                 return
 

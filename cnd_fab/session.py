@@ -251,6 +251,18 @@ class HostSession:
             threading.Thread(target=self.channel.close, name=f"host-{self.name}-close", daemon=True).start()
 
 
+def median_unit_seconds(sessions: List[HostSession]) -> Optional[float]:
+    """How long the fleet's median host takes to settle a unit, once two hosts have shown it."""
+    paces = sorted(pace for pace in (session.unit_seconds() for session in sessions) if pace is not None)
+    return paces[len(paces) // 2] if len(paces) >= 2 else None
+
+
+def traceback_event(name: str, traceback: str) -> str:
+    """A host's traceback as an event, every line prefixed so it cannot pass for one of ours."""
+    lines = host_text(traceback.rstrip(), lines=True).splitlines()
+    return f"{name} remote traceback:\n" + "\n".join(f"  | {line}" for line in lines)
+
+
 def stop_sessions(sessions: List[HostSession], events: "queue.Queue[Tuple[str, HostEvent]]", wait: float) -> None:
     """Send STOP to every ready worker, then wait up to `wait` seconds for their exact final
     counts (a PROGRESS marked final), so a stopped run reports what was really checked."""

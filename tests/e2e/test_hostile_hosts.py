@@ -77,7 +77,7 @@ ROWS = [
     ("huge-line", "longer than"),
     ("heartbeats-no-work", "made no progress on its units"),
     ("huge-prefetch-no-work", "made no progress on its units"),
-    ("found-then-done-none", "but it reported golden nonce"),
+    ("found-then-done-none", "was verified there"),
     ("second-hello", "sent a second HELLO"),
 ]
 
