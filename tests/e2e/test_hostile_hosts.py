@@ -55,6 +55,30 @@ def search_with(hosts: List[Host], problem: Problem, space: UnitSpace, run_id: s
     return outcome, time.monotonic() - began
 
 
+def stopped_after_two_seconds(
+    hosts: List[Host], problem: Problem, space: UnitSpace, run_id: str, by_timeout: bool
+) -> Tuple[SearchOutcome, float]:
+    """Run until a --timeout of 2 s, or a stop (Ctrl-C) after 2 s; the outcome and how long
+    the loop took to end."""
+    import threading
+
+    stop = threading.Event()
+    began = time.monotonic()
+    fleet = FleetSearch(
+        problem, space, hosts, run_id, heartbeat_timeout=60.0, payload=PYTHON, stop=stop,
+        deadline=began + 2.0 if by_timeout else None,
+    )
+    if not by_timeout:
+        threading.Timer(2.0, stop.set).start()
+    try:
+        outcome = fleet.run()
+    finally:
+        for host in hosts:
+            host.stop_worker()
+    assert fleet.finished_at is not None
+    return outcome, fleet.finished_at - began
+
+
 def assert_honest_answer(outcome: SearchOutcome, problem: Problem, space: UnitSpace, lost_reason: str) -> None:
     expected = problem.scan(0, space.space)
     assert outcome.status == FOUND_STATUS and outcome.lowest
@@ -139,29 +163,14 @@ def test_host_text_is_shown_as_text(journal: RunJournal, tmp_path: Path) -> None
 
 
 def test_stop_and_timeout_take_effect_within_a_second_whatever_a_host_does(journal: RunJournal, tmp_path: Path) -> None:
-    import threading
-
     from cnd_fab.outcome import INTERRUPTED_STATUS, TIMEOUT_STATUS
 
     # 8-byte nonces and a 60 kB block: the hostile host's input is full before the stop comes.
     problem, space = Problem(bytes(range(256)) * 234, 8, 64), UnitSpace(8, 1 << 16)
     for ending in (INTERRUPTED_STATUS, TIMEOUT_STATUS):
         hosts: List[Host] = [HostileHost("hostile", "never-reads", tmp_path), LocalHost("honest", 1, journal)]
-        stop = threading.Event()
-        began = time.monotonic()
-        fleet = FleetSearch(
-            problem, space, hosts, journal.run_id, heartbeat_timeout=60.0, payload=PYTHON, stop=stop,
-            deadline=began + 2.0 if ending == TIMEOUT_STATUS else None,
-        )
-        if ending == INTERRUPTED_STATUS:
-            threading.Timer(2.0, stop.set).start()
-        try:
-            outcome = fleet.run()
-        finally:
-            for host in hosts:
-                host.stop_worker()
-        assert outcome.status == ending
-        assert fleet.finished_at is not None and fleet.finished_at - began < 3.0
+        outcome, seconds = stopped_after_two_seconds(hosts, problem, space, journal.run_id, by_timeout=ending == TIMEOUT_STATUS)
+        assert outcome.status == ending and seconds < 3.0
 
 
 @pytest.mark.usefixtures("private_state")
@@ -212,24 +221,13 @@ def test_a_host_that_trickles_hashes_but_settles_nothing_is_dropped(journal: Run
 
 
 def test_a_flood_of_repeated_lines_cannot_keep_stop_from_taking_effect(journal: RunJournal, tmp_path: Path) -> None:
-    import threading
-
     from cnd_fab.outcome import INTERRUPTED_STATUS
 
     # The only host floods a true FOUND and never settles its unit: only the stop ends the run.
     problem, space = Problem(BLOCK, 4, 14), UnitSpace(4, 1 << 14)
     hosts: List[Host] = [HostileHost("hostile", "flood-found", tmp_path)]
-    stop = threading.Event()
-    fleet = FleetSearch(problem, space, hosts, journal.run_id, heartbeat_timeout=60.0, payload=PYTHON, stop=stop)
-    threading.Timer(2.0, stop.set).start()
-    began = time.monotonic()
-    try:
-        outcome = fleet.run()
-    finally:
-        for host in hosts:
-            host.stop_worker()
-    assert outcome.status == INTERRUPTED_STATUS
-    assert fleet.finished_at is not None and fleet.finished_at - began < 3.0
+    outcome, seconds = stopped_after_two_seconds(hosts, problem, space, journal.run_id, by_timeout=False)
+    assert outcome.status == INTERRUPTED_STATUS and seconds < 3.0
 
 
 def test_a_slow_but_moving_write_is_not_taken_for_a_host_that_reads_nothing() -> None:

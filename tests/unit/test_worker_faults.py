@@ -241,12 +241,20 @@ def test_a_reply_to_another_job_is_never_taken_as_the_answer(tmp_path: Path, ker
         scanner.close()
 
 
+def faked_native_worker(
+    start_worker: Callable[..., WorkerProcess], tmp_path: Path, kernel_folder: Path, mode: str
+) -> WorkerProcess:
+    """A worker on a kernel faked as `mode` says, given unit 0 of the SPEC block at D=16."""
+    folder = fake_kernel(tmp_path, kernel_folder, mode)
+    process = start_worker("--kernel", "native", "--kernel-dir", str(folder))
+    process.work(0, 0, 1 << 20, 16)
+    return process
+
+
 def test_a_lying_kernel_makes_the_worker_fail_not_answer(
     start_worker: Callable[..., WorkerProcess], tmp_path: Path, kernel_folder: Path
 ) -> None:
-    folder = fake_kernel(tmp_path, kernel_folder, "wrong-id")
-    process = start_worker("--kernel", "native", "--kernel-dir", str(folder))
-    process.work(0, 0, 1 << 20, 16)
+    process = faked_native_worker(start_worker, tmp_path, kernel_folder, "wrong-id")
     messages, error = process.read_all_until(protocol.Error, 20)
     assert "does not answer it" in error.traceback and "core process" in error.message
     assert not [m for m in messages if isinstance(m, (protocol.Done, protocol.Found))]
@@ -256,9 +264,7 @@ def test_a_lying_kernel_makes_the_worker_fail_not_answer(
 def test_a_kernel_that_dies_once_is_restarted_and_the_chunk_redone(
     start_worker: Callable[..., WorkerProcess], tmp_path: Path, kernel_folder: Path
 ) -> None:
-    folder = fake_kernel(tmp_path, kernel_folder, "die-once")
-    process = start_worker("--kernel", "native", "--kernel-dir", str(folder))
-    process.work(0, 0, 1 << 20, 16)
+    process = faked_native_worker(start_worker, tmp_path, kernel_folder, "die-once")
     _, done = read_done(process, 20)
     assert done.nonce == 133050 and done.hashes >= 133051
     assert (tmp_path / "real-sha256d.died").exists()
@@ -267,9 +273,7 @@ def test_a_kernel_that_dies_once_is_restarted_and_the_chunk_redone(
 def test_a_chunk_that_kills_every_core_ends_in_an_error_naming_the_dead(
     start_worker: Callable[..., WorkerProcess], tmp_path: Path, kernel_folder: Path
 ) -> None:
-    folder = fake_kernel(tmp_path, kernel_folder, "kill-core")
-    process = start_worker("--kernel", "native", "--kernel-dir", str(folder))
-    process.work(0, 0, 1 << 20, 16)
+    process = faked_native_worker(start_worker, tmp_path, kernel_folder, "kill-core")
     _, error = process.read_all_until(protocol.Error, 30)
     assert "was killed by signal 9" in error.message and "core process" in error.message
     assert process.process.wait(timeout=10) == 1
