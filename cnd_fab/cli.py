@@ -1,19 +1,64 @@
-"""`cnd-fab`: the same tasks as the fabfile, usable from any directory."""
+"""`cnd-fab`: the same tasks as the fabfile, usable from any directory, on the standard library.
+
+`fab` runs the tasks through Fabric and Invoke (tasks.py). This program builds the same tasks
+with argparse from the same option table (cnd_fab.options.OPTIONS) and runs the same bodies
+(cnd_fab.commands), so neither front end can drift from the other. It exists apart because
+importing Invoke takes about 0.2 s, which every `cnd-fab` command would pay before doing
+anything.
+"""
 
 from __future__ import annotations
 
-from invoke import Collection, Program
+import argparse
+import sys
+from typing import List, NoReturn, Optional
 
-from . import __version__, tasks
-
-program = Program(
-    name="cnd-fab",
-    binary="cnd-fab",
-    version=__version__,
-    namespace=Collection.from_module(tasks),
-)
+from . import __version__
+from .commands import TASKS, run_task
+from .errors import CndError
+from .flags import FLAG
+from .options import options_for
 
 
-def main() -> None:
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr and exit 2, like every other input error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `cnd-fab: message` and exit 2."""
+        self.exit(2, f"cnd-fab: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> OneLineParser:
+    """The program's parser: one subcommand per task, one flag per option of the table."""
+    parser = OneLineParser(
+        prog="cnd-fab",
+        description="Cloud Nonce Discovery: find the lowest golden nonce over a fleet of SSH hosts.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnd-fab {__version__}")
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", parser_class=OneLineParser)
+    for name, (summary, _) in TASKS.items():
+        task = tasks.add_parser(name, help=summary, description=summary)
+        for option in options_for(name):
+            flag = f"--{option.name}"
+            if option.kind == FLAG:
+                task.add_argument(flag, dest=option.param, action="store_true", help=option.help)
+            else:
+                # Values reach the parsers as text: their checks give the one-line errors.
+                task.add_argument(flag, dest=option.param, metavar=option.name.split("-")[-1].upper(), help=option.help)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     """The cnd-fab command: the same tasks as `fab`, without a fabfile."""
-    program.run()
+    parser = build_parser()
+    arguments = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    name = arguments.pop("task")
+    if name is None:
+        parser.print_help()
+        sys.exit(0)
+    try:
+        code = run_task(name, arguments)
+    except CndError as error:
+        print(f"cnd-fab: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    sys.exit(code)

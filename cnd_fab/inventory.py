@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
-import yaml
 
 from .errors import InventoryError
+
+if TYPE_CHECKING:
+    import yaml
 
 FieldPath = Tuple[Union[str, int], ...]
 
@@ -67,8 +69,10 @@ class Inventory:
     ec2: Ec2Settings = Ec2Settings()
 
 
-def _lines(node: yaml.Node, path: FieldPath = ()) -> Dict[FieldPath, int]:
+def _lines(node: "yaml.Node", path: FieldPath = ()) -> Dict[FieldPath, int]:
     """Map each value's path in the document to its 1-based line."""
+    import yaml
+
     lines = {path: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
@@ -139,6 +143,10 @@ def load(path_text: str) -> Inventory:
         text = path.read_text()
     except OSError as error:
         raise InventoryError(f"cannot read the inventory {path}: {error.strerror or error}") from None
+    # Imported here: PyYAML compiles its resolver's patterns on import, which a run without
+    # an inventory file should not pay for.
+    import yaml
+
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)

@@ -33,6 +33,7 @@ DEFAULT_DIFFICULTY = 6
 DEFAULT_PROVIDER = "local"
 KERNEL_CHOICES = ("auto", "native", "python")
 SEARCH, CALIBRATE, BENCH = "search", "calibrate", "bench"
+TEARDOWN, STATS, STATUS = "teardown", "stats", "status"
 #: The largest block a WORK line carries (the worker codec's limit, in bytes); the worker
 #: module itself is not imported here, so that parsing stays light.
 MAX_BLOCK_BYTES = 512 << 10
@@ -94,6 +95,15 @@ OPTIONS: Tuple[Option, ...] = (
            (SEARCH,)),
     Option("startup", FLAG, False,
            "only time `cnd-fab --help` and a D=8 local search as whole processes (5 runs each)", (BENCH,)),
+    Option("run", NAME, None, "tear down only this run id (even if its controller still runs)", (TEARDOWN,)),
+    Option("all", FLAG, False, "every run found by journal, label or tag, even with a live controller", (TEARDOWN,)),
+    Option("expired", FLAG, False, "only EC2 runs whose cnd-fab:expires-at tag has passed", (TEARDOWN,)),
+    Option("dry-run", FLAG, False, "say what would be removed, remove nothing", (TEARDOWN,)),
+    Option("inventory", NAME, None, "the inventory of static hosts, to clean their run directories", (TEARDOWN,)),
+    Option("region", NAME, None, "also search this AWS region for tagged instances", (TEARDOWN, STATUS)),
+    Option("level", TEXT, None, "confidence level of the intervals (default 0.95)", (STATS,)),
+    Option("plot", NAME, None, "also draw time and efficiency against the number of hosts into this PNG file",
+           (STATS,)),
 )
 
 

@@ -109,12 +109,13 @@ def test_parsing_does_no_io(no_io: None) -> None:
 
 
 def test_importing_the_cli_and_parsing_load_nothing_heavy() -> None:
+    # `cnd-fab` is argparse over the option table: not even Invoke (0.2 s to import) is loaded.
     code = (
         "import sys, cnd_fab.cli\n"
         "from cnd_fab.options import parse_search\n"
         "parse_search({'provider': 'ec2', 'region': 'eu-west-2', 'inventory': 'x.yaml'})\n"
-        "heavy = ('rich', 'boto3', 'botocore', 'docker', 'paramiko', 'fabric', 'scipy', 'matplotlib')\n"
-        "light = {'cnd_fab', 'cnd_fab.cli', 'cnd_fab.tasks', 'cnd_fab.options', 'cnd_fab.flags',\n"
+        "heavy = ('invoke', 'yaml', 'rich', 'boto3', 'botocore', 'docker', 'paramiko', 'fabric', 'scipy', 'matplotlib')\n"
+        "light = {'cnd_fab', 'cnd_fab.cli', 'cnd_fab.commands', 'cnd_fab.options', 'cnd_fab.flags',\n"
         "         'cnd_fab.request', 'cnd_fab.spec', 'cnd_fab.errors', 'cnd_fab.providers'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy\n"
         "             or (m.startswith('cnd_fab') and m not in light)))\n"
@@ -229,3 +230,37 @@ def test_a_block_larger_than_a_work_line_carries_is_refused_at_parse_time() -> N
     assert len(parse_search({"block_hex": "ab" * options.MAX_BLOCK_BYTES}).problem.block) == options.MAX_BLOCK_BYTES
     with pytest.raises(InputError, match=r"the block is 524,289 bytes; at most 524,288 \(512 KiB\) are accepted"):
         parse_search({"block": "x" * (options.MAX_BLOCK_BYTES + 1)})
+
+
+def test_both_front_ends_offer_the_same_tasks_and_flags() -> None:
+    """`fab` (Invoke) and `cnd-fab` (argparse) are both built from the option table."""
+    import argparse
+
+    from cnd_fab.cli import build_parser
+    from cnd_fab.commands import TASKS
+
+    parser = build_parser()
+    [subparsers] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    assert set(subparsers.choices) == set(TASKS) == {"search", "calibrate", "bench", "teardown", "stats", "status"}
+    for name, task_parser in subparsers.choices.items():
+        argparse_flags = {flag for action in task_parser._actions for flag in action.option_strings} - {"-h", "--help"}
+        invoke_task = getattr(tasks, name)
+        invoke_flags = {f"--{parameter.replace('_', '-')}" for parameter in list(inspect_parameters(invoke_task))[1:]}
+        assert argparse_flags == invoke_flags == {f"--{option.name}" for option in options.options_for(name)}
+
+
+def inspect_parameters(task: object) -> List[str]:
+    import inspect
+
+    return list(inspect.signature(task.body).parameters)  # type: ignore[attr-defined]
+
+
+def test_cnd_fab_bad_flags_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from cnd_fab.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["search", "--no-such-flag"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "cnd-fab: unrecognized arguments: --no-such-flag (see `cnd-fab --help`)"
+    ]
