@@ -155,7 +155,7 @@ class FleetSearch:
     def _lose_overdue(self, now: float) -> None:
         unit_seconds = median_unit_seconds(list(self.sessions.values()))
         for session in self.sessions.values():
-            held = len(self.scheduler.held_by(session.name))
+            held = self.scheduler.held_count(session.name)
             reason = session.overdue(now, self.heartbeat_timeout, HELLO_TIMEOUT, held > 0)
             if reason is None and held and unit_seconds is not None:
                 reason = session.settle_overdue(now, max(self.heartbeat_timeout, SETTLE_MARGIN * held * unit_seconds))
@@ -214,7 +214,7 @@ class FleetSearch:
 
     def _done(self, session: HostSession, done: worker.Done) -> None:
         lie = session.impossible_done(done, self.space)
-        if lie is None and done.unit in self.scheduler.held_by(session.name):
+        if lie is None and self.scheduler.holds(session.name, done.unit):
             lie = self.ledger.denied_by(done)
         if lie is not None:
             self._lose(session, lie)
@@ -248,7 +248,7 @@ class FleetSearch:
                 self._send(self.sessions[name], worker.Cancel(above=completion.above))
 
     def _fill(self, session: HostSession) -> None:
-        held = len(self.scheduler.held_by(session.name))
+        held = self.scheduler.held_count(session.name)
         wanted = session.prefetch - held
         for unit in self.scheduler.take(session.name, wanted) if wanted > 0 else []:
             session.note_issued(unit.size, idle=held == 0)

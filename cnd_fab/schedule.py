@@ -62,8 +62,16 @@ class Scheduler:
         self._held.setdefault(host, set())
 
     def held_by(self, host: str) -> Set[int]:
-        """The units a host holds now."""
+        """The units a host holds now (a copy)."""
         return set(self._held.get(host, ()))
+
+    def held_count(self, host: str) -> int:
+        """How many units a host holds now, without copying them."""
+        return len(self._held.get(host, ()))
+
+    def holds(self, host: str, index: int) -> bool:
+        """True while `host` holds unit `index`."""
+        return self._holder.get(index) == host
 
     def host_lost(self, host: str) -> List[int]:
         """Forget a host; its units go back to be reissued, lowest first. Returns them."""

@@ -42,6 +42,16 @@ def heartbeat_for_ever(hashes="0"):
         os._exit(0)
 
 
+def trickle_for_ever(units=()):
+    """Heartbeats whose hash count grows by one each time: progress in name only."""
+    try:
+        for count in range(1, 10 ** 9):
+            say(progress(str(count), units))
+            time.sleep(0.3)
+    except OSError:
+        os._exit(0)
+
+
 def first_work():
     """Read lines until the first WORK and return it."""
     for line in sys.stdin:
@@ -87,7 +97,8 @@ def main():
         say(hello(prefetch=65536))
         if MODE == "huge-prefetch-no-work":
             drain_stdin()
-        heartbeat_for_ever()
+            heartbeat_for_ever()
+        trickle_for_ever()  # claims steady progress: only its unread input can give it away
     if MODE == "markup-and-escapes":
         say(hello(kernel=ESCAPES, kernel_note=ESCAPES))
         first_work()
@@ -127,12 +138,7 @@ def main():
     elif MODE == "second-hello":
         say(hello())
     elif MODE == "trickle":
-        try:
-            for count in range(1, 10 ** 9):
-                say(progress(str(count), [unit]))
-                time.sleep(0.3)
-        except OSError:
-            os._exit(0)
+        trickle_for_ever([unit])
     heartbeat_for_ever()
 
 
