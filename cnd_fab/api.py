@@ -33,11 +33,8 @@ def stderr_console(stderr: bool = True) -> Console:
 def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Optional[Console] = None) -> int:
     """Run one search end to end and print its result; returns the process exit code."""
     from .checks import open_provider
-    from .fleet import FleetSearch
     from .kernels import prepare_payload
     from .planner import confirm_cost, plan_fleet
-    from .progress import LiveReporter, PlainReporter, print_summary
-    from .results import describe_odds, result_record, result_text, save_run_record
     from .run import launched
 
     console = console or stderr_console()
@@ -47,7 +44,6 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
         count, timeout = plan_fleet(request, provider, console)
     confirm_cost(provider, count, timeout, request.max_cost, request.confirmed, console)
     payload = prepare_payload(request.kernel, provider.architectures(), console)
-    console.print(describe_odds(request.problem), highlight=False)
     problem, space = request.problem, request.space
     stop = threading.Event()
     outcome: Optional[SearchOutcome] = None
@@ -55,7 +51,13 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
     details = dict(difficulty=problem.difficulty, block_hex=problem.block.hex(), nonce_bytes=problem.nonce_bytes, units=space.count)
     say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
     try:
-        with launched(provider, count, details=details, stop=stop, say=say) as run:
+        with launched(provider, count, details=details, stop=stop, say=say, payload=payload) as run:
+            # Imported only now: local workers boot meanwhile.
+            from .fleet import FleetSearch
+            from .progress import LiveReporter, PlainReporter
+            from .results import describe_odds
+
+            console.print(describe_odds(problem), highlight=False)
             console.print(
                 f"run {run.run_id}: {count} host(s) on {provider.name}, {space.count} units of {space.unit_size:,} nonces",
                 highlight=False,
@@ -84,6 +86,9 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
             raise
         release_error = error  # shown after the result, which is still true
     assert outcome is not None
+    from .progress import print_summary
+    from .results import result_record, result_text, save_run_record
+
     print_summary(console, outcome)
     cost = provider.incurred_cost()
     if cost is not None:

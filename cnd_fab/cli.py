@@ -10,6 +10,7 @@ anything.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, NoReturn, Optional
 
@@ -62,3 +63,26 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"cnd-fab: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     sys.exit(code)
+
+
+def run_program() -> NoReturn:
+    """The `cnd-fab` console script: main(), then an exit without the interpreter's teardown.
+
+    When main() returns, every host is released and every record is written. A normal exit
+    would then spend about 50 ms unloading modules, on every command. Tests call main()."""
+    try:
+        main()
+        code: object = 0
+    except SystemExit as leaving:
+        code = leaving.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -15,15 +15,17 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import CndError, ReleaseError
-from .fleet import FleetSearch
 from .journal import CLEANED, RunJournal
-from .outcome import SearchOutcome
 from .providers.base import Provider, Released
 from .spec import DEFAULT_BLOCK_TEXT, Problem, UnitSpace
 from .transport import Host, WorkerPayload
+
+if TYPE_CHECKING:
+    from .fleet import FleetSearch
+    from .outcome import SearchOutcome
 
 #: A difficulty no nonce reaches in practice: measuring searches never finish early.
 NEVER_GOLDEN = 256
@@ -80,8 +82,12 @@ def launched(
     details: Optional[Dict[str, Any]] = None,
     stop: Optional[threading.Event] = None,
     say: Callable[[str], None] = lambda text: None,
+    payload: Optional[WorkerPayload] = None,
 ) -> Iterator[Run]:
     """Open a journal, launch `count` hosts and yield the run; release them whatever happens.
+
+    With `payload`, hosts that can start their worker at no cost start it at once (see
+    Host.start_early), so it boots while the caller still imports and sets up.
 
     A failed launch is released too: providers find what a half-finished launch made through
     the journal and their labels. Release problems raise ReleaseError after the release (and
@@ -96,6 +102,9 @@ def launched(
         try:
             run.hosts = provider.launch(count, journal)
             launching = False
+            if payload is not None:
+                for host in run.hosts:
+                    host.start_early(run.run_id, payload)
             yield run
         except BaseException as error:
             failure = error
@@ -147,7 +156,9 @@ def measuring_search(
 ) -> Tuple[SearchOutcome, FleetSearch, Run]:
     """A real search with nothing to find, for `seconds` after `grace` seconds of start-up
     allowance, on hosts launched and released like any run's."""
-    with launched(provider, count, details={"purpose": "measurement"}, stop=stop) as run:
+    from .fleet import FleetSearch
+
+    with launched(provider, count, details={"purpose": "measurement"}, stop=stop, payload=payload) as run:
         fleet = FleetSearch(
             Problem(MEASURING_BLOCK, 4, NEVER_GOLDEN),
             UnitSpace(4, 1024),

@@ -39,7 +39,7 @@ def cli_command() -> List[str]:
     found = shutil.which("cnd-fab")
     if found:
         return [found]
-    return [sys.executable, "-c", "from cnd_fab.cli import main; main()"]
+    return [sys.executable, "-c", "from cnd_fab.cli import run_program; run_program()"]
 
 
 def time_process(argv: Sequence[str], env: Dict[str, str]) -> float:

@@ -148,6 +148,11 @@ class Host(ABC):
     def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
         """Start the worker and return its line channel. Raises HostConnectError."""
 
+    def start_early(self, run_id: str, payload: WorkerPayload) -> None:
+        """Begin starting the worker before the fleet asks for it, where that costs nothing
+        and cannot block (a local process). start_worker() then picks it up. The default
+        does nothing: remote hosts start in the fleet's setup threads, under their deadline."""
+
     @abstractmethod
     def stop_worker(self) -> None:
         """Kill the worker's whole process group and remove its files. Idempotent."""

@@ -1325,5 +1325,30 @@ def main(argv=None):
         return 1
 
 
+def exit_promptly(code):
+    """Flush and leave at once. Every core has been joined by now; a normal interpreter exit
+    would spend some 40 ms more tearing down threads and modules, on every search's end."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        sys.stderr.write("%s\n" % code)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def run_as_program(argv=None):
+    """The worker as a program: main(), then a prompt exit with its status."""
+    try:
+        exit_code = main(argv)
+    except SystemExit as leaving:  # SIGTERM, or argparse
+        exit_code = leaving.code
+    exit_promptly(exit_code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_program()

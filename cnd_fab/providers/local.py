@@ -17,6 +17,9 @@ from . import COUNT_MEANINGS
 from .base import Host, Leftover, Provider, ProviderOptions, Released
 
 MAX_LOCAL_HOSTS = 64
+#: `python -c` program that runs the worker file named by its first argument, like a script
+#: (its folder first on the path) but from cached bytecode.
+WORKER_LOADER = "import os, sys; sys.path[0] = os.path.dirname(sys.argv[1]); import worker; worker.run_as_program(sys.argv[2:])"
 
 
 def _process_mentions(pid: int, text: str) -> bool:
@@ -54,11 +57,33 @@ class LocalHost(Host):
         self.processes = processes
         self.journal = journal
         self.process: Optional[subprocess.Popen[bytes]] = None
+        self._handed_over = False
+
+    def start_early(self, run_id: str, payload: WorkerPayload) -> None:
+        """Start the worker now: it boots (about 0.15 s) while the controller sets up."""
+        try:
+            self._spawn(run_id, payload)
+        except HostConnectError:
+            pass  # the fleet's own start_worker() tries again and reports it
 
     def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
-        """Start the worker as a child in its own session, its stdin and stdout the channel."""
+        """Start the worker as a child in its own session, its stdin and stdout the channel.
+        A worker that start_early() began is handed over instead of a second one."""
+        if self.process is None or self._handed_over:
+            self._spawn(run_id, payload)
+        self._handed_over = True
+        assert self.process is not None
+        return PipeChannel(self.process)
+
+    def _spawn(self, run_id: str, payload: WorkerPayload) -> None:
+        # -S skips site (an editable install's import hooks), and the worker is imported
+        # rather than run as a script, so that its cached bytecode is used: together about
+        # 40 ms off every local search. Its path stays on the command line for ps and teardown.
         argv = [
             sys.executable,
+            "-S",
+            "-c",
+            WORKER_LOADER,
             str(worker_file()),
             "--processes",
             str(self.processes),
@@ -76,9 +101,9 @@ class LocalHost(Host):
             )
         except OSError as error:
             raise HostConnectError(f"{self.name}: cannot start the worker: {error}") from error
+        self._handed_over = False
         self.reachable_at = time.monotonic()
         self.journal.record("local-worker", host=self.name, pid=self.process.pid)
-        return PipeChannel(self.process)
 
     def stop_worker(self) -> None:
         """TERM, then KILL, the worker's process group, and reap the worker."""

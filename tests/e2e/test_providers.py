@@ -15,9 +15,9 @@ from cnd_fab.journal import RunJournal
 from cnd_fab.providers import ProviderOptions, provider_class
 from cnd_fab.providers.base import Leftover, Released
 from cnd_fab.providers.docker import DockerProvider
-from cnd_fab.providers.local import LocalProvider
+from cnd_fab.providers.local import LocalHost, LocalProvider
 from cnd_fab.ssh import SshHost
-from cnd_fab.transport import WorkerPayload, worker_file
+from cnd_fab.transport import WorkerPayload, worker, worker_file
 from tests.e2e.conftest import Testbed
 from tests.helpers import wait_for_no_workers
 from tests.testbed.hosts import cnd_containers
@@ -96,6 +96,24 @@ def test_local_leftover_workers_are_killed_only_while_they_are_the_runs() -> Non
     assert item.done and item.resource == f"local worker pid {process.pid} ({journal.run_id})"
     assert process.wait(timeout=5) is not None
     assert LocalProvider().remove(leftover) == []
+    assert not wait_for_no_workers(journal.run_id.encode())
+
+
+def test_an_early_local_worker_is_handed_over_once_and_released() -> None:
+    provider = LocalProvider(cores=1)
+    journal = RunJournal.start(provider.name)
+    [host] = provider.launch(1, journal)
+    host.start_early(journal.run_id, PYTHON)
+    assert isinstance(host, LocalHost) and host.process is not None
+    early = host.process
+    channel = host.start_worker(journal.run_id, PYTHON)
+    assert host.process is early  # the booting worker, not a second one
+    hello = worker.decode_to_controller(channel.read_line(worker.MAX_LINE_CHARS))
+    assert isinstance(hello, worker.Hello) and hello.pid == early.pid
+    assert f"{worker_file()} --processes 1 --run-id {journal.run_id}" in " ".join(early.args)
+    [released] = provider.release([host], journal)
+    assert released.done and early.poll() is not None
+    assert len(journal.resources) == 1
     assert not wait_for_no_workers(journal.run_id.encode())
 
 
