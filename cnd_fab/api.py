@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import IO, Optional, Union
+from typing import IO, TYPE_CHECKING, Optional, Union
 
 from rich.console import Console
 
 from .errors import CndError, InputError, ReleaseError
 from .request import CalibrateRequest, SearchRequest
 from .outcome import INTERRUPTED_STATUS, TIMEOUT_STATUS, SearchOutcome
+
+if TYPE_CHECKING:
+    from .resume import Resumption
 
 EXIT_OK = 0
 EXIT_TIMEOUT = 3
@@ -32,12 +35,22 @@ def stderr_console(stderr: bool = True) -> Console:
 
 def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Optional[Console] = None) -> int:
     """Run one search end to end and print its result; returns the process exit code."""
+    from .checkpoint import Checkpoint, CheckpointKeeper
     from .checks import open_provider
     from .kernels import prepare_payload
     from .planner import confirm_cost, plan_fleet
     from .run import launched
 
     console = console or stderr_console()
+    out = out or sys.stdout
+    resumption = None
+    if request.resume is not None:
+        from .resume import open_resumption
+
+        resumption = open_resumption(request)
+        request = resumption.request
+        if resumption.checkpoint.answered():
+            return _answer_from_checkpoint(resumption, out)
     provider, count = open_provider(request.provider, request.count)
     timeout = request.timeout
     if request.within is not None:
@@ -45,19 +58,27 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
     confirm_cost(provider, count, timeout, request.max_cost, request.confirmed, console)
     payload = prepare_payload(request.kernel, provider.architectures(), console)
     problem, space = request.problem, request.space
+    base = resumption.base() if resumption else Checkpoint(problem, space, request.first_found_wins)
     stop = threading.Event()
     outcome: Optional[SearchOutcome] = None
     release_error: Optional[ReleaseError] = None
     details = dict(difficulty=problem.difficulty, block_hex=problem.block.hex(), nonce_bytes=problem.nonce_bytes, units=space.count)
+    if resumption is not None:
+        details["resumed_from"] = resumption.run_id
     say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
     try:
         with launched(provider, count, details=details, stop=stop, say=say, payload=payload) as run:
+            keeper = CheckpointKeeper(run.journal, base)
+            if resumption is not None:
+                resumption.hand_over(run.run_id)
             # Imported only now: local workers boot meanwhile.
             from .fleet import FleetSearch
             from .progress import LiveReporter, PlainReporter
-            from .results import describe_odds
+            from .results import describe_odds, describe_resumption
 
             console.print(describe_odds(problem), highlight=False)
+            if resumption is not None:
+                console.print(describe_resumption(resumption.run_id, base), highlight=False, soft_wrap=True)
             console.print(
                 f"run {run.run_id}: {count} host(s) on {provider.name}, {space.count} units of {space.unit_size:,} nonces",
                 highlight=False,
@@ -78,6 +99,8 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
                     on_lost=lambda host: host.stop_worker(),
                     started=run.started,
                     payload=payload,
+                    scheduler=base.scheduler(),
+                    checkpoint=keeper,
                 )
                 outcome = fleet.run()
             run.outcome = outcome.status
@@ -93,14 +116,26 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
     cost = provider.incurred_cost()
     if cost is not None:
         console.print(f"cost incurred: about ${cost:.4f} (per-second billing, 60 s minimum per instance)", highlight=False)
-    record = result_record(request, outcome, run.run_id, provider.name, cost)
-    save_run_record(request, record, run.started, outcome, provider.instance_type)
-    out = out or sys.stdout
+    record = result_record(request, outcome, run.run_id, provider.name, cost, base)
+    save_run_record(request, record, run.started, outcome, provider.instance_type, fleet.joblog, keeper)
     out.write((json.dumps(record) if request.json_output else result_text(request, outcome, record)) + "\n")
     out.flush()
     if release_error is not None:
         raise release_error
     return {TIMEOUT_STATUS: EXIT_TIMEOUT, INTERRUPTED_STATUS: EXIT_INTERRUPTED}.get(outcome.status, EXIT_OK)
+
+
+def _answer_from_checkpoint(resumption: "Resumption", out: IO[str]) -> int:
+    """The stopped run had settled the answer already: print it, launch nothing."""
+    from .results import answered_outcome, result_record, result_text
+
+    request, checkpoint = resumption.request, resumption.checkpoint
+    outcome = answered_outcome(checkpoint)
+    record = result_record(request, outcome, resumption.run_id, resumption.journal.provider, None, resumption.base())
+    resumption.close_answered()
+    out.write((json.dumps(record) if request.json_output else result_text(request, outcome, record)) + "\n")
+    out.flush()
+    return EXIT_OK
 
 
 def calibrate(request: CalibrateRequest, console: Optional[Console] = None) -> int:
@@ -138,12 +173,44 @@ def calibrate(request: CalibrateRequest, console: Optional[Console] = None) -> i
     return EXIT_OK
 
 
-def stats(level: Optional[str] = None, plot_file: Optional[str] = None, console: Optional[Console] = None) -> int:
-    """Print timing statistics over the run records; optionally draw them."""
+def stats(
+    level: Optional[str] = None,
+    plot_file: Optional[str] = None,
+    console: Optional[Console] = None,
+    joblog_run: Optional[str] = None,
+    timeline_run: Optional[str] = None,
+    out: Optional[IO[str]] = None,
+) -> int:
+    """Print timing statistics over the run records; optionally draw them. With a run id:
+    that run's per-unit log as CSV (`joblog_run`), or its timeline drawn (`timeline_run`)."""
     from pathlib import Path
 
     from .options import parse_confidence
-    from .records import load_records, plot, stats_table, summarise
+    from .records import load_record, load_records, plot, stats_table, summarise
+
+    if joblog_run is not None or timeline_run is not None:
+        if joblog_run is not None and timeline_run is not None:
+            raise InputError("give --joblog or --timeline, not both")
+        if timeline_run is not None and not plot_file:
+            raise InputError("--timeline RUN_ID draws into a PNG file: add --plot FILE.png")
+        if joblog_run is not None and plot_file:
+            raise InputError("--joblog prints CSV on stdout; --plot goes with --timeline")
+        record = load_record(joblog_run or timeline_run or "")
+        if "joblog" not in record:
+            raise InputError(f"run {record['run_id']} has no per-unit log (its record predates them)")
+        try:
+            if joblog_run is not None:
+                from .joblog import joblog_csv
+
+                (out or sys.stdout).write(joblog_csv(record["joblog"]))
+                return EXIT_OK
+            from .timeline import draw_timeline
+
+            draw_timeline(record, Path(plot_file or ""))
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(f"the per-unit log of run {record['run_id']} is unreadable: {error}") from None
+        (console or stderr_console()).print(f"timeline of {record['run_id']} written to {plot_file}", highlight=False)
+        return EXIT_OK
 
     chosen_level = 0.95 if level is None else parse_confidence(level)
     console = console or stderr_console(stderr=False)

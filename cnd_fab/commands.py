@@ -49,7 +49,12 @@ def _teardown(raw: Mapping[str, object]) -> int:
 def _stats(raw: Mapping[str, object]) -> int:
     from . import api
 
-    return api.stats(level=_text(raw, "level"), plot_file=_text(raw, "plot"))
+    return api.stats(
+        level=_text(raw, "level"),
+        plot_file=_text(raw, "plot"),
+        joblog_run=_text(raw, "joblog"),
+        timeline_run=_text(raw, "timeline"),
+    )
 
 
 def _status(raw: Mapping[str, object]) -> int:

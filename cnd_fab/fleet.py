@@ -20,12 +20,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 from remote import worker
 
 from .errors import FleetLostError
+from .joblog import JobLog
 from .outcome import (
     FOUND_STATUS,
     INTERRUPTED_STATUS,
     LOST,
     NONE_STATUS,
     READY,
+    RUNNING_STATUS,
     STARTING,
     STOPPED,
     TIMEOUT_STATUS,
@@ -65,6 +67,13 @@ MAX_QUEUED_EVENTS = 4096
 #: A host holding units must settle one within this many times the time the fleet's median
 #: host takes for as many units as it holds (and never less than the heartbeat deadline).
 SETTLE_MARGIN = 20.0
+#: How often the run's settled work is handed to `checkpoint` (and at every ending).
+CHECKPOINT_SECONDS = 5.0
+#: A run's ending when the loop raised (every host lost, or a bug): resumable like any other.
+FAILED_STATUS = "failed"
+
+#: checkpoint(scheduler, lowest verified golden nonce, status): keeps what is settled so far.
+Checkpointer = Callable[[Scheduler, Optional[GoldenNonce], str], None]
 
 
 class FleetSearch:
@@ -85,12 +94,17 @@ class FleetSearch:
         on_lost: Optional[Callable[[Host], None]] = None,
         started: Optional[float] = None,
         payload: WorkerPayload = WorkerPayload(),
+        scheduler: Optional[Scheduler] = None,
+        checkpoint: Optional[Checkpointer] = None,
     ) -> None:
+        """`scheduler`: one that starts from a checkpoint (see checkpoint.py), else a fresh one.
+        `checkpoint` is called every CHECKPOINT_SECONDS while the search runs and once at its end."""
         self.payload = payload
         self.problem = problem
         self.space = space
         self.run_id = run_id
-        self.scheduler = Scheduler(space, first_found_wins)
+        self.scheduler = scheduler or Scheduler(space, first_found_wins)
+        self.checkpoint = checkpoint
         self.deadline = deadline
         self.stop = stop or threading.Event()
         self.reporter = reporter or Reporter()
@@ -101,8 +115,9 @@ class FleetSearch:
         self.ledger = GoldenLedger(problem, space)
         # Wall time counts from the caller's start (the launch included), like the deadline.
         self.started = time.monotonic() if started is None else started
-        #: The lowest verified golden nonce reported so far, settled or not.
-        self.candidate: Optional[GoldenNonce] = None
+        #: The lowest verified golden nonce reported so far (or known before), settled or not.
+        self.candidate: Optional[GoldenNonce] = self.scheduler.known
+        self.joblog = JobLog(self.started)
         self.finished_at: Optional[float] = None
         self._block_hex = problem.block.hex()
 
@@ -112,6 +127,8 @@ class FleetSearch:
         for session in self.sessions.values():
             session.start_reader(self.run_id, self.payload, self.events)
         last_update = 0.0
+        last_checkpoint = time.monotonic()
+        status: Optional[str] = None
         try:
             while True:
                 status = self._ending()
@@ -132,9 +149,15 @@ class FleetSearch:
                 if now - last_update >= REDRAW_SECONDS:
                     self.reporter.update(self.snapshot())
                     last_update = now
+                if self.checkpoint is not None and now - last_checkpoint >= CHECKPOINT_SECONDS:
+                    self.checkpoint(self.scheduler, self.lowest_known(), RUNNING_STATUS)
+                    last_checkpoint = now
         finally:
             self.finished_at = time.monotonic()
             self._stop_all()
+            self._log_ending(self.finished_at)
+            if self.checkpoint is not None:
+                self.checkpoint(self.scheduler, self.lowest_known(), status or FAILED_STATUS)
         assert status is not None
         self.reporter.update(self.snapshot())
         return self._outcome(status)
@@ -186,8 +209,11 @@ class FleetSearch:
             if lie is not None:
                 self._lose(session, lie)
                 return
-            if message.units and session.view.running_at is None:
-                session.view.running_at = time.monotonic()
+            if message.units:
+                now = time.monotonic()
+                if session.view.running_at is None:
+                    session.view.running_at = now
+                self.joblog.started_units(session.name, message.units, now)
         elif isinstance(message, worker.Found):
             if self.ledger.repeated(message):
                 return
@@ -208,6 +234,7 @@ class FleetSearch:
             self._lose(session, refusal)
             return
         self.scheduler.add_host(session.name)
+        self._log_setup(session)
         note = f" ({host_text(hello.kernel_note)})" if hello.kernel_note else ""
         self.reporter.event(f"{session.name} joined: {hello.cores} cores, kernel {session.view.kernel}{note}")
         self._fill(session)
@@ -227,6 +254,7 @@ class FleetSearch:
         completion = self.scheduler.complete(session.name, done.unit, golden)
         if completion.accepted:
             session.count_unit(done.hashes)
+            self.joblog.settled(done.unit, session.name, time.monotonic(), done.hashes, done.nonce, done.seconds)
             self._apply(completion)
         self._fill_all()
 
@@ -244,6 +272,7 @@ class FleetSearch:
     def _apply(self, completion: Completion) -> None:
         """Tell the hosts a golden nonce cancelled to drop their units above it."""
         if completion.accepted and completion.above is not None:
+            self.joblog.cancelled(self.scheduler.holds, time.monotonic())
             for name in completion.cancel_hosts:
                 self._send(self.sessions[name], worker.Cancel(above=completion.above))
 
@@ -253,8 +282,10 @@ class FleetSearch:
         for unit in self.scheduler.take(session.name, wanted) if wanted > 0 else []:
             session.note_issued(unit.size, idle=held == 0)
             held += 1
+            now = time.monotonic()
+            self.joblog.issued(unit.index, session.name, now)
             if session.view.first_unit_at is None:
-                session.view.first_unit_at = time.monotonic()
+                session.view.first_unit_at = now
             problem = self.problem
             work = worker.Work(unit.index, unit.start, unit.end, self._block_hex, problem.nonce_bytes, problem.difficulty)
             if not self._send(session, work):
@@ -279,6 +310,11 @@ class FleetSearch:
         view.error = reason if reason.startswith(f"{view.name}:") else f"{view.name}: {reason}"
         view.rate = 0.0
         reissued = self.scheduler.host_lost(view.name)
+        now = time.monotonic()
+        self._log_setup(session)
+        self.joblog.host_stage(view.name, "lost", now)
+        self.joblog.host(view.name).error = view.error
+        self.joblog.host_lost(view.name, reissued, now)
         self.reporter.event(f"host lost: {view.error}")
         if reissued:
             self.reporter.event(f"units {', '.join(map(str, reissued))} reissued")
@@ -287,6 +323,20 @@ class FleetSearch:
         if self.on_lost is not None:
             threading.Thread(target=self.on_lost, args=(session.host,), daemon=True).start()
         self._fill_all()
+
+    def _log_setup(self, session: HostSession) -> None:
+        """The host's start-up stages, for the timeline: reachable, worker opened, joined."""
+        self.joblog.host_stage(session.name, "reachable", session.host.reachable_at)
+        self.joblog.host_stage(session.name, "opened", session.opened_at)
+        if session.view.state == READY:
+            self.joblog.host_stage(session.name, "joined", time.monotonic())
+
+    def _log_ending(self, now: float) -> None:
+        self.joblog.finish(now)
+        for session in self.sessions.values():
+            self._log_setup(session)
+            if session.view.state != LOST:
+                self.joblog.host_stage(session.name, "stopped", now)
 
     def _stop_all(self) -> None:
         """Send STOP everywhere, then wait briefly for each worker's final count."""

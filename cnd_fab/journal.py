@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 OPEN = "open"
 CLEANED = "cleaned"
@@ -43,6 +43,8 @@ class RunJournal:
     created: float = field(default_factory=time.time)
     resources: List[Dict[str, Any]] = field(default_factory=list)
     details: Dict[str, Any] = field(default_factory=dict)
+    #: What a search has settled, for --resume (see checkpoint.py); None before it starts.
+    checkpoint: Optional[Dict[str, Any]] = None
     path: Path = field(default=Path(), compare=False)
     # Host threads record their resources concurrently.
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
@@ -68,6 +70,12 @@ class RunJournal:
             self.details.update(details)
             self._save()
 
+    def save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Replace the run's checkpoint and save."""
+        with self._lock:
+            self.checkpoint = checkpoint
+            self._save()
+
     def save(self) -> None:
         """Write the journal atomically."""
         with self._lock:
@@ -83,6 +91,8 @@ class RunJournal:
             "resources": self.resources,
             "details": self.details,
         }
+        if self.checkpoint is not None:
+            payload["checkpoint"] = self.checkpoint
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(payload, indent=2) + "\n")
         os.replace(temporary, self.path)
@@ -98,6 +108,7 @@ class RunJournal:
             created=payload.get("created", 0.0),
             resources=list(payload.get("resources", [])),
             details=dict(payload.get("details", {})),
+            checkpoint=payload.get("checkpoint"),
         )
         journal.path = path
         return journal

@@ -16,6 +16,7 @@ from rich.console import Console
 from . import inventory as inventory_file
 from .errors import CndError
 from .journal import CLEANED, OPEN, RunJournal
+from .outcome import RUNNING_STATUS
 from .providers import provider_class
 from .providers.base import Leftover, LiveResource, Provider, ProviderOptions, Released
 
@@ -134,6 +135,7 @@ def status(region: Optional[str], console: Console) -> None:
             ", ".join(sorted({str(r.get("kind")) for r in journal.resources})) or "-",
         )
     console.print(table)
+    resumable_runs(journals, console)
     for provider in _labelling_providers(journals, ProviderOptions(region=region)):
         try:
             live: List[LiveResource] = provider.live_resources(journals)
@@ -149,3 +151,38 @@ def status(region: Optional[str], console: Console) -> None:
         for item in live:
             resources.add_row(item.name, item.state, item.run_id, item.detail)
         console.print(resources)
+
+
+def resumable_runs(journals: List[RunJournal], console: Console) -> None:
+    """The stopped runs that `fab search --resume RUN_ID` can continue, and how far each got."""
+    from rich.table import Table
+
+    from .checkpoint import Checkpoint, FINISHED
+
+    table = Table(title="resumable runs (fab search --resume RUN_ID)")
+    table.add_column("run", no_wrap=True)
+    for column in ("problem", "settled", "ended", "best so far"):
+        table.add_column(column)
+    for journal in journals:
+        if journal.checkpoint is None:
+            continue
+        try:
+            checkpoint = Checkpoint.from_json(journal.checkpoint)
+        except (ValueError, TypeError) as error:
+            table.add_row(journal.run_id, "-", "-", f"checkpoint unreadable: {error}", "-")
+            continue
+        if checkpoint.status in FINISHED or checkpoint.resumed_by is not None:
+            continue
+        ended = checkpoint.status
+        if ended == RUNNING_STATUS:
+            ended = "still running" if controller_alive(journal) else "controller killed"
+        problem = checkpoint.problem
+        lowest = checkpoint.lowest()
+        table.add_row(
+            journal.run_id,
+            f"D={problem.difficulty}, {problem.nonce_bytes}-byte nonces",
+            f"{checkpoint.share_settled():.4%} ({checkpoint.units_settled():,} of {checkpoint.space.count:,} units)",
+            ended,
+            "-" if lowest is None else str(lowest.nonce),
+        )
+    console.print(table)

@@ -37,6 +37,9 @@ TEARDOWN, STATS, STATUS = "teardown", "stats", "status"
 #: The largest block a WORK line carries (the worker codec's limit, in bytes); the worker
 #: module itself is not imported here, so that parsing stays light.
 MAX_BLOCK_BYTES = 512 << 10
+#: The flags that state the problem: a resumed run takes them from its checkpoint instead.
+PROBLEM_FLAGS = ("difficulty", "block", "block-hex", "nonce-bytes", "units", "any")
+
 #: Search's provider settings given as text; each flag is its ProviderRequest field, dashes as '_'.
 PROVIDER_TEXT_FLAGS = ("image", "region", "instance-type", "ami", "ssh-cidr")
 
@@ -93,6 +96,9 @@ OPTIONS: Tuple[Option, ...] = (
            "the probability, such as 0.95 or 95%, of settling it --within the time", (SEARCH,)),
     Option("best-effort", FLAG, False, "with --within: run the best fleet even when it cannot reach the confidence",
            (SEARCH,)),
+    Option("resume", NAME, None,
+           "continue the stopped run RUN_ID on fresh hosts: its problem, and none of its settled units again",
+           (SEARCH,)),
     Option("startup", FLAG, False,
            "only time `cnd-fab --help` and a D=8 local search as whole processes (5 runs each)", (BENCH,)),
     Option("run", NAME, None, "tear down only this run id (even if its controller still runs)", (TEARDOWN,)),
@@ -104,6 +110,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("level", TEXT, None, "confidence level of the intervals (default 0.95)", (STATS,)),
     Option("plot", NAME, None, "also draw time and efficiency against the number of hosts into this PNG file",
            (STATS,)),
+    Option("joblog", NAME, None, "print run RUN_ID's per-unit log as CSV on stdout", (STATS,)),
+    Option("timeline", NAME, None, "draw run RUN_ID's hosts over time into the --plot PNG file", (STATS,)),
 )
 
 
@@ -179,6 +187,7 @@ def parse_search(raw: Mapping[str, object]) -> SearchRequest:
     within, confidence = flags.maybe_seconds("within"), flags.probability("confidence")
     best_effort = flags.flag("best-effort")
     check_plan(within, confidence, count, best_effort)
+    resume = flags.name("resume")
     return SearchRequest(
         problem=Problem(block, width, difficulty),
         space=space,
@@ -199,6 +208,8 @@ def parse_search(raw: Mapping[str, object]) -> SearchRequest:
         within=within,
         confidence=confidence,
         best_effort=best_effort,
+        resume=resume,
+        problem_flags_given=tuple(name for name in PROBLEM_FLAGS if name in flags.given),
     )
 
 

@@ -17,7 +17,8 @@ READY = "ready"
 LOST = "lost"
 STOPPED = "stopped"
 
-# How a search ended.
+# How a search ended (and RUNNING while it has not).
+RUNNING_STATUS = "running"
 FOUND_STATUS = "found"
 NONE_STATUS = "none"
 TIMEOUT_STATUS = "timeout"

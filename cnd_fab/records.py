@@ -91,6 +91,22 @@ def build_record(
     }
 
 
+def load_record(run_id: str) -> Dict[str, Any]:
+    """The record of run `run_id`; InputError (one line) if there is none or it is unreadable."""
+    from .errors import InputError
+
+    path = records_dir() / f"{run_id}.json"
+    if "/" in run_id or not path.is_file():
+        raise InputError(f"there is no record of run {run_id} in {records_dir()} (runs that were killed leave none)")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"the record of run {run_id} is unreadable: {error}") from None
+    if not isinstance(record, dict) or record.get("run_id") != run_id:
+        raise InputError(f"the record of run {run_id} is not a run record")
+    return record
+
+
 def load_records() -> List[Dict[str, Any]]:
     """Every readable run record, oldest first."""
     folder = records_dir()

@@ -7,7 +7,7 @@ provider and its settings, and cnd_fab.checks.open_provider turns it into a chec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from .spec import Problem, UnitSpace
 
@@ -47,6 +47,10 @@ class SearchRequest:
     within: Optional[float] = None
     confidence: Optional[float] = None
     best_effort: bool = False
+    #: --resume RUN_ID: the problem comes from that run's checkpoint (see cnd_fab.resume).
+    resume: Optional[str] = None
+    #: Which of options.PROBLEM_FLAGS were given: with --resume, each must match the checkpoint.
+    problem_flags_given: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from .checkpoint import Checkpoint, CheckpointKeeper
+from .joblog import JobLog
 from .request import SearchRequest
 from .outcome import FOUND_STATUS, INTERRUPTED_STATUS, NONE_STATUS, TIMEOUT_STATUS, SearchOutcome
 from .progress import human_rate, human_seconds
@@ -19,10 +21,47 @@ def describe_odds(problem: Problem) -> str:
     )
 
 
+def describe_resumption(run_id: str, base: Checkpoint) -> str:
+    """What a resumed run starts from."""
+    settled = base.nonces_settled_before
+    known = base.lowest()
+    text = (
+        f"resuming {run_id}: {settled:,} nonces ({settled / base.problem.space:.4%} of the space) "
+        f"settled before, {base.units_settled()} units skipped"
+    )
+    return text + (f"; golden nonce {known.nonce} already known" if known else "")
+
+
+def answered_outcome(checkpoint: Checkpoint) -> SearchOutcome:
+    """The outcome a checkpoint settles on its own: its answer, with nothing searched now."""
+    scheduler = checkpoint.scheduler()
+    found = scheduler.best is not None
+    return SearchOutcome(
+        status=FOUND_STATUS if found else NONE_STATUS,
+        golden=scheduler.best,
+        lowest=found and not checkpoint.first_found_wins,
+        checked=0,
+        nonces_settled=scheduler.nonces_settled,
+        units_settled=scheduler.units_settled,
+        units_total=checkpoint.space.count,
+        seconds=0.0,
+        hosts=[],
+        reissued=0,
+        first_found_wins=checkpoint.first_found_wins,
+    )
+
+
 def result_record(
-    request: SearchRequest, outcome: SearchOutcome, run_id: str, provider: str, cost: Optional[float]
+    request: SearchRequest,
+    outcome: SearchOutcome,
+    run_id: str,
+    provider: str,
+    cost: Optional[float],
+    base: Optional[Checkpoint] = None,
 ) -> Dict[str, Any]:
-    """The result as one JSON-ready object (what --json prints)."""
+    """The result as one JSON-ready object (what --json prints). `base` is where the run
+    started: a resumed run's checkpoint says what was settled before it."""
+    before = base.nonces_settled_before if base else 0
     problem = request.problem
     golden = outcome.golden
     nonce = golden.nonce if golden else None
@@ -40,6 +79,9 @@ def result_record(
         "units": request.space.count,
         "checked": outcome.checked,
         "nonces_settled": outcome.nonces_settled,
+        "resumed_from": base.legs[-1] if base and base.legs else None,
+        "nonces_settled_before": before,
+        "nonces_settled_this_leg": outcome.nonces_settled - before,
         "space": problem.space,
         "seconds": round(outcome.seconds, 6),
         "rate": round(outcome.rate, 1),
@@ -89,6 +131,11 @@ def result_text(request: SearchRequest, outcome: SearchOutcome, record: Dict[str
             lines.append("lowest         not proven: some nonces below it were not checked")
     checked = f"{outcome.checked:,} nonces in {human_seconds(outcome.seconds)} ({human_rate(outcome.rate)})"
     lines.append(f"checked        {checked}")
+    if record["resumed_from"]:
+        lines.append(
+            f"resumed        from {record['resumed_from']}: {record['nonces_settled_before']:,} nonces settled "
+            f"before, {record['nonces_settled_this_leg']:,} in this run"
+        )
     lines.append(f"run            {record['run_id']} on {record['provider']}, {len(outcome.hosts)} host(s)")
     return "\n".join(lines)
 
@@ -99,8 +146,10 @@ def save_run_record(
     started: float,
     outcome: SearchOutcome,
     instance_type: Optional[str],
+    joblog: Optional[JobLog] = None,
+    keeper: Optional[CheckpointKeeper] = None,
 ) -> None:
-    """Keep the run's figures for `fab stats`."""
+    """Keep the run's figures for `fab stats`, with its per-unit log and checkpoint costs."""
     from .records import build_record, write_record
 
     parameters = {
@@ -114,15 +163,22 @@ def save_run_record(
         "confidence": request.confidence,
         "kernel": request.kernel,
     }
-    write_record(
-        build_record(
-            result["run_id"],
-            result["provider"],
-            instance_type,
-            parameters,
-            result,
-            started,
-            outcome.hosts,
-            result["cost_usd"],
-        )
+    record = build_record(
+        result["run_id"],
+        result["provider"],
+        instance_type,
+        parameters,
+        result,
+        started,
+        outcome.hosts,
+        result["cost_usd"],
     )
+    for key in ("resumed_from", "nonces_settled_before", "nonces_settled_this_leg"):
+        record[key] = result[key]
+    if result["resumed_from"]:
+        record["time_to_result"] = None  # one leg's time is not the time to the answer
+    if joblog is not None:
+        record["joblog"] = joblog.to_record()
+    if keeper is not None:
+        record["checkpoints"] = {"writes": keeper.writes, "seconds": round(keeper.seconds, 6)}
+    write_record(record)

@@ -8,14 +8,16 @@ for every provider and is driven step by step by the property tests. It keeps:
 - a heap of units to reissue, always preferred to fresh ones, since a low unit left
   unchecked holds back the lowest-nonce answer;
 - the units in flight, each held by exactly one host. A result is accepted only from the
-  host that holds the unit, so a unit is counted once even if a lost host answers late.
+  host that holds the unit, so a unit is counted once even if a lost host answers late;
+- the settled units, as a settled prefix plus the few settled above it, so that a resumed
+  search (see checkpoint.py) skips them at no cost however far the prefix reaches.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from .spec import Unit, UnitSpace
 
@@ -27,6 +29,49 @@ class GoldenNonce:
     unit: int
     nonce: int
     hash: str
+
+
+class SettledUnits:
+    """Settled unit indices: every unit below `prefix`, and the set of those above it.
+
+    Units settle in nearly ascending order, so the set above the prefix stays about as
+    small as the number of units in flight, whatever the space's size."""
+
+    def __init__(self, prefix: int = 0, above: Iterable[int] = ()) -> None:
+        self.prefix = prefix
+        self._above: Set[int] = {index for index in above if index >= prefix}
+        self._advance()
+
+    def _advance(self) -> None:
+        while self.prefix in self._above:
+            self._above.remove(self.prefix)
+            self.prefix += 1
+
+    def add(self, index: int) -> None:
+        """Mark unit `index` settled."""
+        if index == self.prefix:
+            self.prefix += 1
+            self._advance()
+        elif index > self.prefix:
+            self._above.add(index)
+
+    def drop_from(self, cutoff: int) -> None:
+        """Forget the settled units at or above `cutoff`."""
+        if cutoff < self.prefix:
+            self.prefix = cutoff
+            self._above.clear()
+        else:
+            self._above = {index for index in self._above if index < cutoff}
+
+    def above_sorted(self) -> Tuple[int, ...]:
+        """The settled units above the prefix, ascending."""
+        return tuple(sorted(self._above))
+
+    def __contains__(self, index: int) -> bool:
+        return index < self.prefix or index in self._above
+
+    def __len__(self) -> int:
+        return self.prefix + len(self._above)
 
 
 @dataclass
@@ -41,10 +86,19 @@ class Completion:
 class Scheduler:
     """Hands out units lowest first, reissues lost ones and settles the answer."""
 
-    def __init__(self, space: UnitSpace, first_found_wins: bool = False) -> None:
+    def __init__(
+        self,
+        space: UnitSpace,
+        first_found_wins: bool = False,
+        *,
+        settled: Optional[SettledUnits] = None,
+        known: Optional[GoldenNonce] = None,
+    ) -> None:
+        """A scheduler for `space`; a resumed search passes what was `settled` before and the
+        lowest golden nonce `known` (verified), which bounds the search even if its unit has
+        not settled yet."""
         self.space = space
         self.first_found_wins = first_found_wins
-        self._next_fresh = 0
         self._retry: List[int] = []
         self._retry_set: Set[int] = set()
         self._holder: Dict[int, str] = {}
@@ -52,9 +106,18 @@ class Scheduler:
         # Units with an index at or above the cutoff are never issued: they cannot hold
         # the answer. It falls to u + 1 once unit u is settled with a golden nonce.
         self._cutoff = space.count
-        self._done: Set[int] = set()
+        self._done = settled or SettledUnits()
         self.best: Optional[GoldenNonce] = None
         self.reissued = 0
+        #: The golden nonce a resumed search started with, settled or not.
+        self.known = known
+        if known is not None:
+            self._cutoff = known.unit + 1
+            self._done.drop_from(self._cutoff)
+            if known.unit in self._done or first_found_wins:
+                self.best = known
+        self._next_fresh = self._done.prefix
+        self._skip_settled()
 
     # --- hosts -------------------------------------------------------------------------
     def add_host(self, host: str) -> None:
@@ -110,8 +173,14 @@ class Scheduler:
                 return index
         if self._next_fresh < self._cutoff:
             self._next_fresh += 1
-            return self._next_fresh - 1
+            index = self._next_fresh - 1
+            self._skip_settled()
+            return index
         return None
+
+    def _skip_settled(self) -> None:
+        while self._next_fresh < self._cutoff and self._next_fresh in self._done:
+            self._next_fresh += 1
 
     # --- results -----------------------------------------------------------------------
     def complete(self, host: str, index: int, golden: Optional[GoldenNonce]) -> Completion:
@@ -137,7 +206,7 @@ class Scheduler:
             return Completion(accepted=True)
         self.best = golden
         self._cutoff = golden.unit + 1
-        self._done = {index for index in self._done if index < self._cutoff}
+        self._done.drop_from(self._cutoff)
         cancelled: Dict[str, None] = {}
         for index, holder in list(self._holder.items()):
             if index >= self._cutoff or self.first_found_wins:
@@ -167,6 +236,10 @@ class Scheduler:
             and not self._holder
             and not any(index < self._cutoff for index in self._retry)
         )
+
+    def settled_units(self) -> SettledUnits:
+        """The settled units below the cutoff (the scheduler's own: do not change them)."""
+        return self._done
 
     @property
     def units_settled(self) -> int:

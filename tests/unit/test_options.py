@@ -32,7 +32,7 @@ FLAGS_BEFORE = {
         "difficulty": "d", "count": "c", "block": "b", "block-hex": "l", "nonce-bytes": "n", "units": "u",
         "provider": "p", "timeout": "t", "any": "a", "json": "j", "inventory": "i", "accept-new-host-key": "e",
         "image": "m", "region": "r", "instance-type": "s", "ami": None, "ssh-cidr": "h", "yes": "y",
-        "max-cost": "x", "kernel": "k", "within": "w", "confidence": "o", "best-effort": "-",
+        "max-cost": "x", "kernel": "k", "within": "w", "confidence": "o", "best-effort": "-", "resume": None,
     },
     options.CALIBRATE: {
         "provider": "p", "count": "c", "seconds": "s", "inventory": "i", "instance-type": "n", "region": "r",

@@ -1,0 +1,246 @@
+"""The per-unit log of a run, like GNU parallel's --joblog, and bounded for 8-byte runs.
+
+Each unit a host was given is one row: which host, when it was issued, when the host first
+reported it started (its first PROGRESS naming it), when it settled, its hashes and result.
+A unit lost with its host is a row of its own ("lost"), linked both ways to the row that
+redid it (`redone_on`, `lost_on`). A default 4-byte run (1024 units) keeps every row. Longer
+runs keep the first FIRST_ROWS and the last LAST_ROWS settled rows and every reissued one (up
+to MAX_REISSUE_ROWS). The rest are counted per host in time buckets, which widen as the run
+grows so that there are never more than MAX_BUCKETS.
+
+Times are seconds since the run started (its launch included), like every other run figure.
+The log lives in the run record (records.py); `fab stats --joblog RUN_ID` prints it as CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+
+FIRST_ROWS = 1024
+LAST_ROWS = 256
+MAX_REISSUE_ROWS = 4096
+MAX_BUCKETS = 4096
+FIRST_BUCKET_SECONDS = 1.0
+
+# A row's result.
+SETTLED = "settled"  # searched through, no golden nonce
+GOLDEN = "golden"  # settled, with its lowest golden nonce in `nonce`
+LOST = "lost"  # its host was lost before it settled; see redone_on
+CANCELLED = "cancelled"  # a golden nonce below it made it pointless
+UNFINISHED = "unfinished"  # in flight when the run stopped
+
+
+@dataclass
+class UnitRow:
+    """One unit given to one host."""
+
+    unit: int
+    host: str
+    issued_at: float
+    started_at: Optional[float] = None
+    done_at: Optional[float] = None
+    hashes: Optional[int] = None
+    result: str = UNFINISHED
+    nonce: Optional[int] = None
+    #: For a redo: the host that lost this unit before.
+    lost_on: Optional[str] = None
+    #: For a lost row: the host the unit was reissued to.
+    redone_on: Optional[str] = None
+
+
+ROW_COLUMNS = tuple(item.name for item in fields(UnitRow))
+#: The CSV's columns: a row's, behind its kind ("unit" or "bucket"), and a bucket's unit count.
+CSV_COLUMNS = ("kind",) + ROW_COLUMNS + ("units",)
+
+
+@dataclass
+class HostTimes:
+    """When one host passed each stage, for the timeline: seconds since the run started."""
+
+    name: str
+    reachable_at: Optional[float] = None
+    opened_at: Optional[float] = None
+    joined_at: Optional[float] = None
+    lost_at: Optional[float] = None
+    stopped_at: Optional[float] = None
+    error: str = ""
+
+
+@dataclass
+class JobLog:
+    """Collects the rows as the fleet loop reports what happens; to_record() makes it JSON."""
+
+    #: The run's start on the monotonic clock.
+    started: float
+    first_rows: int = FIRST_ROWS
+    last_rows: int = LAST_ROWS
+    max_reissue_rows: int = MAX_REISSUE_ROWS
+    max_buckets: int = MAX_BUCKETS
+    hosts: Dict[str, HostTimes] = field(default_factory=dict)
+    _open: Dict[int, UnitRow] = field(default_factory=dict)
+    _first: List[UnitRow] = field(default_factory=list)
+    _last: Deque[UnitRow] = field(default_factory=deque)
+    _reissue: List[UnitRow] = field(default_factory=list)
+    _awaiting_redo: Dict[int, UnitRow] = field(default_factory=dict)
+    #: (host, bucket index) -> [units, hashes] of the rows not kept in full.
+    _buckets: Dict[Tuple[str, int], List[int]] = field(default_factory=dict)
+    bucket_seconds: float = FIRST_BUCKET_SECONDS
+    dropped_rows: int = 0
+
+    def _at(self, now: float) -> float:
+        return round(max(0.0, now - self.started), 4)
+
+    # --- hosts -------------------------------------------------------------------------
+    def host(self, name: str) -> HostTimes:
+        """The stage times of host `name` (made on first use)."""
+        return self.hosts.setdefault(name, HostTimes(name))
+
+    def host_stage(self, name: str, stage: str, now: Optional[float]) -> None:
+        """Host `name` reached `stage` (reachable, opened, joined, lost, stopped) at `now`;
+        only the first time counts."""
+        times = self.host(name)
+        if now is not None and getattr(times, f"{stage}_at") is None:
+            setattr(times, f"{stage}_at", self._at(now))
+
+    # --- units -------------------------------------------------------------------------
+    def issued(self, unit: int, host: str, now: float) -> None:
+        """Unit `unit` was sent to `host`; a reissued unit is linked to the host that lost it."""
+        row = UnitRow(unit, host, self._at(now))
+        lost = self._awaiting_redo.pop(unit, None)
+        if lost is not None:
+            row.lost_on = lost.host
+            lost.redone_on = host
+        self._open[unit] = row
+
+    def started_units(self, host: str, units: Iterable[int], now: float) -> None:
+        """`host` reported these units in progress."""
+        for unit in units:
+            row = self._open.get(unit)
+            if row is not None and row.host == host and row.started_at is None:
+                row.started_at = self._at(now)
+
+    def settled(self, unit: int, host: str, now: float, hashes: int, nonce: Optional[int], seconds: float) -> None:
+        """`host` settled `unit` (the scheduler accepted its DONE, which took `seconds` there)."""
+        row = self._open.get(unit)
+        if row is None or row.host != host:
+            return
+        del self._open[unit]
+        row.done_at, row.hashes, row.nonce = self._at(now), hashes, nonce
+        if row.started_at is None:  # settled between two PROGRESS lines: the worker's own timing
+            row.started_at = max(row.issued_at, round(row.done_at - seconds, 4))
+        row.result = SETTLED if nonce is None else GOLDEN
+        self._keep(row)
+
+    def host_lost(self, host: str, reissued: Iterable[int], now: float) -> None:
+        """`host` was lost: its units in `reissued` await a redo, the rest were not needed."""
+        waiting = set(reissued)
+        for unit, row in list(self._open.items()):
+            if row.host != host:
+                continue
+            del self._open[unit]
+            row.done_at = self._at(now)
+            if unit in waiting:
+                row.result = LOST
+                self._awaiting_redo[unit] = row
+            else:
+                row.result = CANCELLED
+            self._keep(row)
+
+    def cancelled(self, still_held: Callable[[str, int], bool], now: float) -> None:
+        """A golden nonce cancelled units: close the rows of those their host no longer holds."""
+        for unit, row in list(self._open.items()):
+            if not still_held(row.host, unit):
+                del self._open[unit]
+                row.done_at, row.result = self._at(now), CANCELLED
+                self._keep(row)
+
+    def finish(self, now: float) -> None:
+        """The run stopped: rows still in flight stay UNFINISHED, with their stop time."""
+        for row in self._open.values():
+            row.done_at = self._at(now)
+            self._keep(row)
+        self._open.clear()
+
+    # --- bounding ----------------------------------------------------------------------
+    def _keep(self, row: UnitRow) -> None:
+        if row.result == LOST or row.lost_on is not None:
+            if len(self._reissue) < self.max_reissue_rows:
+                self._reissue.append(row)
+            else:
+                self.dropped_rows += 1
+                self._count(row)
+            return
+        if len(self._first) < self.first_rows:
+            self._first.append(row)
+            return
+        if self.last_rows <= 0:
+            self._count(row)
+            return
+        if len(self._last) >= self.last_rows:
+            self._count(self._last.popleft())
+        self._last.append(row)
+
+    def _count(self, row: UnitRow) -> None:
+        at = row.done_at if row.done_at is not None else row.issued_at
+        tally = self._buckets.setdefault((row.host, int(at // self.bucket_seconds)), [0, 0])
+        tally[0] += 1
+        tally[1] += row.hashes or 0
+        while len(self._buckets) > self.max_buckets:
+            self._widen()
+
+    def _widen(self) -> None:
+        merged: Dict[Tuple[str, int], List[int]] = {}
+        for (host, index), (units, hashes) in self._buckets.items():
+            tally = merged.setdefault((host, index // 2), [0, 0])
+            tally[0] += units
+            tally[1] += hashes
+        self._buckets = merged
+        self.bucket_seconds *= 2
+
+    # --- output ------------------------------------------------------------------------
+    def rows(self) -> List[UnitRow]:
+        """Every row kept in full, in the order the units were issued."""
+        kept = self._first + list(self._last) + self._reissue + list(self._open.values())
+        return sorted(kept, key=lambda row: (row.issued_at, row.unit))
+
+    def to_record(self) -> Dict[str, Any]:
+        """The log as JSON for the run record: rows as lists under `columns`, then buckets."""
+        width = self.bucket_seconds
+        return {
+            "columns": list(ROW_COLUMNS),
+            "rows": [[getattr(row, name) for name in ROW_COLUMNS] for row in self.rows()],
+            "bucket_seconds": width,
+            "buckets": [
+                {"host": host, "from": index * width, "to": (index + 1) * width, "units": units, "hashes": hashes}
+                for (host, index), (units, hashes) in sorted(self._buckets.items(), key=lambda item: (item[0][1], item[0][0]))
+            ],
+            "dropped_rows": self.dropped_rows,
+            "hosts": [asdict(times) for times in self.hosts.values()],
+        }
+
+
+def rows_of(log: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """A record's joblog rows as dicts, checked against their columns."""
+    columns = log.get("columns")
+    if columns != list(ROW_COLUMNS):
+        raise ValueError(f"unknown joblog columns {columns!r}")
+    return [dict(zip(columns, values)) for values in log.get("rows", [])]
+
+
+def joblog_csv(log: Dict[str, Any]) -> str:
+    """A record's joblog as CSV: one line per unit row, then one per bucket of the rest (its
+    issued_at and done_at are the bucket's bounds, `units` the rows it counts)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows_of(log):
+        writer.writerow(["unit", *("" if row[name] is None else row[name] for name in ROW_COLUMNS), 1])
+    for bucket in log.get("buckets", []):
+        line = {name: "" for name in ROW_COLUMNS}
+        line.update(host=bucket["host"], issued_at=bucket["from"], done_at=bucket["to"], hashes=bucket["hashes"])
+        writer.writerow(["bucket", *(line[name] for name in ROW_COLUMNS), bucket["units"]])
+    return out.getvalue()
