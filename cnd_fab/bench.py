@@ -295,6 +295,10 @@ def run(request: BenchRequest) -> int:
         from .startup_bench import startup_figures
 
         return startup_figures(Console(width=160))
+    if request.checkpoints:
+        from .resume_bench import checkpoint_figures
+
+        return checkpoint_figures(Console(width=160), request.seconds)
     duration, hosts, choice = request.seconds, request.count, request.kernel
     if request.provider is not None and request.provider.name != LocalProvider.name:
         from .checks import open_provider

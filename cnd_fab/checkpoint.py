@@ -3,7 +3,7 @@
 A checkpoint holds only what the controller verified: the problem, the units whose holder
 reported them DONE (a settled prefix plus the settled units above it, so that 2^42 lazy
 units cost nothing), and the lowest golden nonces seen, each hashed again here on load. The
-fleet loop writes it every CHECKPOINT_SECONDS and at every ending, through the journal's
+fleet loop writes it every fleet.CHECKPOINT_SECONDS and at every ending, through the journal's
 atomic save. A resumed run is a new run (its own id, journal and hosts) that starts from
 the checkpoint and carries the chain of earlier legs forward.
 """
@@ -20,7 +20,6 @@ from .outcome import FOUND_STATUS, NONE_STATUS, RUNNING_STATUS
 from .schedule import GoldenNonce, Scheduler, SettledUnits
 from .spec import Problem, UnitSpace
 
-CHECKPOINT_SECONDS = 5.0
 FORMAT_VERSION = 1
 #: Verified golden nonces kept, lowest first: the lowest decides, the others are for the record.
 MAX_GOLDEN = 8

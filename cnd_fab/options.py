@@ -101,6 +101,9 @@ OPTIONS: Tuple[Option, ...] = (
            (SEARCH,)),
     Option("startup", FLAG, False,
            "only time `cnd-fab --help` and a D=8 local search as whole processes (5 runs each)", (BENCH,)),
+    Option("checkpoints", FLAG, False,
+           "only measure what checkpoints cost a local search and what resuming a killed D=30 search saves",
+           (BENCH,)),
     Option("run", NAME, None, "tear down only this run id (even if its controller still runs)", (TEARDOWN,)),
     Option("all", FLAG, False, "every run found by journal, label or tag, even with a live controller", (TEARDOWN,)),
     Option("expired", FLAG, False, "only EC2 runs whose cnd-fab:expires-at tag has passed", (TEARDOWN,)),
@@ -239,6 +242,10 @@ def parse_bench(raw: Mapping[str, object]) -> BenchRequest:
     if startup and set(flags.given) - {"startup"}:
         others = ", ".join(f"--{name}" for name in sorted(set(flags.given) - {"startup"}))
         raise InputError(f"--startup only times the CLI's start-up; give it without {others}")
+    checkpoints = flags.flag("checkpoints")
+    if checkpoints and set(flags.given) - {"checkpoints", "seconds"}:
+        others = ", ".join(f"--{name}" for name in sorted(set(flags.given) - {"checkpoints", "seconds"}))
+        raise InputError(f"--checkpoints measures the local provider only; give it without {others}")
     provider = flags.maybe_choice("provider")
     inventory = flags.name("inventory")
     return BenchRequest(
@@ -248,4 +255,5 @@ def parse_bench(raw: Mapping[str, object]) -> BenchRequest:
         provider=None if provider in (None, DEFAULT_PROVIDER) else ProviderRequest(provider, inventory),
         kernel=flags.choice("kernel"),
         startup=startup,
+        checkpoints=checkpoints,
     )

@@ -73,3 +73,5 @@ class BenchRequest:
     provider: Optional[ProviderRequest]
     kernel: str
     startup: bool
+    #: Only the checkpoint cost and resume saving figures (cnd_fab.resume_bench).
+    checkpoints: bool = False

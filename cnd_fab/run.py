@@ -153,21 +153,27 @@ def measuring_search(
     payload: WorkerPayload,
     grace: float = 0.0,
     stop: Optional[threading.Event] = None,
+    keep_checkpoints: bool = False,
 ) -> Tuple[SearchOutcome, FleetSearch, Run]:
     """A real search with nothing to find, for `seconds` after `grace` seconds of start-up
-    allowance, on hosts launched and released like any run's."""
+    allowance, on hosts launched and released like any run's; checkpointed like a search's
+    with `keep_checkpoints` (the fleet's `checkpoint` is then the CheckpointKeeper)."""
+    from .checkpoint import Checkpoint, CheckpointKeeper
     from .fleet import FleetSearch
 
+    problem, space = Problem(MEASURING_BLOCK, 4, NEVER_GOLDEN), UnitSpace(4, 1024)
     with launched(provider, count, details={"purpose": "measurement"}, stop=stop, payload=payload) as run:
+        keeper = CheckpointKeeper(run.journal, Checkpoint(problem, space, False)) if keep_checkpoints else None
         fleet = FleetSearch(
-            Problem(MEASURING_BLOCK, 4, NEVER_GOLDEN),
-            UnitSpace(4, 1024),
+            problem,
+            space,
             run.hosts,
             run.run_id,
             deadline=run.started + grace + seconds,
             started=run.started,
             payload=payload,
             stop=stop,
+            checkpoint=keeper,
         )
         outcome = fleet.run()
         run.outcome = outcome.status

@@ -101,16 +101,22 @@ def draw_timeline(record: Dict[str, Any], path: Path) -> None:
 
     if buckets:
         most = max(bucket["units"] for bucket in buckets) or 1
-        spans = [(lane[bucket["host"]], bucket["from"], bucket["to"]) for bucket in buckets]
+        bucket_spans = [(lane[bucket["host"]], bucket["from"], bucket["to"]) for bucket in buckets]
         alphas = [to_rgba(RESULT_COLOURS[SETTLED], 0.15 + 0.6 * bucket["units"] / most) for bucket in buckets]
-        _bars(axis, spans, BAR_HEIGHT, alphas, zorder=2)
+        _bars(axis, bucket_spans, BAR_HEIGHT, alphas, zorder=2)
 
+    places = _stacked(rows, lane, min_width)
     for result, colour in RESULT_COLOURS.items():
-        drawn = [row for row in rows if row["result"] == result and row["done_at"] is not None]
-        spans = [(lane[row["host"]], _start(row), max(row["done_at"], _start(row) + min_width)) for row in drawn]
-        _bars(axis, spans, BAR_HEIGHT, colour, zorder=3)
+        drawn = [index for index, row in enumerate(rows) if row["result"] == result and row["done_at"] is not None]
+        for height in {places[index][1] for index in drawn}:
+            spans: List[Tuple[float, float, float]] = [
+                (places[index][0], _start(rows[index]), max(rows[index]["done_at"], _start(rows[index]) + min_width))
+                for index in drawn
+                if places[index][1] == height
+            ]
+            _bars(axis, spans, height, colour, zorder=3)
 
-    _draw_reissues(axis, rows, lane)
+    _draw_reissues(axis, rows, lane, places)
     for host in hosts:
         if host.get("lost_at") is None:
             continue
@@ -161,7 +167,7 @@ def draw_timeline(record: Dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def _bars(axis: Axes, spans: Sequence[Tuple[int, float, float]], height: float, colour: Any, zorder: int) -> None:
+def _bars(axis: Axes, spans: Sequence[Tuple[float, float, float]], height: float, colour: Any, zorder: int) -> None:
     """Bars (lane, from, to) as one collection: a patch each would take seconds for a full log."""
     from matplotlib.collections import PolyCollection
 
@@ -171,20 +177,49 @@ def _bars(axis: Axes, spans: Sequence[Tuple[int, float, float]], height: float, 
         axis.add_collection(PolyCollection(boxes, facecolors=colour, edgecolors="none", zorder=zorder), autolim=False)
 
 
+def _stacked(rows: List[Dict[str, Any]], lane: Dict[str, int], min_width: float) -> Dict[int, Tuple[float, float]]:
+    """Row index -> (y, bar height). A host works on several units at once (its prefetch), so
+    a lane is split into as many sub-lanes as it ever had units in flight together."""
+    slots: Dict[int, int] = {}
+    count: Dict[str, int] = {}
+    by_host: Dict[str, List[int]] = {}
+    for index, row in enumerate(rows):
+        if row["done_at"] is not None:
+            by_host.setdefault(row["host"], []).append(index)
+    for host, indices in by_host.items():
+        free_at: List[float] = []
+        for index in sorted(indices, key=lambda i: _start(rows[i])):
+            start = _start(rows[index])
+            slot = next((number for number, end in enumerate(free_at) if end <= start), len(free_at))
+            if slot == len(free_at):
+                free_at.append(0.0)
+            free_at[slot] = max(rows[index]["done_at"], start + min_width)
+            slots[index] = slot
+        count[host] = max(1, len(free_at))
+    places = {}
+    for index, slot in slots.items():
+        host = rows[index]["host"]
+        height = BAR_HEIGHT / count[host]
+        places[index] = (lane[host] - BAR_HEIGHT / 2 + height * (slot + 0.5), height * 0.9)
+    return places
+
+
 def _start(row: Dict[str, Any]) -> float:
     return float(row["started_at"] if row["started_at"] is not None else row["issued_at"])
 
 
-def _draw_reissues(axis: Axes, rows: List[Dict[str, Any]], lane: Dict[str, int]) -> None:
-    redos = {(row["unit"], row["lost_on"]): row for row in rows if row["lost_on"] is not None}
-    for row in rows:
-        redo: Optional[Dict[str, Any]] = redos.get((row["unit"], row["host"])) if row["redone_on"] else None
+def _draw_reissues(
+    axis: Axes, rows: List[Dict[str, Any]], lane: Dict[str, int], places: Dict[int, Tuple[float, float]]
+) -> None:
+    redos = {(row["unit"], row["lost_on"]): index for index, row in enumerate(rows) if row["lost_on"] is not None}
+    for index, row in enumerate(rows):
+        redo = redos.get((row["unit"], row["host"])) if row["redone_on"] else None
         if redo is None or row["done_at"] is None:
             continue
         axis.annotate(
             "",
-            xy=(_start(redo), lane[redo["host"]]),
-            xytext=(row["done_at"], lane[row["host"]]),
+            xy=(_start(rows[redo]), places.get(redo, (lane[rows[redo]["host"]], 0.0))[0]),
+            xytext=(row["done_at"], places.get(index, (lane[row["host"]], 0.0))[0]),
             arrowprops={"arrowstyle": "->", "color": LINK_COLOUR, "linewidth": 0.9, "shrinkA": 0, "shrinkB": 0},
             zorder=5,
         )

@@ -38,7 +38,8 @@ FLAGS_BEFORE = {
         "provider": "p", "count": "c", "seconds": "s", "inventory": "i", "instance-type": "n", "region": "r",
         "kernel": "k", "yes": "y",
     },
-    options.BENCH: {"seconds": "s", "count": "c", "provider": "p", "inventory": "i", "kernel": "k", "startup": "t"},
+    options.BENCH: {"seconds": "s", "count": "c", "provider": "p", "inventory": "i", "kernel": "k", "startup": "t",
+                     "checkpoints": "h"},
 }
 
 # Rows whose check needs a file or a provider: they pass parsing and fail in open_provider.
