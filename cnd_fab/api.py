@@ -76,7 +76,7 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
             from .progress import LiveReporter, PlainReporter
             from .results import describe_odds, describe_resumption
 
-            console.print(describe_odds(problem), highlight=False)
+            console.print(describe_odds(problem), highlight=False, soft_wrap=True)
             if resumption is not None:
                 console.print(describe_resumption(resumption.run_id, base), highlight=False, soft_wrap=True)
             console.print(
@@ -245,5 +245,5 @@ def status(region: Optional[str] = None, console: Optional[Console] = None) -> i
     """Print the live runs: open journals, cnd-fab containers and tagged EC2 instances."""
     from . import leftovers
 
-    leftovers.status(region, console or Console())
+    leftovers.status(region, console or stderr_console(stderr=False))
     return EXIT_OK

@@ -32,7 +32,6 @@ from .checkpoint import Checkpoint, CheckpointKeeper
 from .errors import CndError
 from .journal import RunJournal
 from .providers.local import LocalProvider
-from .records import load_record
 from .run import measuring_search
 from .startup_bench import cli_command
 
@@ -105,7 +104,8 @@ def interrupted_run(env: Dict[str, str], state: Path, kill_after: float) -> Dict
         raise CndError(f"resuming {run_id} failed: {(stderr.strip().splitlines() or ['no output'])[-1]}")
     record = json.loads(stdout)
     # The resumed leg's search rate: its hashes over its time after its host joined.
-    joined_at = min(host["joined_at"] for host in load_record(record["run_id"])["joblog"]["hosts"] if host["joined_at"] is not None)
+    resumed_record = json.loads((state / "records" / f"{record['run_id']}.json").read_text())
+    joined_at = min(host["joined_at"] for host in resumed_record["joblog"]["hosts"] if host["joined_at"] is not None)
     rate = record["checked"] / (record["seconds"] - joined_at)
     killed_hashes = rate * searched
     return {
