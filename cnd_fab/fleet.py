@@ -17,10 +17,9 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from remote import worker
-
 from .errors import FleetLostError
 from .joblog import JobLog
+from .traffic import HostTraffic
 from .outcome import (
     FOUND_STATUS,
     INTERRUPTED_STATUS,
@@ -38,8 +37,7 @@ from .outcome import (
     outcome_of,
     snapshot_of,
 )
-from .schedule import Completion, GoldenNonce, Scheduler
-from .ledger import GoldenLedger
+from .schedule import GoldenNonce, Scheduler
 from .session import (
     HostEvent,
     HostFailed,
@@ -48,10 +46,9 @@ from .session import (
     WorkerOpened,
     median_unit_seconds,
     stop_sessions,
-    traceback_event,
 )
 from .spec import Problem, UnitSpace
-from .transport import Host, WorkerPayload, host_text
+from .transport import Host, WorkerPayload
 
 DEFAULT_HEARTBEAT_TIMEOUT = 8.0
 HELLO_TIMEOUT = 30.0
@@ -110,17 +107,13 @@ class FleetSearch:
         self.stop = stop or threading.Event()
         self.reporter = reporter or Reporter()
         self.heartbeat_timeout = heartbeat_timeout
-        self.on_lost = on_lost
         self.sessions: Dict[str, HostSession] = {host.name: HostSession(host) for host in hosts}
         self.events: "queue.Queue[Tuple[str, HostEvent]]" = queue.Queue(maxsize=MAX_QUEUED_EVENTS)
-        self.ledger = GoldenLedger(problem, space)
         # Wall time counts from the caller's start (the launch included), like the deadline.
         self.started = time.monotonic() if started is None else started
-        #: The lowest verified golden nonce reported so far (or known before), settled or not.
-        self.candidate: Optional[GoldenNonce] = self.scheduler.known
         self.joblog = JobLog(self.started)
+        self.traffic = HostTraffic(problem, space, self.scheduler, self.sessions, self.reporter, self.joblog, on_lost)
         self.finished_at: Optional[float] = None
-        self._block_hex = problem.block.hex()
 
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -184,7 +177,7 @@ class FleetSearch:
             if reason is None and held and unit_seconds is not None:
                 reason = session.settle_overdue(now, max(self.heartbeat_timeout, SETTLE_MARGIN * held * unit_seconds))
             if reason:
-                self._lose(session, reason)
+                self.traffic.lose(session, reason)
 
     def _handle(self, name: str, event: HostEvent) -> None:
         session = self.sessions[name]
@@ -193,149 +186,19 @@ class FleetSearch:
         try:
             # WorkerOpened needs nothing: the HELLO deadline counts from session.opened_at.
             if isinstance(event, (WorkerClosed, HostFailed)):
-                self._lose(session, session.exit_reason() if isinstance(event, WorkerClosed) else event.reason)
+                self.traffic.lose(session, session.exit_reason() if isinstance(event, WorkerClosed) else event.reason)
             elif not isinstance(event, WorkerOpened):
                 session.view.last_heard = time.monotonic()
-                self._on_message(session, event)
+                self.traffic.on_message(session, event)
         except FleetLostError:
             raise
         except Exception as error:  # whatever a host's message triggers, it costs that host alone
-            self._lose(session, f"its message could not be handled: {type(error).__name__}: {error}")
-
-    def _on_message(self, session: HostSession, message: worker.ToController) -> None:
-        if isinstance(message, worker.Hello):
-            self._hello(session, message)
-        elif isinstance(message, worker.Progress):
-            lie = session.count_progress(message.hashes)
-            if lie is not None:
-                self._lose(session, lie)
-                return
-            if message.units:
-                now = time.monotonic()
-                if session.view.running_at is None:
-                    session.view.running_at = now
-                self.joblog.started_units(session.name, message.units, now)
-        elif isinstance(message, worker.Found):
-            if self.ledger.repeated(message):
-                return
-            golden = GoldenNonce(message.unit, message.nonce, message.hash)
-            if self._verified(session, golden):
-                self._note_candidate(session, golden)
-                self._apply(self.scheduler.found(session.name, golden))
-        elif isinstance(message, worker.Done):
-            self._done(session, message)
-        else:
-            self._lose(session, f"worker error: {host_text(message.message)}")
-            if message.traceback:
-                self.reporter.event(traceback_event(session.name, message.traceback))
-
-    def _hello(self, session: HostSession, hello: worker.Hello) -> None:
-        refusal = "sent a second HELLO" if session.view.state == READY else session.joined(hello)
-        if refusal is not None:
-            self._lose(session, refusal)
-            return
-        self.scheduler.add_host(session.name)
-        self._log_setup(session)
-        note = f" ({host_text(hello.kernel_note)})" if hello.kernel_note else ""
-        self.reporter.event(f"{session.name} joined: {hello.cores} cores, kernel {session.view.kernel}{note}")
-        self._fill(session)
-
-    def _done(self, session: HostSession, done: worker.Done) -> None:
-        lie = session.impossible_done(done, self.space)
-        if lie is None and self.scheduler.holds(session.name, done.unit):
-            lie = self.ledger.denied_by(done)
-        if lie is not None:
-            self._lose(session, lie)
-            return
-        golden = None
-        if done.nonce is not None and done.hash is not None:
-            golden = GoldenNonce(done.unit, done.nonce, done.hash)
-            if not self._verified(session, golden):
-                return
-        completion = self.scheduler.complete(session.name, done.unit, golden)
-        if completion.accepted:
-            session.count_unit(done.hashes)
-            self.joblog.settled(done.unit, session.name, time.monotonic(), done.hashes, done.nonce, done.seconds)
-            self._apply(completion)
-        self._fill_all()
-
-    def _verified(self, session: HostSession, golden: GoldenNonce) -> bool:
-        lie = self.ledger.check(golden)
-        if lie is not None:
-            self._lose(session, lie)
-        return lie is None
-
-    def _note_candidate(self, session: HostSession, golden: GoldenNonce) -> None:
-        if self.candidate is None or golden.nonce < self.candidate.nonce:
-            self.candidate = golden
-            self.reporter.event(f"golden nonce {golden.nonce} found by {session.name} in unit {golden.unit}")
-
-    def _apply(self, completion: Completion) -> None:
-        """Tell the hosts a golden nonce cancelled to drop their units above it."""
-        if completion.accepted and completion.above is not None:
-            self.joblog.cancelled(self.scheduler.holds, time.monotonic())
-            for name in completion.cancel_hosts:
-                self._send(self.sessions[name], worker.Cancel(above=completion.above))
-
-    def _fill(self, session: HostSession) -> None:
-        held = self.scheduler.held_count(session.name)
-        wanted = session.prefetch - held
-        for unit in self.scheduler.take(session.name, wanted) if wanted > 0 else []:
-            session.note_issued(unit.size, idle=held == 0)
-            held += 1
-            now = time.monotonic()
-            self.joblog.issued(unit.index, session.name, now)
-            if session.view.first_unit_at is None:
-                session.view.first_unit_at = now
-            problem = self.problem
-            work = worker.Work(unit.index, unit.start, unit.end, self._block_hex, problem.nonce_bytes, problem.difficulty)
-            if not self._send(session, work):
-                return
-
-    def _fill_all(self) -> None:
-        for session in self.sessions.values():
-            if session.view.state == READY:
-                self._fill(session)
-
-    def _send(self, session: HostSession, message: worker.ToWorker) -> bool:
-        failure = session.send(message)
-        if failure is not None:
-            self._lose(session, failure)
-        return failure is None
-
-    def _lose(self, session: HostSession, reason: str) -> None:
-        view = session.view
-        if view.state in (LOST, STOPPED):
-            return
-        view.state = LOST
-        view.error = reason if reason.startswith(f"{view.name}:") else f"{view.name}: {reason}"
-        view.rate = 0.0
-        reissued = self.scheduler.host_lost(view.name)
-        now = time.monotonic()
-        self._log_setup(session)
-        self.joblog.host_stage(view.name, "lost", now)
-        self.joblog.host(view.name).error = view.error
-        self.joblog.host_lost(view.name, reissued, now)
-        self.reporter.event(f"host lost: {view.error}")
-        if reissued:
-            self.reporter.event(f"units {', '.join(map(str, reissued))} reissued")
-        # Killing a lost host's worker may block (a paused host answers nothing), so it
-        # happens off the loop; the run's release makes sure of it either way.
-        if self.on_lost is not None:
-            threading.Thread(target=self.on_lost, args=(session.host,), daemon=True).start()
-        self._fill_all()
-
-    def _log_setup(self, session: HostSession) -> None:
-        """The host's start-up stages, for the timeline: reachable, worker opened, joined."""
-        self.joblog.host_stage(session.name, "reachable", session.host.reachable_at)
-        self.joblog.host_stage(session.name, "opened", session.opened_at)
-        if session.view.state == READY:
-            self.joblog.host_stage(session.name, "joined", time.monotonic())
+            self.traffic.lose(session, f"its message could not be handled: {type(error).__name__}: {error}")
 
     def _log_ending(self, now: float) -> None:
         self.joblog.finish(now)
         for session in self.sessions.values():
-            self._log_setup(session)
+            self.traffic.log_setup(session)
             if session.view.state != LOST:
                 self.joblog.host_stage(session.name, "stopped", now)
 
@@ -350,7 +213,7 @@ class FleetSearch:
 
     def lowest_known(self) -> Optional[GoldenNonce]:
         """The lowest verified golden nonce seen so far, settled or not."""
-        return lowest_of(self.scheduler.best, self.candidate)
+        return lowest_of(self.scheduler.best, self.traffic.candidate)
 
     def snapshot(self) -> Snapshot:
         """The run's state now, for the display."""
@@ -359,4 +222,4 @@ class FleetSearch:
 
     def _outcome(self, status: str) -> SearchOutcome:
         views = [s.view for s in self.sessions.values()]
-        return outcome_of(status, self.scheduler, views, time.monotonic() - self.started, self.candidate)
+        return outcome_of(status, self.scheduler, views, time.monotonic() - self.started, self.traffic.candidate)

@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -44,14 +44,17 @@ class Sabotage(FleetSearch):
         self.victim = victim
         self.signum = signum
         self.done = False
+        fill = self.traffic._fill
 
-    def _fill(self, session: HostSession) -> None:
-        super()._fill(session)
-        if session.view.name == self.victim and not self.done and self.scheduler.held_by(self.victim):
-            self.done = True
-            host = session.host
-            assert isinstance(host, LocalHost) and host.process is not None
-            os.killpg(host.process.pid, self.signum)
+        def fill_then_signal(session: HostSession) -> None:
+            fill(session)
+            if session.view.name == self.victim and not self.done and self.scheduler.held_by(self.victim):
+                self.done = True
+                host = session.host
+                assert isinstance(host, LocalHost) and host.process is not None
+                os.killpg(host.process.pid, self.signum)
+
+        self.traffic._fill = fill_then_signal  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -110,11 +113,17 @@ def test_exhausted_space_says_none_and_counts_every_nonce(
 
 def test_every_host_lost_is_a_clear_error(local_fleet: Tuple[LocalProvider, RunJournal, List[Host]]) -> None:
     class KillEveryone(FleetSearch):
-        def _fill(self, session: HostSession) -> None:
-            super()._fill(session)
-            host = session.host
-            assert isinstance(host, LocalHost) and host.process is not None
-            os.killpg(host.process.pid, signal.SIGKILL)
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            fill = self.traffic._fill
+
+            def fill_then_kill(session: HostSession) -> None:
+                fill(session)
+                host = session.host
+                assert isinstance(host, LocalHost) and host.process is not None
+                os.killpg(host.process.pid, signal.SIGKILL)
+
+            self.traffic._fill = fill_then_kill  # type: ignore[method-assign]
 
     search = KillEveryone(Problem(BLOCK, 4, 256), UnitSpace(4, 1024), launch(local_fleet, 2), "run")
     with pytest.raises(FleetLostError, match="every host was lost.*local-1.*local-2|every host was lost.*local-2.*local-1"):
@@ -173,6 +182,6 @@ def test_the_lowest_verified_golden_is_reported_when_stopped_early() -> None:
 
     search = FleetSearch(Problem(BLOCK, 4, 8), UnitSpace(4, 1024), [], "run")
     search.scheduler.best = GoldenNonce(9, 9 * (1 << 22) + 5, "x")
-    search.candidate = GoldenNonce(3, 3 * (1 << 22) + 1, "y")
-    assert search.lowest_known() == search.candidate
-    assert search._outcome("timeout").golden == search.candidate
+    search.traffic.candidate = GoldenNonce(3, 3 * (1 << 22) + 1, "y")
+    assert search.lowest_known() == search.traffic.candidate
+    assert search._outcome("timeout").golden == search.traffic.candidate

@@ -1,0 +1,183 @@
+"""What the hosts say and what they are sent, for one search.
+
+Every decoded message is checked (a lie costs its host alone) and applied to the scheduler:
+units issued up to each host's prefetch, golden nonces verified and remembered, CANCEL sent
+above a golden unit, and a lost host's units reissued at once. Each step goes into the run's
+per-unit log. The fleet loop (fleet.py) owns the clock, the deadlines and the ending, and is
+the only caller, so nothing here is touched by two threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+from remote import worker
+
+from .joblog import JobLog
+from .ledger import GoldenLedger
+from .outcome import LOST, READY, STOPPED, Reporter
+from .schedule import Completion, GoldenNonce, Scheduler
+from .session import HostSession, traceback_event
+from .spec import Problem, UnitSpace
+from .transport import Host, host_text
+
+
+class HostTraffic:
+    """Applies the hosts' messages to the scheduler and sends them their units."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        space: UnitSpace,
+        scheduler: Scheduler,
+        sessions: Dict[str, HostSession],
+        reporter: Reporter,
+        joblog: JobLog,
+        on_lost: Optional[Callable[[Host], None]] = None,
+    ) -> None:
+        self.problem = problem
+        self.space = space
+        self.scheduler = scheduler
+        self.sessions = sessions
+        self.reporter = reporter
+        self.joblog = joblog
+        self.on_lost = on_lost
+        self.ledger = GoldenLedger(problem, space)
+        #: The lowest verified golden nonce reported so far (or known before), settled or not.
+        self.candidate: Optional[GoldenNonce] = scheduler.known
+        self._block_hex = problem.block.hex()
+
+    def on_message(self, session: HostSession, message: worker.ToController) -> None:
+        """Check one decoded message from `session`'s worker and act on it."""
+        if isinstance(message, worker.Hello):
+            self._hello(session, message)
+        elif isinstance(message, worker.Progress):
+            lie = session.count_progress(message.hashes)
+            if lie is not None:
+                self.lose(session, lie)
+                return
+            if message.units:
+                now = time.monotonic()
+                if session.view.running_at is None:
+                    session.view.running_at = now
+                self.joblog.started_units(session.name, message.units, now)
+        elif isinstance(message, worker.Found):
+            if self.ledger.repeated(message):
+                return
+            golden = GoldenNonce(message.unit, message.nonce, message.hash)
+            if self._verified(session, golden):
+                self._note_candidate(session, golden)
+                self._apply(self.scheduler.found(session.name, golden))
+        elif isinstance(message, worker.Done):
+            self._done(session, message)
+        else:
+            self.lose(session, f"worker error: {host_text(message.message)}")
+            if message.traceback:
+                self.reporter.event(traceback_event(session.name, message.traceback))
+
+    def _hello(self, session: HostSession, hello: worker.Hello) -> None:
+        refusal = "sent a second HELLO" if session.view.state == READY else session.joined(hello)
+        if refusal is not None:
+            self.lose(session, refusal)
+            return
+        self.scheduler.add_host(session.name)
+        self.log_setup(session)
+        note = f" ({host_text(hello.kernel_note)})" if hello.kernel_note else ""
+        self.reporter.event(f"{session.name} joined: {hello.cores} cores, kernel {session.view.kernel}{note}")
+        self._fill(session)
+
+    def _done(self, session: HostSession, done: worker.Done) -> None:
+        lie = session.impossible_done(done, self.space)
+        if lie is None and self.scheduler.holds(session.name, done.unit):
+            lie = self.ledger.denied_by(done)
+        if lie is not None:
+            self.lose(session, lie)
+            return
+        golden = None
+        if done.nonce is not None and done.hash is not None:
+            golden = GoldenNonce(done.unit, done.nonce, done.hash)
+            if not self._verified(session, golden):
+                return
+        completion = self.scheduler.complete(session.name, done.unit, golden)
+        if completion.accepted:
+            session.count_unit(done.hashes)
+            self.joblog.settled(done.unit, session.name, time.monotonic(), done.hashes, done.nonce, done.seconds)
+            self._apply(completion)
+        self.fill_all()
+
+    def _verified(self, session: HostSession, golden: GoldenNonce) -> bool:
+        lie = self.ledger.check(golden)
+        if lie is not None:
+            self.lose(session, lie)
+        return lie is None
+
+    def _note_candidate(self, session: HostSession, golden: GoldenNonce) -> None:
+        if self.candidate is None or golden.nonce < self.candidate.nonce:
+            self.candidate = golden
+            self.reporter.event(f"golden nonce {golden.nonce} found by {session.name} in unit {golden.unit}")
+
+    def _apply(self, completion: Completion) -> None:
+        """Tell the hosts a golden nonce cancelled to drop their units above it."""
+        if completion.accepted and completion.above is not None:
+            self.joblog.cancelled(self.scheduler.holds, time.monotonic())
+            for name in completion.cancel_hosts:
+                self._send(self.sessions[name], worker.Cancel(above=completion.above))
+
+    def _fill(self, session: HostSession) -> None:
+        held = self.scheduler.held_count(session.name)
+        wanted = session.prefetch - held
+        for unit in self.scheduler.take(session.name, wanted) if wanted > 0 else []:
+            session.note_issued(unit.size, idle=held == 0)
+            held += 1
+            now = time.monotonic()
+            self.joblog.issued(unit.index, session.name, now)
+            if session.view.first_unit_at is None:
+                session.view.first_unit_at = now
+            problem = self.problem
+            work = worker.Work(unit.index, unit.start, unit.end, self._block_hex, problem.nonce_bytes, problem.difficulty)
+            if not self._send(session, work):
+                return
+
+    def fill_all(self) -> None:
+        """Top up every ready host to its prefetch."""
+        for session in self.sessions.values():
+            if session.view.state == READY:
+                self._fill(session)
+
+    def _send(self, session: HostSession, message: worker.ToWorker) -> bool:
+        failure = session.send(message)
+        if failure is not None:
+            self.lose(session, failure)
+        return failure is None
+
+    def lose(self, session: HostSession, reason: str) -> None:
+        """Drop `session`'s host for `reason`: its units go back to be reissued at once."""
+        view = session.view
+        if view.state in (LOST, STOPPED):
+            return
+        view.state = LOST
+        view.error = reason if reason.startswith(f"{view.name}:") else f"{view.name}: {reason}"
+        view.rate = 0.0
+        reissued = self.scheduler.host_lost(view.name)
+        now = time.monotonic()
+        self.log_setup(session)
+        self.joblog.host_stage(view.name, "lost", now)
+        self.joblog.host(view.name).error = view.error
+        self.joblog.host_lost(view.name, reissued, now)
+        self.reporter.event(f"host lost: {view.error}")
+        if reissued:
+            self.reporter.event(f"units {', '.join(map(str, reissued))} reissued")
+        # Killing a lost host's worker may block (a paused host answers nothing), so it
+        # happens off the loop; the run's release makes sure of it either way.
+        if self.on_lost is not None:
+            threading.Thread(target=self.on_lost, args=(session.host,), daemon=True).start()
+        self.fill_all()
+
+    def log_setup(self, session: HostSession) -> None:
+        """Log the host's start-up stages for the timeline: reachable, worker opened, joined."""
+        self.joblog.host_stage(session.name, "reachable", session.host.reachable_at)
+        self.joblog.host_stage(session.name, "opened", session.opened_at)
+        if session.view.state == READY:
+            self.joblog.host_stage(session.name, "joined", time.monotonic())
