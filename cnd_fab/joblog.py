@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 FIRST_ROWS = 1024
@@ -57,17 +57,9 @@ ROW_COLUMNS = tuple(item.name for item in fields(UnitRow))
 CSV_COLUMNS = ("kind",) + ROW_COLUMNS + ("units",)
 
 
-@dataclass
-class HostTimes:
-    """When one host passed each stage, for the timeline: seconds since the run started."""
-
-    name: str
-    reachable_at: Optional[float] = None
-    opened_at: Optional[float] = None
-    joined_at: Optional[float] = None
-    lost_at: Optional[float] = None
-    stopped_at: Optional[float] = None
-    error: str = ""
+#: The stages a host passes, for the timeline: each host's record has `<stage>_at` for each
+#: (seconds since the run started, or None), its name, and the error it was lost with.
+HOST_STAGES = ("reachable", "opened", "joined", "lost", "stopped")
 
 
 @dataclass
@@ -80,7 +72,7 @@ class JobLog:
     last_rows: int = LAST_ROWS
     max_reissue_rows: int = MAX_REISSUE_ROWS
     max_buckets: int = MAX_BUCKETS
-    hosts: Dict[str, HostTimes] = field(default_factory=dict)
+    hosts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     _open: Dict[int, UnitRow] = field(default_factory=dict)
     _first: List[UnitRow] = field(default_factory=list)
     _last: Deque[UnitRow] = field(default_factory=deque)
@@ -95,16 +87,17 @@ class JobLog:
         return round(max(0.0, now - self.started), 4)
 
     # --- hosts -------------------------------------------------------------------------
-    def host(self, name: str) -> HostTimes:
+    def host(self, name: str) -> Dict[str, Any]:
         """The stage times of host `name` (made on first use)."""
-        return self.hosts.setdefault(name, HostTimes(name))
+        if name not in self.hosts:
+            self.hosts[name] = {"name": name, **{f"{stage}_at": None for stage in HOST_STAGES}, "error": ""}
+        return self.hosts[name]
 
     def host_stage(self, name: str, stage: str, now: Optional[float]) -> None:
-        """Host `name` reached `stage` (reachable, opened, joined, lost, stopped) at `now`;
-        only the first time counts."""
+        """Host `name` reached `stage` (one of HOST_STAGES) at `now`; only the first time counts."""
         times = self.host(name)
-        if now is not None and getattr(times, f"{stage}_at") is None:
-            setattr(times, f"{stage}_at", self._at(now))
+        if now is not None and times[f"{stage}_at"] is None:
+            times[f"{stage}_at"] = self._at(now)
 
     # --- units -------------------------------------------------------------------------
     def issued(self, unit: int, host: str, now: float) -> None:
@@ -219,7 +212,7 @@ class JobLog:
                 for (host, index), (units, hashes) in sorted(self._buckets.items(), key=lambda item: (item[0][1], item[0][0]))
             ],
             "dropped_rows": self.dropped_rows,
-            "hosts": [asdict(times) for times in self.hosts.values()],
+            "hosts": [dict(times) for times in self.hosts.values()],
         }
 
 

@@ -164,7 +164,7 @@ class HostTraffic:
         now = time.monotonic()
         self.log_setup(session)
         self.joblog.host_stage(view.name, "lost", now)
-        self.joblog.host(view.name).error = view.error
+        self.joblog.host(view.name)["error"] = view.error
         self.joblog.host_lost(view.name, reissued, now)
         self.reporter.event(f"host lost: {view.error}")
         if reissued:

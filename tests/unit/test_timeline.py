@@ -41,7 +41,7 @@ def lost_host_run() -> Dict[str, Any]:
     log.settled(1, "host-1", at(2.9), 1 << 20, None, 0.1)
     log.settled(5, "host-3", at(2.95), 1 << 20, None, 0.1)
     log.host_stage("host-2", "lost", at(3.0))
-    log.hosts["host-2"].error = "ssh: connection reset by peer while reading PROGRESS " * 3
+    log.hosts["host-2"]["error"] = "ssh: connection reset by peer while reading PROGRESS " * 3
     log.host_lost("host-2", [2, 3], at(3.0))
     log.issued(2, "host-1", at(3.1))
     log.issued(3, "host-3", at(3.1))
