@@ -70,6 +70,10 @@ def assert_resume_finishes_what_the_killed_leg_left(state: Path, *provider: str)
     before = stored_checkpoint(state, killed)
     assert before.status == "running" and before.units_settled() > 0
     settled_before = before.nonces_settled()
+    status = run_cli(cli("status"))
+    assert status.returncode == 0, status.stderr
+    [line] = [line for line in status.stdout.splitlines() if killed in line and "D=30" in line]
+    assert "controller killed" in line and f"({before.units_settled()} of 1,024 units)" in line
     resumed = search_json("--resume", killed, *provider)
     assert (resumed["nonce"], resumed["lowest"], resumed["status"]) == (LOWEST_D30, True, "found")
     assert resumed["resumed_from"] == killed and resumed["nonces_settled_before"] == settled_before

@@ -1,0 +1,65 @@
+"""The per-unit log stays bounded for long runs and still accounts for every unit."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+
+from cnd_fab.joblog import GOLDEN, LOST, SETTLED, JobLog, joblog_csv, rows_of
+
+START = 1000.0
+
+
+def test_a_long_run_keeps_first_last_and_reissued_rows_and_counts_the_rest() -> None:
+    log = JobLog(START, first_rows=50, last_rows=20, max_reissue_rows=30, max_buckets=16)
+    rng = random.Random(7)
+    now, settled, lost_units = START, 0, 0
+    hosts = ["h1", "h2", "h3"]
+    pending = list(range(5000))
+    while pending:
+        unit = pending.pop(0)
+        host = rng.choice(hosts)
+        log.issued(unit, host, now)
+        now += rng.uniform(0.01, 0.2)
+        if rng.random() < 0.01:
+            log.host_lost(host, [unit], now)
+            lost_units += 1
+            pending.insert(0, unit)  # reissued first, as the scheduler does
+            continue
+        log.started_units(host, [unit], now - 0.005)
+        log.settled(unit, host, now, 1 << 16, None if unit != 4999 else 4999 << 16, 0.004)
+        settled += 1
+    log.finish(now)
+    record = log.to_record()
+    rows = rows_of(record)
+    assert len(record["buckets"]) <= 16 and record["bucket_seconds"] > 1.0
+    # Every row ever made is kept in full or counted in a bucket, never both.
+    counted = sum(bucket["units"] for bucket in record["buckets"])
+    assert len(rows) + counted == settled + lost_units
+    assert len({row["unit"] for row in rows if row["result"] in (SETTLED, GOLDEN)}) == len(
+        [row for row in rows if row["result"] in (SETTLED, GOLDEN)]
+    )
+    assert len(rows) <= 50 + 20 + 30
+    lost_rows = [row for row in rows if row["result"] == LOST]
+    assert lost_rows and all(row["redone_on"] for row in lost_rows)
+    for row in rows:
+        times = [row[name] for name in ("issued_at", "started_at", "done_at") if row[name] is not None]
+        assert times == sorted(times)
+    exported = list(csv.DictReader(io.StringIO(joblog_csv(record))))
+    assert len(exported) == len(rows) + len(record["buckets"])
+    assert {line["kind"] for line in exported} == {"unit", "bucket"}
+
+
+def test_a_unit_settled_by_a_host_that_no_longer_holds_it_is_not_logged() -> None:
+    log = JobLog(START)
+    log.issued(3, "h1", START + 1)
+    log.host_lost("h1", [3], START + 2)
+    log.issued(3, "h2", START + 3)
+    log.settled(3, "h1", START + 4, 10, None, 0.1)  # the lost host's late DONE
+    log.settled(3, "h2", START + 5, 10, None, 0.1)
+    rows = rows_of(log.to_record())
+    assert [(row["host"], row["result"], row["lost_on"], row["redone_on"]) for row in rows] == [
+        ("h1", LOST, None, "h2"),
+        ("h2", SETTLED, "h1", None),
+    ]
