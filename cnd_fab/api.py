@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import IO, TYPE_CHECKING, Optional, Union
-
-from rich.console import Console
+from typing import IO, TYPE_CHECKING, Any, Optional, Union, cast
 
 from .errors import CndError, InputError, ReleaseError
 from .request import CalibrateRequest, SearchRequest
 from .outcome import INTERRUPTED_STATUS, TIMEOUT_STATUS, SearchOutcome
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from .resume import Resumption
 
 EXIT_OK = 0
@@ -25,15 +25,34 @@ EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130
 
 
-def stderr_console(stderr: bool = True) -> Console:
+def stderr_console(stderr: bool = True) -> "Console":
     """Progress and tables go to stderr; off a terminal, lines are not cut at 80 columns."""
+    from rich.console import Console
+
     console = Console(stderr=stderr)
     if not console.is_terminal:
         console = Console(stderr=stderr, width=max(console.width, 140))
     return console
 
 
-def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Optional[Console] = None) -> int:
+class DeferredConsole:
+    """stderr_console(), made on first use. Importing rich takes about 45 ms, which a local
+    search spends better once its worker has started to boot."""
+
+    def __init__(self) -> None:
+        self._console: Optional["Console"] = None
+
+    def made(self) -> "Console":
+        """The console, made now if it was not yet."""
+        if self._console is None:
+            self._console = stderr_console()
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.made(), name)
+
+
+def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Optional["Console"] = None) -> int:
     """Run one search end to end and print its result; returns the process exit code."""
     from .checkpoint import Checkpoint, CheckpointKeeper
     from .checks import open_provider
@@ -41,7 +60,9 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
     from .planner import confirm_cost, plan_fleet
     from .run import launched
 
-    console = console or stderr_console()
+    deferred = DeferredConsole() if console is None else None
+    # Before the launch the console prints only on occasion (a kernel build, a cost prompt).
+    console = console or cast("Console", deferred)
     out = out or sys.stdout
     resumption = None
     if request.resume is not None:
@@ -72,6 +93,8 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
             if resumption is not None:
                 resumption.hand_over(run.run_id)
             # Imported only now: local workers boot meanwhile.
+            if deferred is not None:
+                console = deferred.made()
             from .fleet import FleetSearch
             from .progress import LiveReporter, PlainReporter
             from .results import describe_odds, describe_resumption
@@ -138,7 +161,7 @@ def _answer_from_checkpoint(resumption: "Resumption", out: IO[str]) -> int:
     return EXIT_OK
 
 
-def calibrate(request: CalibrateRequest, console: Optional[Console] = None) -> int:
+def calibrate(request: CalibrateRequest, console: Optional["Console"] = None) -> int:
     """Measure one provider's per-host rate and start-up, and keep them for --within."""
     from .calibration import DEFAULT_STARTUP, calibration_file, key, record
     from .checks import open_provider
@@ -176,7 +199,7 @@ def calibrate(request: CalibrateRequest, console: Optional[Console] = None) -> i
 def stats(
     level: Optional[str] = None,
     plot_file: Optional[str] = None,
-    console: Optional[Console] = None,
+    console: Optional["Console"] = None,
     joblog_run: Optional[str] = None,
     timeline_run: Optional[str] = None,
     out: Optional[IO[str]] = None,
@@ -232,7 +255,7 @@ def teardown(
     dry_run: bool = False,
     inventory: Optional[str] = None,
     region: Optional[str] = None,
-    console: Optional[Console] = None,
+    console: Optional["Console"] = None,
 ) -> int:
     """Remove whatever runs left behind. Safe to run any number of times."""
     from . import leftovers
@@ -241,7 +264,7 @@ def teardown(
     return EXIT_OK
 
 
-def status(region: Optional[str] = None, console: Optional[Console] = None) -> int:
+def status(region: Optional[str] = None, console: Optional["Console"] = None) -> int:
     """Print the live runs: open journals, cnd-fab containers and tagged EC2 instances."""
     from . import leftovers
 

@@ -7,16 +7,18 @@ refusals here come before any launch, as one InputError line.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
-from rich.console import Console
 
 from .errors import InputError
 from .request import SearchRequest
 from .providers.base import Provider
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def plan_fleet(request: SearchRequest, provider: Provider, console: Console) -> Tuple[int, Optional[float]]:
+
+def plan_fleet(request: SearchRequest, provider: Provider, console: "Console") -> Tuple[int, Optional[float]]:
     """The fleet size and timeout for --within T --confidence L, or an InputError."""
     from .calibration import host_model
     from .model import FleetModel, describe, smallest_fleet
@@ -57,7 +59,7 @@ def confirm_cost(
     timeout: Optional[float],
     max_cost: Optional[float],
     confirmed: bool,
-    console: Console,
+    console: "Console",
 ) -> None:
     """Show what a paid run may cost; refuse, or ask on a terminal, before anything launches."""
     estimate = provider.cost_estimate(count, timeout)
