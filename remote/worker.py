@@ -872,6 +872,72 @@ MAX_DEATHS_IN_A_ROW = 3
 CHUNKS_PER_CORE = 2
 
 
+def read_protocol_lines(inbox):
+    """Post each line of stdin to `inbox` as ("stdin", line), then ("stdin", None) at its end."""
+    # Raw reads of fd 0, never sys.stdin: a thread blocked inside sys.stdin holds its lock,
+    # and a replacement core forked meanwhile would hang for ever when multiprocessing closes
+    # its copy of sys.stdin.
+    buffer = bytearray()
+
+    def post(raw):
+        line = raw.decode("utf-8", "replace").strip()
+        if line:
+            inbox.put(("stdin", line))
+
+    while True:
+        try:
+            data = os.read(0, 1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            break
+        searched = len(buffer)
+        buffer += data
+        while True:
+            newline = buffer.find(b"\n", searched)
+            if newline < 0:
+                break
+            post(bytes(buffer[:newline]))
+            del buffer[: newline + 1]
+            searched = 0
+        if len(buffer) > 4 * MAX_LINE_CHARS:
+            # No newline in sight: decode() refuses it by its length, and the worker ends.
+            post(bytes(buffer))
+            buffer.clear()
+    post(bytes(buffer))
+    inbox.put(("stdin", None))
+
+
+class CoreDeaths(object):
+    """Counts core deaths, and gives up (RuntimeError) once they are no longer bad luck."""
+
+    def __init__(self, processes):
+        self.in_a_row = [0] * processes
+        self.by_chunk = {}  # (unit, chunk start) -> cores that died scanning it
+
+    def answered(self, slot):
+        """Slot `slot` answered a chunk: its run of deaths ends."""
+        self.in_a_row[slot] = 0
+
+    def died(self, link, what):
+        """Count `link`'s death; raise when its chunk or its slot has killed too many."""
+        slot = link.slot
+        self.in_a_row[slot] += 1
+        if link.chunks:
+            scanning = link.chunks[0][:2]
+            self.by_chunk[scanning] = self.by_chunk.get(scanning, 0) + 1
+            if self.by_chunk[scanning] >= MAX_CHUNK_DEATHS:
+                raise RuntimeError(
+                    "%s; unit %d's chunk at %d has now ended %d core processes, so it is not redone again"
+                    % ((what,) + scanning + (self.by_chunk[scanning],))
+                )
+        if self.in_a_row[slot] >= MAX_DEATHS_IN_A_ROW:
+            raise RuntimeError(
+                "%s; %d core processes in a row in slot %d died without answering a chunk"
+                % (what, self.in_a_row[slot], slot)
+            )
+
+
 class Worker(object):
     """The main process: reads the protocol, feeds the cores, replaces dead ones, writes results."""
 
@@ -895,8 +961,7 @@ class Worker(object):
         self.counters = self.context.Array("Q", processes, lock=False)
         self.cancel_above = self.context.Value("Q", NO_CANCEL, lock=False)
         self.answered = [0] * processes  # per slot: hashes of the chunks its cores answered
-        self.deaths_in_a_row = [0] * processes
-        self.chunk_deaths = {}  # (unit, chunk start) -> cores that died scanning it
+        self.deaths = CoreDeaths(processes)
         # The first cores are forked before any thread starts. A replacement core is forked
         # while threads run, so those threads hold no lock the child needs: stdin is read
         # raw (not through sys.stdin, which the child closes), and the child uses nothing
@@ -943,7 +1008,7 @@ class Worker(object):
                 host=platform.node(),
             )
         )
-        threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
+        threading.Thread(target=read_protocol_lines, args=(self.inbox,), name="stdin", daemon=True).start()
         parent = os.getppid()
         next_beat = 0.0
         try:
@@ -976,39 +1041,6 @@ class Worker(object):
                     next_beat = time.monotonic() + HEARTBEAT_SECONDS
         finally:
             self.shutdown()
-
-    def _read_stdin(self):
-        # Raw reads of fd 0, never sys.stdin: a thread blocked inside sys.stdin holds its
-        # lock, and a replacement core forked meanwhile would hang for ever when
-        # multiprocessing closes its copy of sys.stdin.
-        buffer = bytearray()
-        while True:
-            try:
-                data = os.read(0, 1 << 16)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            searched = len(buffer)
-            buffer += data
-            while True:
-                newline = buffer.find(b"\n", searched)
-                if newline < 0:
-                    break
-                self._post_line(bytes(buffer[:newline]))
-                del buffer[: newline + 1]
-                searched = 0
-            if len(buffer) > 4 * MAX_LINE_CHARS:
-                # No newline in sight: decode() refuses it by its length, and the worker ends.
-                self._post_line(bytes(buffer))
-                buffer.clear()
-        self._post_line(bytes(buffer))
-        self.inbox.put(("stdin", None))
-
-    def _post_line(self, raw):
-        line = raw.decode("utf-8", "replace").strip()
-        if line:
-            self.inbox.put(("stdin", line))
 
     def _handle_command(self, command):
         if isinstance(command, Work):
@@ -1068,22 +1100,8 @@ class Worker(object):
     def _core_died(self, link):
         """Replace a dead core, and put the chunks it held back in the heap to be redone."""
         link.retire()
-        what = link.describe()
         slot = link.slot
-        self.deaths_in_a_row[slot] += 1
-        if link.chunks:
-            scanning = link.chunks[0][:2]
-            self.chunk_deaths[scanning] = self.chunk_deaths.get(scanning, 0) + 1
-            if self.chunk_deaths[scanning] >= MAX_CHUNK_DEATHS:
-                raise RuntimeError(
-                    "%s; unit %d's chunk at %d has now ended %d core processes, so it is not redone again"
-                    % ((what,) + scanning + (self.chunk_deaths[scanning],))
-                )
-        if self.deaths_in_a_row[slot] >= MAX_DEATHS_IN_A_ROW:
-            raise RuntimeError(
-                "%s; %d core processes in a row in slot %d died without answering a chunk"
-                % (what, self.deaths_in_a_row[slot], slot)
-            )
+        self.deaths.died(link, link.describe())
         needed = [task for task in link.chunks if self._still_needed(task)]
         # The replacement counts on from the chunks answered, under what was shown (see _Tally).
         # So the dead core's chunks go to it, not to another core: redone elsewhere, they would
@@ -1103,7 +1121,7 @@ class Worker(object):
         # A core answers its chunks in the order it was sent them.
         link.chunks.pop(0)
         self.answered[link.slot] += checked
-        self.deaths_in_a_row[link.slot] = 0
+        self.deaths.answered(link.slot)
         state = self.units.get(index)
         if state is not None:
             state.hashes += checked
