@@ -22,13 +22,14 @@ from .joblog import JobLog
 from .traffic import HostTraffic
 from .outcome import (
     FOUND_STATUS,
+    GONE,
     INTERRUPTED_STATUS,
     LOST,
+    RECLAIMED,
     NONE_STATUS,
     READY,
     RUNNING_STATUS,
     STARTING,
-    STOPPED,
     TIMEOUT_STATUS,
     Reporter,
     SearchOutcome,
@@ -181,7 +182,7 @@ class FleetSearch:
 
     def _handle(self, name: str, event: HostEvent) -> None:
         session = self.sessions[name]
-        if session.view.state in (LOST, STOPPED):
+        if session.view.state in GONE:
             return
         try:
             # WorkerOpened needs nothing: the HELLO deadline counts from session.opened_at.
@@ -199,7 +200,7 @@ class FleetSearch:
         self.joblog.finish(now)
         for session in self.sessions.values():
             self.traffic.log_setup(session)
-            if session.view.state != LOST:
+            if session.view.state not in (LOST, RECLAIMED):
                 self.joblog.host_stage(session.name, "stopped", now)
 
     def _stop_all(self) -> None:

@@ -15,7 +15,11 @@ from .schedule import GoldenNonce, Scheduler
 STARTING = "starting"
 READY = "ready"
 LOST = "lost"
+#: A spot host that gave notice: lost to the search like LOST, but by the cloud's choice.
+RECLAIMED = "reclaimed"
 STOPPED = "stopped"
+#: The states of a host that is gone from the search.
+GONE = (LOST, RECLAIMED, STOPPED)
 
 # How a search ended (and RUNNING while it has not).
 RUNNING_STATUS = "running"

@@ -117,7 +117,7 @@ def host_table(hosts: List[HostView], final: bool = False) -> Table:
     table.add_column("hashes", justify="right")
     table.add_column("error" if final else "last heartbeat", max_width=70, overflow="ellipsis")
     for host in hosts:
-        style = {"lost": "red", "ready": "green"}.get(host.state, "")
+        style = {"lost": "red", "reclaimed": "yellow", "ready": "green"}.get(host.state, "")
         # Text, never markup: a host's kernel name and error are whatever it sent.
         table.add_row(
             Text(host.name),

@@ -17,7 +17,7 @@ from remote import worker
 
 from .joblog import JobLog
 from .ledger import GoldenLedger
-from .outcome import LOST, READY, STOPPED, Reporter
+from .outcome import GONE, LOST, READY, RECLAIMED, Reporter
 from .schedule import Completion, GoldenNonce, Scheduler
 from .session import HostSession, traceback_event
 from .spec import Problem, UnitSpace
@@ -72,6 +72,10 @@ class HostTraffic:
                 self._apply(self.scheduler.found(session.name, golden))
         elif isinstance(message, worker.Done):
             self._done(session, message)
+        elif isinstance(message, worker.Leaving):
+            # Reissued now, not when the host vanishes: the notice gives two minutes at most.
+            notice = f"spot interruption notice: {host_text(message.action)} at {host_text(message.time)}"
+            self.lose(session, notice, state=RECLAIMED)
         else:
             self.lose(session, f"worker error: {host_text(message.message)}")
             if message.traceback:
@@ -152,12 +156,12 @@ class HostTraffic:
             self.lose(session, failure)
         return failure is None
 
-    def lose(self, session: HostSession, reason: str) -> None:
+    def lose(self, session: HostSession, reason: str, state: str = LOST) -> None:
         """Drop `session`'s host for `reason`: its units go back to be reissued at once."""
         view = session.view
-        if view.state in (LOST, STOPPED):
+        if view.state in GONE:
             return
-        view.state = LOST
+        view.state = state
         view.error = reason if reason.startswith(f"{view.name}:") else f"{view.name}: {reason}"
         view.rate = 0.0
         reissued = self.scheduler.host_lost(view.name)
@@ -166,7 +170,7 @@ class HostTraffic:
         self.joblog.host_stage(view.name, "lost", now)
         self.joblog.host(view.name)["error"] = view.error
         self.joblog.host_lost(view.name, reissued, now)
-        self.reporter.event(f"host lost: {view.error}")
+        self.reporter.event(f"host {state}: {view.error}")
         if reissued:
             self.reporter.event(f"units {', '.join(map(str, reissued))} reissued")
         # Killing a lost host's worker may block (a paused host answers nothing), so it

@@ -36,6 +36,9 @@ class WorkerPayload:
     kernel: str = "auto"
     #: Force one native path (sha-ni, armv8-sha2, portable), for tests and benchmarks.
     kernel_path: Optional[str] = None
+    #: The instance metadata service a spot host's worker watches for interruption notices
+    #: (http://169.254.169.254 on EC2; a loopback stand-in in tests). None: no watching.
+    metadata_url: Optional[str] = None
 
     def worker_args(self, kernel_dir: Optional[str]) -> List[str]:
         """The worker's command-line flags for this payload, with the kernels in `kernel_dir`."""
@@ -44,6 +47,8 @@ class WorkerPayload:
             args += ["--kernel-dir", kernel_dir]
         if self.kernel_path:
             args += ["--kernel-path", self.kernel_path]
+        if self.metadata_url:
+            args += ["--metadata-url", self.metadata_url]
         return args
 
 

@@ -50,6 +50,7 @@ FOUND = "FOUND"
 DONE = "DONE"
 ERROR = "ERROR"
 STOP = "STOP"
+LEAVING = "LEAVING"
 
 # The codec. Each message is a class whose fields are the JSON keys. encode() writes one line; decode() is the one place a line is checked, on both
 # sides, so every field has a type and a range and a bad line is refused naming both.
@@ -63,6 +64,7 @@ MAX_BLOCK_HEX_CHARS = 1 << 20
 MAX_TEXT_CHARS = 4 << 10
 MAX_TRACEBACK_CHARS = 64 << 10
 MAX_COUNT = 1 << 16
+MAX_NOTICE_CHARS = 64
 
 
 # Each message is a NamedTuple of its JSON keys, declared in the functional form so that
@@ -123,6 +125,13 @@ class Error(NamedTuple("Error", [("message", str), ("traceback", str)])):
     TYPE = ERROR
 
 
+class Leaving(NamedTuple("Leaving", [("action", str), ("time", str)])):
+    """A spot interruption notice: the host will be reclaimed (`action`) at `time` (UTC)."""
+
+    __slots__ = ()
+    TYPE = LEAVING
+
+
 class Work(
     NamedTuple(
         "Work",
@@ -149,8 +158,8 @@ class Stop(NamedTuple("Stop", [])):
     TYPE = STOP
 
 
-Message = Union[Hello, Progress, Found, Done, Error, Work, Cancel, Stop]
-ToController = Union[Hello, Progress, Found, Done, Error]
+Message = Union[Hello, Progress, Found, Done, Error, Leaving, Work, Cancel, Stop]
+ToController = Union[Hello, Progress, Found, Done, Error, Leaving]
 ToWorker = Union[Work, Cancel, Stop]
 
 
@@ -291,6 +300,7 @@ _CHECKS: Dict[Type[Any], Dict[str, _Check]] = {
     Found: {"unit": _COUNT, "nonce": _NONCE, "hash": _HASH},
     Done: {"unit": _COUNT, "hashes": _COUNT, "seconds": _seconds, "nonce": _optional(_NONCE), "hash": _optional(_HASH)},
     Error: {"message": _TEXT, "traceback": _text(MAX_TRACEBACK_CHARS)},
+    Leaving: {"action": _text(MAX_NOTICE_CHARS), "time": _text(MAX_NOTICE_CHARS)},
     Work: {
         "unit": _COUNT,
         "start": _COUNT,
@@ -467,6 +477,66 @@ def effective_cores():
     if limit is not None:
         cores = min(cores, int(-(-limit // 1)))
     return max(1, cores)
+
+
+# Spot interruption notices, read from the instance metadata service (IMDSv2) on the host.
+SPOT_POLL_SECONDS = 5.0
+METADATA_TIMEOUT = 2.0
+#: The only metadata services the worker will ask: the instance's own, or a test stand-in.
+METADATA_HOSTS = ("169.254.169.254", "127.0.0.1")
+
+
+def metadata_base(url):
+    """`url` if it is an http URL on one of METADATA_HOSTS, else ValueError."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname not in METADATA_HOSTS or parts.path not in ("", "/"):
+        raise ValueError("--metadata-url must be http://169.254.169.254 or a loopback stand-in, not %r" % url)
+    return url.rstrip("/")
+
+
+def spot_notice(base_url):
+    """The spot interruption notice at the metadata service `base_url`, as Leaving, or None."""
+    import urllib.error
+    import urllib.request
+
+    # No proxy, whatever the environment says: the request must reach base_url itself.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    token_request = urllib.request.Request(
+        base_url + "/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}
+    )
+    with opener.open(token_request, timeout=METADATA_TIMEOUT) as reply:
+        token = reply.read(4096).decode("ascii", "replace").strip()
+    notice_request = urllib.request.Request(
+        base_url + "/latest/meta-data/spot/instance-action", headers={"X-aws-ec2-metadata-token": token}
+    )
+    try:
+        with opener.open(notice_request, timeout=METADATA_TIMEOUT) as reply:
+            notice = json.loads(reply.read(4096).decode("utf-8", "replace"))
+    except urllib.error.HTTPError as error:
+        if error.code == 404:  # no interruption scheduled
+            return None
+        raise
+    if not isinstance(notice, dict):
+        raise ValueError("the interruption notice is not a JSON object")
+    action, when = notice.get("action"), notice.get("time")
+    if type(action) is not str or type(when) is not str:
+        raise ValueError("the interruption notice has no action and time")
+    return Leaving(action=action[:MAX_NOTICE_CHARS], time=when[:MAX_NOTICE_CHARS])
+
+
+def watch_spot_notices(base_url, send):
+    """Ask the metadata service every SPOT_POLL_SECONDS; send LEAVING once on a notice."""
+    while True:
+        try:
+            notice = spot_notice(base_url)
+        except (OSError, ValueError):
+            notice = None  # the service did not answer this time: search on, and ask again
+        if notice is not None:
+            send(notice)
+            return
+        time.sleep(SPOT_POLL_SECONDS)
 
 
 def machine_architecture():
@@ -941,12 +1011,15 @@ class CoreDeaths(object):
 class Worker(object):
     """The main process: reads the protocol, feeds the cores, replaces dead ones, writes results."""
 
-    def __init__(self, processes, mode, chunk_nonces, kernel_argv=None, kernel_name=KERNEL_NAME, kernel_note=None, out=None):
+    def __init__(
+        self, processes, mode, chunk_nonces, kernel_argv=None, kernel_name=KERNEL_NAME, kernel_note=None, out=None, metadata_url=None
+    ):
         import multiprocessing
 
         self.kernel_name = kernel_name
         self.kernel_note = kernel_note
         self.kernel_argv = kernel_argv
+        self.metadata_url = metadata_url
         self.out = out or sys.stdout
         self.out_lock = threading.Lock()
         self.processes = processes
@@ -1009,6 +1082,8 @@ class Worker(object):
             )
         )
         threading.Thread(target=read_protocol_lines, args=(self.inbox,), name="stdin", daemon=True).start()
+        if self.metadata_url:
+            threading.Thread(target=watch_spot_notices, args=(self.metadata_url, self.send), name="spot", daemon=True).start()
         parent = os.getppid()
         next_beat = 0.0
         try:
@@ -1173,6 +1248,7 @@ def parse_args(argv):
     parser.add_argument("--own-session", action="store_true", help="lead a new session, so one kill ends every core")
     parser.add_argument("--pidfile", default="", help="write the session's process group id here")
     parser.add_argument("--cleanup", default="", metavar="RUN_DIR", help="kill the worker of RUN_DIR, then remove it")
+    parser.add_argument("--metadata-url", default="", help="watch this instance metadata service for spot interruptions")
     return parser.parse_args(argv)
 
 
@@ -1327,7 +1403,8 @@ def main(argv=None):
     try:
         kernel_argv, kernel_name, kernel_note = select_kernel(args.kernel_dir, args.kernel, args.kernel_path)
         chunk = args.chunk_nonces or (NATIVE_CHUNK_NONCES if kernel_argv else DEFAULT_CHUNK_NONCES)
-        worker = Worker(processes, args.mode, max(1, chunk), kernel_argv, kernel_name, kernel_note)
+        metadata_url = metadata_base(args.metadata_url) if args.metadata_url else None
+        worker = Worker(processes, args.mode, max(1, chunk), kernel_argv, kernel_name, kernel_note, metadata_url=metadata_url)
         return worker.run()
     except SystemExit:
         raise

@@ -251,3 +251,44 @@ def test_a_slow_but_moving_write_is_not_taken_for_a_host_that_reads_nothing() ->
     assert session.overdue(now, HEARTBEAT, 30.0, holding=False) is None
     session.channel.written_at = now - 3.0
     assert "has not read its input for 3.0s" in (session.overdue(now, HEARTBEAT, 30.0, holding=False) or "")
+
+
+def test_a_spot_notice_reissues_that_hosts_units_at_once(testbed: Testbed, journal: RunJournal) -> None:
+    from cnd_fab.outcome import RECLAIMED
+    from cnd_fab.providers.static import load_login_key
+    from cnd_fab.ssh import SshHost, SshTarget
+    from tests.testbed.imds import MetadataStandIn
+
+    hosts: List[Host] = []
+    for index, box in enumerate(testbed.hosts[:2]):
+        target = SshTarget(
+            name=f"spot-{index + 1}", host="127.0.0.1", port=box.port, user="root",
+            login_key=load_login_key(testbed.key_file, f"spot-{index + 1}"), known_hosts=testbed.known_hosts,
+        )
+        hosts.append(SshHost(target, journal.run_id, 1, journal))
+    # 2^16-nonce units: the D=22 answer, 1,027,827, is in unit 15, several seconds of Python
+    # work away, so the notice (after 2 s) comes while both hosts hold units.
+    problem, space = Problem(BLOCK, 4, 22), UnitSpace(4, 1 << 16)
+    with MetadataStandIn(give_notice_after=2.0) as stand_in:
+        fleet = FleetSearch(
+            problem, space, hosts, journal.run_id, deadline=time.monotonic() + 120, heartbeat_timeout=HEARTBEAT,
+            on_lost=lambda host: host.stop_worker(), payload=WorkerPayload(kernel="python", metadata_url=stand_in.url),
+        )
+        try:
+            outcome = fleet.run()
+        finally:
+            for host in hosts:
+                host.stop_worker()
+    assert outcome.status == FOUND_STATUS and outcome.lowest
+    assert outcome.golden is not None and outcome.golden.nonce == 1027827
+    reclaimed = [view for view in outcome.hosts if view.state == RECLAIMED]
+    assert len(reclaimed) == 1 and "spot interruption notice: terminate at 2026-11-30T12:00:00Z" in reclaimed[0].error
+    assert stand_in.noticed_at is not None
+    rows = fleet.joblog.to_record()
+    lost = [row for row in rows["rows"] if row[rows["columns"].index("result")] == "lost"]
+    assert lost, "the reclaimed host held no unit to reissue"
+    host_times = {times["name"]: times for times in rows["hosts"]}
+    # Reissued as soon as the worker passed the notice on: within one poll, long before the
+    # two minutes a spot notice gives.
+    reclaimed_at = fleet.started + host_times[reclaimed[0].name]["lost_at"]
+    assert reclaimed_at - stand_in.noticed_at < 10.0

@@ -36,6 +36,7 @@ EXAMPLES: List[protocol.Message] = [
     protocol.Done(unit=LIMIT, hashes=0, seconds=0.0, nonce=None, hash=None),
     protocol.Error(message="RuntimeError: a core failed", traceback="Traceback (most recent call last):\n  ...\n"),
     protocol.Error(message="x", traceback=""),
+    protocol.Leaving(action="terminate", time="2026-11-30T12:00:00Z"),
     protocol.Work(unit=0, start=0, end=LIMIT, block="", nonce_bytes=8, difficulty=256),
     protocol.Work(unit=9, start=5, end=1 << 32, block="434f4d534d30303130636c6f7564", nonce_bytes=4, difficulty=1),
     protocol.Cancel(above=LIMIT),
@@ -138,6 +139,8 @@ WRONG[("FOUND", "hash")].append("null")
 WRONG[("WORK", "block")] = ['"abc"', '"ABCD"', '"zz"', '"00 ff"', "null", "5", json.dumps("00" * (1 << 19) + "00")]
 WRONG[("WORK", "nonce_bytes")] = ["0", "2", "5", "7", "16", "true", "4.0", '"4"']
 WRONG[("WORK", "difficulty")] = ["0", "257", "-1", "true", "8.0", "null"]
+for field in [("LEAVING", "action"), ("LEAVING", "time")]:
+    WRONG[field] = ["null", "5", "true", '["terminate"]', json.dumps("x" * 65)]
 
 WRONG_CASES = [(kind, name, value) for (kind, name), values in WRONG.items() for value in values]
 
