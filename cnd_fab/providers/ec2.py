@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import ssh
-from ..cost import CostEstimate, estimate, hourly_price, instance_cost
+from ..cost import UNLIMITED, CostEstimate, estimate, incurred
 from ..errors import InputError, ProviderError
 from ..journal import RunJournal
 from ..ssh import SshHost
@@ -174,8 +174,14 @@ class Ec2Provider(Provider):
             )
 
     def cost_estimate(self, count: int, timeout: Optional[float]) -> Optional[CostEstimate]:
-        """At most `count` instances for the whole timeout (an hour without one)."""
-        return estimate(self.instance_type, count, timeout)
+        """At most `count` instances flat out for the whole timeout (an hour without one), with
+        their CPU surplus credits and public IPv4 addresses."""
+        from .ec2_settings import is_burstable
+
+        # Priced in the credit mode the launch asks for: launch_request makes every type that
+        # is_burstable names unlimited, t2 included, so a t2 costs surplus too.
+        credits = UNLIMITED if is_burstable(self.instance_type) else None
+        return estimate(self.instance_type, count, timeout, credits)
 
     def latest_ami(self) -> str:
         """The current AMI from its public SSM parameter."""
@@ -241,12 +247,15 @@ class Ec2Provider(Provider):
         return results
 
     def incurred_cost(self) -> Optional[float]:
-        """Billed seconds (at least a minute) of every instance, at the built-in price."""
-        hourly = hourly_price(self.instance_type)
-        if hourly is None or self._launch is None or self._launch.launched_at is None:
+        """Every instance from launch to termination: its billed seconds (at least a minute), its
+        surplus credits at 100% CPU and its public IPv4 address, at the built-in prices."""
+        from .ec2_settings import is_burstable
+
+        if self._launch is None or self._launch.launched_at is None:
             return None
         seconds = (self.terminated_at or time.time()) - self._launch.launched_at
-        return instance_cost(hourly, seconds) * len(self.instance_ids)
+        credits = UNLIMITED if is_burstable(self.instance_type) else None  # as cost_estimate
+        return incurred(self.instance_type, len(self.instance_ids), seconds, credits)
 
     def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
         """Remove a run's instances (by tag and from its journal), group and key pair in every

@@ -107,7 +107,9 @@ def test_search_on_ec2_launches_searches_and_removes_everything(aws: Any, invent
     assert record["nonce"] == LOWEST_D20 and record["lowest"] is True
     assert len(record["hosts"]) == 3 and all(h["name"].startswith("i-") for h in record["hosts"])
     assert record["cost_usd"] > 0
-    assert "cost estimate: 3 × c7a.large at $0.1027/h for up to 5.0 min = $0.0257" in result.stderr
+    assert "cost estimate: at most $0.0269 for 3 × c7a.large for up to 5.0 min:" in result.stderr
+    assert "instances $0.0257: 3 × c7a.large at $0.1027/h for up to 5.0 min" in result.stderr
+    assert "public IPv4 $0.0013: one address per instance at $0.005/h" in result.stderr
     assert "cost incurred: about $" in result.stderr
     instances = aws.describe_instances()["Reservations"][0]["Instances"]
     assert len(instances) == 3 and {i["State"]["Name"] for i in instances} == {"terminated"}
@@ -404,7 +406,7 @@ def test_teardown_expired_finds_instances_by_tag_alone(aws: Any) -> None:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--max-cost", "0.001", "--yes"], "the estimate $0.0257 is above --max-cost $0.0010; nothing was launched"),
+        (["--max-cost", "0.001", "--yes"], "the estimate $0.0269 (instances $0.0257 + public IPv4 $0.0013) is above --max-cost $0.0010; nothing was launched"),
         ([], "this run launches paid instances: pass --yes to confirm it when not on a terminal"),
         (["--max-cost", "lots"], "--max-cost must be an amount in USD, not 'lots'"),
         (["--instance-type", "huge"], "--instance-type 'huge' is not an instance type such as c7a.large"),
@@ -447,6 +449,7 @@ def test_within_plans_an_ec2_fleet_prices_it_and_runs_it(aws: Any, inventory: Pa
     assert result.returncode == 0, result.stderr
     assert "each host 40.00 MH/s after 60.0s of start-up (built-in default for 2 core(s), not measured" in result.stderr
     assert "1 host(s) settle the answer within 300s with probability" in result.stderr
-    assert "cost estimate: 1 × c7a.large at $0.1027/h for up to 5.0 min" in result.stderr
+    assert "cost estimate: at most $0.0090 for 1 × c7a.large for up to 5.0 min:" in result.stderr
+    assert "instances $0.0086: 1 × c7a.large at $0.1027/h for up to 5.0 min" in result.stderr
     assert json.loads(result.stdout)["nonce"] == 30074393
     assert_nothing_left(aws)

@@ -117,7 +117,8 @@ def test_searched_regions_come_from_ec2_journals_and_the_flag() -> None:
 
 def test_cost_estimate_and_minimum_billing() -> None:
     estimate = cost.estimate("c7a.large", 4, 600)
-    assert estimate.total == pytest.approx(4 * 0.1027 * 600 / 3600)
+    assert estimate.charges.instances == pytest.approx(4 * 0.1027 * 600 / 3600)
+    assert estimate.total == pytest.approx(4 * (0.1027 + 0.005) * 600 / 3600)  # with public IPv4
     assert "4 × c7a.large at $0.1027/h for up to 10.0 min" in estimate.describe()
     assert cost.instance_cost(0.36, 5) == pytest.approx(0.36 * 60 / 3600)  # 60 s minimum
     hourly = cost.estimate("c7a.large", 1, None)
