@@ -146,6 +146,8 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
             soft_wrap=True,
         )
     record = result_record(request, outcome, run.run_id, provider.name, cost, base)
+    if provider.notices:  # what went wrong on the side, such as a failed keep-alive
+        record["notices"] = list(provider.notices)
     save_run_record(request, record, run.started, outcome, provider.instance_type, fleet.joblog, keeper)
     out.write((json.dumps(record) if request.json_output else result_text(request, outcome, record)) + "\n")
     out.flush()
