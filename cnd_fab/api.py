@@ -138,8 +138,16 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
     print_summary(console, outcome)
     cost = provider.incurred_cost()
     if cost is not None:
-        console.print(f"cost incurred: about ${cost:.4f} (per-second billing, 60 s minimum per instance)", highlight=False)
+        console.print(
+            f"cost incurred: about ${cost:.4f} from launch to termination: instances per second (60 s minimum), "
+            "CPU surplus credits of unlimited t types at 100% CPU, and public IPv4 per second; prices and "
+            "sources as in the estimate",
+            highlight=False,
+            soft_wrap=True,
+        )
     record = result_record(request, outcome, run.run_id, provider.name, cost, base)
+    if provider.notices:  # what went wrong on the side, such as a failed keep-alive
+        record["notices"] = list(provider.notices)
     save_run_record(request, record, run.started, outcome, provider.instance_type, fleet.joblog, keeper)
     out.write((json.dumps(record) if request.json_output else result_text(request, outcome, record)) + "\n")
     out.flush()

@@ -63,6 +63,12 @@ class RunJournal:
             self.resources.append({"kind": kind, **fields})
             self._save()
 
+    def add_notice(self, text: str) -> None:
+        """Keep one line about a problem during the run (details["notices"]) and save."""
+        with self._lock:
+            self.details.setdefault("notices", []).append(text)
+            self._save()
+
     def close(self, status: str, **details: Any) -> None:
         """Mark the run ended with `status`; teardown skips closed journals."""
         with self._lock:

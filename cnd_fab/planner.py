@@ -70,7 +70,10 @@ def confirm_cost(
         if estimate.total is None:
             raise InputError(f"--max-cost cannot be checked: no built-in price for {estimate.instance_type}")
         if estimate.total > max_cost:
-            raise InputError(f"the estimate ${estimate.total:.4f} is above --max-cost ${max_cost:.4f}; nothing was launched")
+            raise InputError(
+                f"the estimate ${estimate.total:.4f} ({estimate.charges.breakdown()}) is above --max-cost "
+                f"${max_cost:.4f}; nothing was launched"
+            )
     if confirmed:
         return
     if not sys.stdin.isatty():

@@ -175,6 +175,8 @@ def save_run_record(
     )
     for key in ("resumed_from", "nonces_settled_before", "nonces_settled_this_leg"):
         record[key] = result[key]
+    if result.get("notices"):
+        record["notices"] = result["notices"]
     if result["resumed_from"]:
         record["time_to_result"] = None  # one leg's time is not the time to the answer
     if joblog is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from .controller import this_controller
 from .errors import CndError, ReleaseError
 from .journal import CLEANED, RunJournal
 from .providers.base import Provider, Released
@@ -93,7 +94,8 @@ def launched(
     the journal and their labels. Release problems raise ReleaseError after the release (and
     after the body's own result, which the caller may still print)."""
     journal = RunJournal.start(provider.name)
-    journal.details.update(controller_pid=os.getpid(), count=count, **(details or {}))
+    # Who controls the run, so that teardown can prove it gone (see controller.py).
+    journal.details.update(controller_pid=os.getpid(), controller=this_controller(), count=count, **(details or {}))
     journal.save()
     run = Run(provider, journal)
     with signals_held(stop, say):

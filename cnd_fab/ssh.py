@@ -108,6 +108,9 @@ class SshTarget:
     connect_deadline: float = DEFAULT_CONNECT_DEADLINE
     #: New cloud hosts may refuse a key until cloud-init has installed it.
     retry_auth: bool = False
+    #: New cloud hosts may show sshd's own generated host key until cloud-init has installed
+    #: the pinned one: a mismatch is then retried until the deadline (and never trusted).
+    retry_host_key: bool = False
     python: str = "python3"
     #: The host's architecture (`uname -m`) when known: only its own kernel is pushed.
     arch: Optional[str] = None
@@ -242,11 +245,14 @@ class SshHost(Host):
                     self.reachable_at = time.monotonic()
                 return connection
             except paramiko.BadHostKeyException as error:
+                # paramiko checks the key before it authenticates: no credential went to this host.
                 connection.close()
-                raise HostConnectError(
-                    f"{self.name} ({target.address}): host key mismatch: expected "
-                    f"{error.expected_key.fingerprint}, got {error.key.fingerprint}; refusing to connect"
-                ) from None
+                last = (
+                    f"host key mismatch: expected {error.expected_key.fingerprint}, got {error.key.fingerprint}; "
+                    "refusing to connect"
+                )
+                if not target.retry_host_key:
+                    raise HostConnectError(f"{self.name} ({target.address}): {last}") from None
             except paramiko.AuthenticationException as error:
                 connection.close()
                 last = f"authentication failed: {error}"

@@ -68,14 +68,20 @@ class Leftover:
     #: The run's journal; one made up in memory when only labels or tags were found.
     journal: RunJournal
     region: Optional[str] = None
-    #: True when the resources say their run's time is up (EC2's expires-at tag).
+    #: True when the resources show that no live controller keeps them: EC2's alive-until tag
+    #: has passed, or the controller a container's label names is provably gone.
     expired: bool = False
+    #: Why the run looks alive, for a person ("alive until 2026-…Z"); "" once expired.
+    alive_because: str = ""
 
     @classmethod
-    def found(cls, run_id: str, provider: str, region: Optional[str] = None, expired: bool = False) -> "Leftover":
+    def found(
+        cls, run_id: str, provider: str, region: Optional[str] = None, expired: bool = False, alive_because: str = ""
+    ) -> "Leftover":
         """A leftover known from labels or tags only, with an unsaved journal of its own."""
         details = {"region": region} if region else {}
-        return cls(run_id, provider, RunJournal(run_id=run_id, provider=provider, details=details), region, expired)
+        journal = RunJournal(run_id=run_id, provider=provider, details=details)
+        return cls(run_id, provider, journal, region, expired, "" if expired else alive_because)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,15 @@ class Provider(ABC):
 
     def __init__(self, options: Optional[ProviderOptions] = None) -> None:
         self.options = options or ProviderOptions()
+        #: What went wrong during the run that its user must see (a failed keep-alive), in order.
+        self.notices: List[str] = []
+
+    def notice(self, text: str, journal: Optional[RunJournal] = None) -> None:
+        """Show a problem the run must not hide, and keep it for the run's journal and record."""
+        self.notices.append(text)
+        self.options.warn(text)
+        if journal is not None:
+            journal.add_notice(text)
 
     def default_count(self) -> int:
         """The --count used when none is given."""

@@ -3,7 +3,15 @@
 Example: ``fab search --provider docker --count 4`` starts four containers of the
 ``cnd-fab-sshd`` image (see image/), logs in to each with a per-run key and pins the host
 key it generated for it. Containers carry the labels ``cnd-fab.run=<run id>``, so teardown
-finds them even without a journal.
+finds them even without a journal, and ``cnd-fab.controller``, which names the process that
+controls the run.
+
+Why a controller label and not an alive-until time like EC2's tag: a container's labels
+cannot change after it is created, so a time there could never be renewed. It would either
+expire under a live run, for `teardown --expired` to take, or never expire. But these
+containers and their controller share this machine (sshd listens on its 127.0.0.1), so
+teardown can ask the process table directly whether that controller still runs
+(controller.py). That answer is exact, and it needs no keep-alive.
 """
 
 from __future__ import annotations
@@ -12,8 +20,9 @@ import io
 import socket
 import tarfile
 import time
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
+from ..controller import ELSEWHERE, GONE, RUNNING, controller_state, this_controller
 from ..errors import InputError, ProviderError
 from ..journal import RunJournal
 from ..kernels import machine_architecture
@@ -26,6 +35,7 @@ if TYPE_CHECKING:
 
 TOOL_LABEL = "cnd-fab.tool"
 RUN_LABEL = "cnd-fab.run"
+CONTROLLER_LABEL = "cnd-fab.controller"
 KEY_DIR = "/etc/ssh/cnd-fab"
 MAX_CONTAINERS = 64
 LOOPBACK = "127.0.0.1"
@@ -154,6 +164,7 @@ class DockerProvider(Provider):
         import docker as docker_sdk
 
         login_key = KeyPair.generate(f"cnd-fab-{journal.run_id}")
+        labels = {TOOL_LABEL: "cnd-fab", RUN_LABEL: journal.run_id, CONTROLLER_LABEL: this_controller()}
         hosts: List[Host] = []
         for index in range(count):
             name = f"{journal.run_id}-{index + 1}"
@@ -168,7 +179,7 @@ class DockerProvider(Provider):
                     command=sshd_command(port),
                     name=name,
                     network_mode="host",
-                    labels={TOOL_LABEL: "cnd-fab", RUN_LABEL: journal.run_id},
+                    labels=labels,
                     nano_cpus=int(cpus * 1e9) if cpus else None,
                     detach=True,
                 )
@@ -222,15 +233,36 @@ class DockerProvider(Provider):
         return released
 
     def leftovers(self, journals: List[RunJournal], expired_only: bool = False) -> List[Leftover]:
-        """Every run with a cnd-fab container on this engine, journal or not."""
-        if expired_only:
-            return []  # containers carry no expiry: they die with this machine's runs
-        runs = sorted({c.labels.get(RUN_LABEL, "") for c in self._containers()} - {""})
-        return [Leftover.found(run_id, self.name) for run_id in runs]
+        """Every run with a cnd-fab container on this engine, journal or not; expired when the
+        controller its label names is provably gone (only those if asked)."""
+        controllers: Dict[str, Set[str]] = {}
+        for container in self._containers():
+            run_id = container.labels.get(RUN_LABEL, "")
+            if run_id:
+                controllers.setdefault(run_id, set()).add(container.labels.get(CONTROLLER_LABEL, ""))
+        found = []
+        for run_id, named in sorted(controllers.items()):
+            states = {controller_state(identity) for identity in named}
+            expired = states == {GONE}
+            if expired or not expired_only:
+                found.append(Leftover.found(run_id, self.name, expired=expired, alive_because=_liveness(states)))
+        return found
 
     def live_resources(self, journals: List[RunJournal]) -> List[LiveResource]:
-        """Every cnd-fab container on this engine, running or not."""
+        """Every cnd-fab container on this engine, running or not, and whether its controller runs."""
         return [
-            LiveResource(self.name, f"container {c.name}", c.status, c.labels.get(RUN_LABEL, "?"))
+            LiveResource(
+                self.name, f"container {c.name}", c.status, c.labels.get(RUN_LABEL, "?"),
+                f"controller {controller_state(c.labels.get(CONTROLLER_LABEL, ''))}",
+            )
             for c in self._containers()
         ]
+
+
+def _liveness(states: Set[str]) -> str:
+    """Why containers whose controllers are in `states` look alive; "" when all are gone."""
+    if RUNNING in states:
+        return "its controller still runs on this machine"
+    if ELSEWHERE in states:
+        return "its controller is not on this machine (or its containers name none), so it may still run"
+    return ""

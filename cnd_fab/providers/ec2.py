@@ -6,10 +6,11 @@ Per run it creates, recording each in the journal *before* the call that creates
 an imported ed25519 key pair, a security group open on 22/tcp to the caller's address only,
 and N instances from one RunInstances call (MinCount = MaxCount = N, ClientToken = run id).
 Every resource is tagged ``cnd-fab:run``; instances and volumes also carry
-``cnd-fab:expires-at``. User-data installs a host key generated here, so the controller pins
-it and never trusts on first use, and schedules ``shutdown -P +M``: the instances end
-themselves (shutdown behaviour: terminate) if the controller dies. A live controller pushes
-that shutdown further out every few minutes.
+``cnd-fab:expires-at`` and ``cnd-fab:alive-until``. User-data installs a host key generated
+here, so the controller pins it and never trusts on first use, and schedules ``shutdown -P +M``:
+the instances end themselves (shutdown behaviour: terminate) if the controller dies. A live
+controller pushes that shutdown further out every few minutes, and renews both tags: teardown
+leaves a run whose alive-until is ahead alone unless it is named (see leftovers.py).
 
 The AWS calls for one region are in ``ec2_region.py``; names, tags, user-data and error
 lines in ``ec2_settings.py``.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import ssh
-from ..cost import CostEstimate, estimate, hourly_price, instance_cost
+from ..cost import UNLIMITED, CostEstimate, estimate, incurred
 from ..errors import InputError, ProviderError
 from ..journal import RunJournal
 from ..ssh import SshHost
@@ -33,8 +34,11 @@ from .base import Host, Leftover, LiveResource, Provider, ProviderOptions, Relea
 from .ec2_launch import RunLaunch
 from .ec2_region import AWS_ERRORS, Ec2Region, TaggedInstance
 from .ec2_settings import (
+    ALIVE_MINUTES,
+    ALIVE_TAG,
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_SSH_DEADLINE,
+    EXPIRES_TAG,
     MAX_INSTANCES,
     SSH_USER,
     TAG_TIME_FORMAT,
@@ -44,9 +48,12 @@ from .ec2_settings import (
     check_request,
     dead_man_minutes,
     explain,
+    fresh_instances,
     instance_resource,
     run_regions,
     searched_regions,
+    ssh_range,
+    tag_time,
 )
 
 KEEPALIVE_SECONDS = 240.0
@@ -174,8 +181,14 @@ class Ec2Provider(Provider):
             )
 
     def cost_estimate(self, count: int, timeout: Optional[float]) -> Optional[CostEstimate]:
-        """At most `count` instances for the whole timeout (an hour without one)."""
-        return estimate(self.instance_type, count, timeout)
+        """At most `count` instances flat out for the whole timeout (an hour without one), with
+        their CPU surplus credits and public IPv4 addresses."""
+        from .ec2_settings import is_burstable
+
+        # Priced in the credit mode the launch asks for: launch_request makes every type that
+        # is_burstable names unlimited, t2 included, so a t2 costs surplus too.
+        credits = UNLIMITED if is_burstable(self.instance_type) else None
+        return estimate(self.instance_type, count, timeout, credits)
 
     def latest_ami(self) -> str:
         """The current AMI from its public SSM parameter."""
@@ -191,7 +204,7 @@ class Ec2Provider(Provider):
         region = self.region
         journal.details.update(region=region, instance_type=self.instance_type)
         minutes = dead_man_minutes(self.options.timeout)
-        cidr = self.ssh_cidr or f"{address_lookup()}/32"
+        cidr = ssh_range(self.ssh_cidr or address_lookup())
         ami = self.ami or self.latest_ami()
         self._launch = RunLaunch(self.in_region(region), journal)
         launched = self._launch.create(count, self.instance_type, ami, cidr, minutes)
@@ -205,15 +218,52 @@ class Ec2Provider(Provider):
         return self._launch.instance_ids if self._launch else []
 
     def _keep_alive(self, hosts: Sequence[Host]) -> None:
-        """Push every instance's scheduled shutdown further out while this controller lives."""
+        """While this controller lives: push every instance's scheduled shutdown further out, and
+        renew the run's alive-until tag (and expires-at where the shutdown moved). A failure is
+        shown and kept in the run's journal and record, never passed over."""
         while not self._keepalive_stop.wait(KEEPALIVE_SECONDS):
             minutes = dead_man_minutes(self.options.timeout)
+            pushed: List[str] = []
             for host in hosts:
+                # A lost host's connection is gone: the fleet has reported it, and release ends it.
                 if isinstance(host, SshHost) and host.connection is not None:
                     try:
                         host.run_command(f"sudo -n shutdown -P +{int(minutes)}", timeout=15)
-                    except Exception:  # a lost host is handled by the fleet; this is best effort
+                    except Exception as error:  # whatever it is, it is reported and the others go on
+                        if self._keepalive_stop.is_set():
+                            return  # the run is ending: release is closing these connections
+                        self._keep_alive_failed(
+                            f"could not push {host.name}'s shutdown out ({error}); it ends itself by its "
+                            f"{EXPIRES_TAG} tag"
+                        )
                         continue
+                    pushed.append(host.name)
+            self._renew_tags(pushed, minutes)
+
+    def _renew_tags(self, pushed: Sequence[str], minutes: int) -> None:
+        """alive-until on every instance of the run; expires-at on those whose shutdown moved."""
+        launch = self._launch
+        if launch is None or not launch.instance_ids or self._keepalive_stop.is_set():
+            return
+        renewals = [
+            (list(launch.instance_ids), ALIVE_TAG, tag_time(ALIVE_MINUTES * 60)),
+            (list(pushed), EXPIRES_TAG, tag_time(minutes * 60)),
+        ]
+        for ids, key, value in renewals:
+            if not ids:
+                continue
+            try:
+                launch.aws.renew_tags(ids, [{"Key": key, "Value": value}])
+            except AWS_ERRORS as error:
+                if self._keepalive_stop.is_set():
+                    return  # the run is ending: its instances are being terminated
+                self._keep_alive_failed(
+                    explain(error, f"renewing the {key} tag", launch.aws.region)
+                    + (f"; a teardown elsewhere may take this run once {ALIVE_TAG} passes" if key == ALIVE_TAG else "")
+                )
+
+    def _keep_alive_failed(self, why: str) -> None:
+        self.notice(f"keep-alive: {why}", self._launch.journal if self._launch else None)
 
     # --- the end -----------------------------------------------------------------------
     def release(self, hosts: List[Host], journal: RunJournal) -> List[Released]:
@@ -223,8 +273,9 @@ class Ec2Provider(Provider):
         unconfirmed = ssh.stop_all(hosts)
         results: List[Released] = []
         # launch records the region before it creates anything: without one there is nothing.
+        fresh = fresh_instances(journal, time.time())
         for region, known in run_regions(journal).items():
-            results += self.in_region(region).remove(journal.run_id, known)
+            results += self.in_region(region).remove(journal.run_id, known, fresh=fresh)
         self.terminated_at = time.time()
         cost = self.incurred_cost()
         if cost is not None:
@@ -241,12 +292,15 @@ class Ec2Provider(Provider):
         return results
 
     def incurred_cost(self) -> Optional[float]:
-        """Billed seconds (at least a minute) of every instance, at the built-in price."""
-        hourly = hourly_price(self.instance_type)
-        if hourly is None or self._launch is None or self._launch.launched_at is None:
+        """Every instance from launch to termination: its billed seconds (at least a minute), its
+        surplus credits at 100% CPU and its public IPv4 address, at the built-in prices."""
+        from .ec2_settings import is_burstable
+
+        if self._launch is None or self._launch.launched_at is None:
             return None
         seconds = (self.terminated_at or time.time()) - self._launch.launched_at
-        return instance_cost(hourly, seconds) * len(self.instance_ids)
+        credits = UNLIMITED if is_burstable(self.instance_type) else None  # as cost_estimate
+        return incurred(self.instance_type, len(self.instance_ids), seconds, credits)
 
     def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
         """Remove a run's instances (by tag and from its journal), group and key pair in every
@@ -257,32 +311,34 @@ class Ec2Provider(Provider):
                 regions = {self.region: []}
             except InputError as error:
                 return [Released(f"ec2 resources of {leftover.run_id}", False, str(error))]
+        fresh = fresh_instances(leftover.journal, time.time())
         results: List[Released] = []
         for region, known in regions.items():
-            results += self.in_region(region).remove(leftover.run_id, known, dry_run=dry_run)
+            results += self.in_region(region).remove(leftover.run_id, known, dry_run=dry_run, fresh=fresh)
         return results
 
     def leftovers(self, journals: List[RunJournal], expired_only: bool = False) -> List[Leftover]:
-        """Every run with live tagged instances in the searched regions (only expired ones if asked).
-        Raises ProviderError, one line, when AWS cannot be asked."""
+        """Every run with live tagged instances in the searched regions; expired when every one
+        of its instances is (its alive-until, or lacking one its expires-at, has passed); only
+        the expired runs if asked. Raises ProviderError, one line, when AWS cannot be asked."""
         now = time.strftime(TAG_TIME_FORMAT, time.gmtime())
-        found: Dict[Tuple[str, str], Leftover] = {}
+        runs: Dict[Tuple[str, str], List[TaggedInstance]] = {}
         for region in searched_regions(journals, self.region_setting):
             for instance in self._tagged(region):
-                expired = instance.expired(now)
-                if expired_only and not expired:
-                    continue
-                leftover = found.setdefault(
-                    (instance.run_id, region), Leftover.found(instance.run_id, self.name, region=region)
-                )
-                leftover.expired = leftover.expired or expired
-        return list(found.values())
+                runs.setdefault((instance.run_id, region), []).append(instance)
+        found: List[Leftover] = []
+        for (run_id, region), instances in runs.items():
+            expired = all(instance.expired(now) for instance in instances)
+            if expired or not expired_only:
+                found.append(Leftover.found(run_id, self.name, region, expired, _liveness(instances)))
+        return found
 
     def live_resources(self, journals: List[RunJournal]) -> List[LiveResource]:
         """Every live tagged instance in the searched regions, for `fab status`."""
         return [
             LiveResource(
-                self.name, i.instance_id, i.state, i.run_id, f"{i.instance_type}, expires {i.expires_at or 'never'}"
+                self.name, i.instance_id, i.state, i.run_id,
+                f"{i.instance_type}, alive until {i.alive_until or 'not renewed'}, expires {i.expires_at or 'never'}",
             )
             for region in searched_regions(journals, self.region_setting)
             for i in self._tagged(region)
@@ -293,3 +349,14 @@ class Ec2Provider(Provider):
             return self.in_region(region).tagged_instances()
         except AWS_ERRORS as error:
             raise ProviderError(explain(error, "searching for cnd-fab instances by tag", region)) from None
+
+
+def _liveness(instances: Sequence[TaggedInstance]) -> str:
+    """Why a run with these instances looks alive, for a person."""
+    alive_until = max(i.alive_until for i in instances)
+    if alive_until:
+        return f"its {ALIVE_TAG} tag is {alive_until}, still ahead"
+    expires_at = max(i.expires_at for i in instances)
+    if expires_at:
+        return f"it has no {ALIVE_TAG} tag and its {EXPIRES_TAG} tag is {expires_at}, still ahead"
+    return f"its instances carry neither {ALIVE_TAG} nor {EXPIRES_TAG}"

@@ -15,7 +15,7 @@ from ..journal import RunJournal
 from ..ssh import KeyPair, SshHost, SshTarget
 from .base import Host
 from .ec2_region import Ec2Region
-from .ec2_settings import TAG_TIME_FORMAT, cloud_config, explain, launch_request, resource_name
+from .ec2_settings import ALIVE_MINUTES, cloud_config, explain, launch_request, resource_name, tag_time
 
 if TYPE_CHECKING:
     from .ec2 import SshEndpoint
@@ -48,6 +48,8 @@ class Launched:
                 pinned_host_keys=[self.host_key.key],
                 connect_deadline=deadline,
                 retry_auth=True,
+                # sshd may answer with its own generated key before cloud-init installs ours.
+                retry_host_key=True,
                 warn=warn,
             )
             hosts.append(SshHost(target, journal.run_id, index + 1, journal))
@@ -72,17 +74,22 @@ class RunLaunch:
         ProviderError, one line naming the step that failed."""
         run_id, region, journal, aws = self.journal.run_id, self.aws.region, self.journal, self.aws
         name = resource_name(run_id)
-        expires = time.strftime(TAG_TIME_FORMAT, time.gmtime(time.time() + minutes * 60))
+        expires = tag_time(minutes * 60)
+        alive_until = tag_time(ALIVE_MINUTES * 60)
         login_key = KeyPair.generate(name)
         host_key = KeyPair.generate(f"{name}-host")
         user_data = cloud_config(host_key, login_key, minutes)
-        action = "importing the key pair"
+        action = "finding the default VPC"
         try:
+            # Where to launch comes first: nothing is made in a region that cannot take the type.
+            vpc_id = aws.default_vpc()
+            action = f"finding a zone that offers {instance_type}"
+            subnet_id = aws.launch_subnet(vpc_id, instance_type)
+
+            action = "importing the key pair"
             journal.record("ec2-key-pair", region=region, name=name)
             aws.import_key_pair(run_id, login_key.public_line)
 
-            action = "finding the default VPC"
-            vpc_id = aws.default_vpc()
             journal.record("ec2-security-group", region=region, name=name)
             action = "creating the security group"
             group_id = aws.create_group(run_id, vpc_id)
@@ -92,10 +99,13 @@ class RunLaunch:
 
             journal.record("ec2-launch", region=region, client_token=run_id[:64], expires_at=expires)
             action = f"launching {count} × {instance_type}"
-            request = launch_request(instance_type, count, ami, name, group_id, user_data, run_id, expires)
+            request = launch_request(
+                instance_type, count, ami, name, group_id, subnet_id, user_data, run_id, expires, alive_until
+            )
             self.instance_ids = aws.run_instances(request)
             self.launched_at = time.time()
-            journal.record("ec2-instances", region=region, ids=self.instance_ids)
+            # When they were launched tells teardown how long EC2 may not show them yet.
+            journal.record("ec2-instances", region=region, ids=self.instance_ids, launched_at=self.launched_at)
 
             action = "waiting for the instances to run"
             instances = aws.wait_running(self.instance_ids)

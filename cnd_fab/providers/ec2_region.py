@@ -1,17 +1,26 @@
 """The AWS calls a run makes in one region: create its key pair, group and instances, find
-instances by tag, and remove a run's resources with one Released result for each."""
+instances by tag, and remove a run's resources with one Released result for each.
+
+EC2's API is eventually consistent: for a while after a resource is made, other calls may
+not see it. So a resource not shown yet is never taken for a missing one here. The calls that
+name one made a moment ago retry its NotFound code (`until_visible`; botocore's own retries do
+not), and the waits poll by filter, in batches, taking an instance EC2 does not show for one
+not shown *yet* while it is fresh (see FRESH_SECONDS).
+"""
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, cast
+from typing import TYPE_CHECKING, Any, Callable, Collection, Dict, Iterator, List, Optional, Sequence, Set, TypeVar, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ProviderError
 from .base import Released
 from .ec2_settings import (
+    ALIVE_TAG,
     EXPIRES_TAG,
     LIVE_STATES,
     RUN_TAG,
@@ -27,11 +36,46 @@ from .ec2_settings import (
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_ec2.literals import ResourceTypeType
-    from mypy_boto3_ec2.type_defs import FilterTypeDef, TagSpecificationTypeDef
+    from mypy_boto3_ec2.type_defs import FilterTypeDef, TagSpecificationTypeDef, TagTypeDef
+
+T = TypeVar("T")
 
 AWS_ERRORS = (ClientError, BotoCoreError)
 #: How long a security group may stay "in use" after its instances have terminated.
 GROUP_RELEASE_SECONDS = 300.0
+#: The codes EC2 answers, for a while, about a group, instance or key pair made a moment ago.
+GROUP_NOT_FOUND = "InvalidGroup.NotFound"
+INSTANCE_NOT_FOUND = "InvalidInstanceID.NotFound"
+KEY_PAIR_NOT_FOUND = "InvalidKeyPair.NotFound"
+#: How long a call that names a new resource retries while EC2 does not show it yet.
+VISIBLE_WITHIN = 120.0
+#: Instance ids per Describe, Terminate or CreateTags call: well under each call's limit.
+BATCH_SIZE = 100
+RUNNING_WITHIN = 300.0
+TERMINATED_WITHIN = 600.0
+#: States from which an instance never comes to run.
+NEVER_RUNS = ("shutting-down", "terminated", "stopping", "stopped")
+
+
+def batches(ids: Sequence[str], size: int = BATCH_SIZE) -> Iterator[List[str]]:
+    """`ids` in slices of at most `size`, in order."""
+    for start in range(0, len(ids), size):
+        yield list(ids[start : start + size])
+
+
+def until_visible(call: Callable[[], T], codes: Collection[str], within: float = VISIBLE_WITHIN) -> T:
+    """call(), retried with jittered backoff while EC2 answers one of `codes` (it does not show a
+    resource made a moment ago yet), for at most `within` seconds; then that error is raised."""
+    deadline = time.monotonic() + within
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except ClientError as error:
+            if error_code(error) not in codes or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(8.0, delay * 2)
 
 
 @dataclass(frozen=True)
@@ -44,18 +88,23 @@ class TaggedInstance:
     run_id: str
     #: The expires-at tag (ISO 8601, UTC); "" when the instance has none.
     expires_at: str
+    #: The alive-until tag, in the same format; "" on instances of an older cnd-fab.
+    alive_until: str = ""
 
     def expired(self, now: str) -> bool:
-        """True when the expires-at tag has passed; `now` is in the tag's format."""
-        return bool(self.expires_at) and self.expires_at <= now
+        """True when no live controller vouches for it any more: its alive-until has passed, or,
+        lacking one, its expires-at; `now` is in the tags' format."""
+        deadline = self.alive_until or self.expires_at
+        return bool(deadline) and deadline <= now
 
 
 class Ec2Region:
     """One region's EC2 client, and the calls a run makes there.
 
     Example: ``Ec2Region(client, "eu-west-2").remove("20260101-abcd", known=["i-0abc"])``.
-    The launch calls raise botocore's errors, for the provider to explain with the step it
-    was at; the removal calls never raise: each resource comes back done, or not and why."""
+    The launch calls raise botocore's errors (or a ProviderError line of their own), for the
+    provider to explain with the step it was at; the removal calls never raise: each resource
+    comes back done, or not and why."""
 
     def __init__(self, client: EC2Client, region: str) -> None:
         self.client = client
@@ -75,10 +124,35 @@ class Ec2Region:
 
     def default_vpc(self) -> str:
         """The default VPC's id; ProviderError when the region has none."""
-        vpcs = self.client.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        pages = self.client.get_paginator("describe_vpcs").paginate(Filters=[{"Name": "isDefault", "Values": ["true"]}])
+        vpcs = [vpc for page in pages for vpc in page["Vpcs"]]
         if not vpcs:
             raise ProviderError(f"ec2 ({self.region}): this region has no default VPC to launch into")
         return vpcs[0]["VpcId"]
+
+    def launch_subnet(self, vpc_id: str, instance_type: str) -> str:
+        """The default subnet of the first zone (by name) that offers `instance_type`; a
+        ProviderError, one line, when no zone with a default subnet does."""
+        offerings = self.client.get_paginator("describe_instance_type_offerings").paginate(
+            LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [instance_type]}]
+        )
+        offered = {offer["Location"] for page in offerings for offer in page["InstanceTypeOfferings"]}
+        if not offered:
+            raise ProviderError(
+                f"ec2 ({self.region}): {instance_type} is not offered in any zone of this region; try another "
+                "instance type or region"
+            )
+        subnets = self.client.get_paginator("describe_subnets").paginate(
+            Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "default-for-az", "Values": ["true"]}]
+        )
+        by_zone = {s["AvailabilityZone"]: s["SubnetId"] for page in subnets for s in page["Subnets"]}
+        usable = sorted(zone for zone in by_zone if zone in offered)
+        if not usable:
+            raise ProviderError(
+                f"ec2 ({self.region}): the default VPC has no subnet in a zone that offers {instance_type} "
+                f"({', '.join(sorted(offered))})"
+            )
+        return by_zone[usable[0]]
 
     def create_group(self, run_id: str, vpc_id: str) -> str:
         """Create the run's security group, closed until open_ssh; its id."""
@@ -90,37 +164,83 @@ class Ec2Region:
         )["GroupId"]
 
     def open_ssh(self, group_id: str, cidr: str) -> None:
-        """Let the controller's address range, and no other, reach 22/tcp."""
-        self.client.authorize_security_group_ingress(
-            GroupId=group_id,
-            IpPermissions=[
-                {
-                    "IpProtocol": "tcp",
-                    "FromPort": 22,
-                    "ToPort": 22,
-                    "IpRanges": [{"CidrIp": cidr, "Description": "cnd-fab controller"}],
-                }
-            ],
+        """Let the controller's address range, and no other, reach 22/tcp (retried while EC2
+        does not show the new group yet)."""
+        until_visible(
+            lambda: self.client.authorize_security_group_ingress(
+                GroupId=group_id,
+                IpPermissions=[
+                    {
+                        "IpProtocol": "tcp",
+                        "FromPort": 22,
+                        "ToPort": 22,
+                        "IpRanges": [{"CidrIp": cidr, "Description": "cnd-fab controller"}],
+                    }
+                ],
+            ),
+            {GROUP_NOT_FOUND},
         )
 
     def run_instances(self, request: Dict[str, Any]) -> List[str]:
-        """One RunInstances call; the new instances' ids."""
-        return [instance["InstanceId"] for instance in self.client.run_instances(**request)["Instances"]]
+        """One RunInstances call, retried while EC2 does not show the new group or key pair yet
+        (the ClientToken keeps a retry from launching twice); the new instances' ids."""
+        answer = until_visible(lambda: self.client.run_instances(**request), {GROUP_NOT_FOUND, KEY_PAIR_NOT_FOUND})
+        return [instance["InstanceId"] for instance in answer["Instances"]]
 
-    def wait_running(self, ids: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-        """Wait until every instance runs; instance id -> its description, in the order of `ids`."""
-        self.client.get_waiter("instance_running").wait(
-            InstanceIds=list(ids), WaiterConfig={"Delay": 5, "MaxAttempts": 60}
-        )
-        described = self.client.describe_instances(InstanceIds=list(ids))
-        found = {i["InstanceId"]: cast(Dict[str, Any], i) for r in described["Reservations"] for i in r["Instances"]}
-        return {instance_id: found[instance_id] for instance_id in ids}
+    def wait_running(self, ids: Sequence[str], within: float = RUNNING_WITHIN) -> Dict[str, Dict[str, Any]]:
+        """Wait until every instance runs; instance id -> its description, in the order of `ids`.
+
+        An instance EC2 does not show yet is waited for. ProviderError, one line, when one will
+        never run or `within` seconds pass."""
+        deadline = time.monotonic() + within
+        delay = 1.0
+        while True:
+            found = self.describe(ids)
+            for instance_id, instance in found.items():
+                state = instance["State"]["Name"]
+                if state in NEVER_RUNS:
+                    reason = instance.get("StateReason", {}).get("Message", "no reason given")
+                    raise ProviderError(
+                        f"ec2 ({self.region}): instance {instance_id} is {state} instead of running: {reason}"
+                    )
+            waiting = [i for i in ids if i not in found or found[i]["State"]["Name"] != "running"]
+            if not waiting:
+                return {instance_id: found[instance_id] for instance_id in ids}
+            if time.monotonic() + delay > deadline:
+                unseen = sum(1 for i in waiting if i not in found)
+                raise ProviderError(
+                    f"ec2 ({self.region}): {len(waiting)} instance(s) not running within {within:.0f}s "
+                    f"({unseen} of them not shown by EC2 yet): {', '.join(waiting[:5])}"
+                )
+            time.sleep(delay)
+            delay = min(10.0, delay * 1.5)
+
+    def renew_tags(self, ids: Sequence[str], tags: List[TagTypeDef]) -> None:
+        """Set `tags` on the instances, as the keep-alive renews them. Raises botocore's errors."""
+        for batch in batches(ids):
+            until_visible(lambda: self.client.create_tags(Resources=list(batch), Tags=tags), {INSTANCE_NOT_FOUND})
 
     # --- finding -----------------------------------------------------------------------
     def _instances(self, filters: List[FilterTypeDef]) -> List[Dict[str, Any]]:
         found: List[Dict[str, Any]] = []
         for page in self.client.get_paginator("describe_instances").paginate(Filters=filters):
             found += [cast(Dict[str, Any], i) for r in page["Reservations"] for i in r["Instances"]]
+        return found
+
+    def describe(self, ids: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+        """Instance id -> description, for those of `ids` EC2 shows now: by filter, in batches,
+        every page. An id it does not show is absent (not shown yet, or long forgotten)."""
+        found: Dict[str, Dict[str, Any]] = {}
+        for batch in batches(ids):
+            try:
+                described = self._instances([{"Name": "instance-id", "Values": batch}])
+            except ClientError as error:
+                # A filter asserts nothing about the ids, so EC2 should not answer NotFound; if it
+                # does, that means what an absent id means.
+                if error_code(error) != INSTANCE_NOT_FOUND:
+                    raise
+                continue
+            found.update({i["InstanceId"]: i for i in described})
         return found
 
     def tagged_instances(self, run_id: Optional[str] = None) -> List[TaggedInstance]:
@@ -135,32 +255,37 @@ class Ec2Region:
                 found.append(
                     TaggedInstance(
                         instance["InstanceId"], instance["State"]["Name"], instance.get("InstanceType", "?"),
-                        tags[RUN_TAG], tags.get(EXPIRES_TAG, ""),
+                        tags[RUN_TAG], tags.get(EXPIRES_TAG, ""), tags.get(ALIVE_TAG, ""),
                     )
                 )
         return found
 
     def states(self, ids: Sequence[str]) -> Dict[str, str]:
-        """Instance id -> state, for those of `ids` AWS still knows (a filter: unknown ids are no error)."""
-        if not ids:
-            return {}
-        found = self._instances([{"Name": "instance-id", "Values": list(ids)}])
-        return {i["InstanceId"]: i["State"]["Name"] for i in found}
+        """Instance id -> state, for those of `ids` EC2 shows now (see describe)."""
+        return {instance_id: i["State"]["Name"] for instance_id, i in self.describe(ids).items()}
 
     # --- removal -----------------------------------------------------------------------
-    def remove(self, run_id: str, known: Sequence[str] = (), dry_run: bool = False) -> List[Released]:
+    def remove(
+        self, run_id: str, known: Sequence[str] = (), dry_run: bool = False, fresh: Collection[str] = ()
+    ) -> List[Released]:
         """Terminate the run's instances (tagged, or `known` from its journal), then delete its
-        security group and key pair. A dry run only looks."""
+        security group and key pair. `fresh` ids were launched so recently that EC2 may not show
+        them yet: they are terminated all the same. A dry run only looks."""
         name = resource_name(run_id)
         try:
             live: Set[str] = {i.instance_id for i in self.tagged_instances(run_id)}
-            live |= {i for i, state in self.states(known).items() if state in LIVE_STATES}
-            groups = self.client.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])
+            seen = self.states(known)
+            live |= {i for i, state in seen.items() if state in LIVE_STATES}
+            live |= {i for i in known if i not in seen and i in fresh}
+            pages = self.client.get_paginator("describe_security_groups").paginate(
+                Filters=[{"Name": "group-name", "Values": [name]}]
+            )
+            group_ids = [group["GroupId"] for page in pages for group in page["SecurityGroups"]]
+            # DescribeKeyPairs has no pages: it answers every match at once.
             keys = self.client.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [name]}])
         except AWS_ERRORS as error:
             why = explain(error, "looking for the run's resources", self.region)
             return [Released(f"ec2 resources of {run_id} in {self.region}", False, why)]
-        group_ids = [group["GroupId"] for group in groups["SecurityGroups"]]
         key_names = [key.get("KeyName", name) for key in keys["KeyPairs"]]
         if dry_run:
             return (
@@ -168,7 +293,7 @@ class Ec2Region:
                 + [Released(group_resource(g, name), True, planned=True) for g in group_ids]
                 + [Released(f"key pair {k}", True, planned=True) for k in key_names]
             )
-        results = self.terminate(sorted(live))
+        results = self.terminate(sorted(live), fresh)
         # A group cannot go while an instance still uses it: trying would only wait out the retries.
         blocked = any(result.failed for result in results)
         for group_id in group_ids:
@@ -179,34 +304,59 @@ class Ec2Region:
                 results.append(self.delete_group(group_id, name))
         return results + [self.delete_key_pair(key) for key in key_names]
 
-    def terminate(self, ids: Sequence[str]) -> List[Released]:
-        """Terminate the instances and wait; done for each one confirmed terminated."""
+    def terminate(self, ids: Sequence[str], fresh: Collection[str] = ()) -> List[Released]:
+        """Terminate the instances in batches and wait; done for each one confirmed terminated."""
+        refused: Dict[str, str] = {}
+        for batch in batches(ids):
+            try:
+                until_visible(lambda: self.client.terminate_instances(InstanceIds=list(batch)), {INSTANCE_NOT_FOUND})
+            except AWS_ERRORS as error:
+                refused.update(dict.fromkeys(batch, explain(error, "terminating the instances", self.region)))
+        waited = {r.resource: r for r in self.wait_terminated([i for i in ids if i not in refused], fresh)}
+        return [
+            waited.get(instance_resource(i)) or Released(instance_resource(i), False, refused[i], action="terminated")
+            for i in ids
+        ]
+
+    def wait_terminated(
+        self, ids: Sequence[str], fresh: Collection[str] = (), within: float = TERMINATED_WITHIN
+    ) -> List[Released]:
+        """Wait until every instance reads terminated; done for each one that does.
+
+        botocore's instance_terminated waiter gives up as soon as one instance reads pending.
+        Here a pending one is waited for: EC2 ends it once it has started. An instance EC2 no
+        longer shows was terminated and forgotten, unless it is `fresh`: then it is only not
+        shown yet, and waited for too."""
         if not ids:
             return []
-        try:
-            self.client.terminate_instances(InstanceIds=list(ids))
-        except AWS_ERRORS as error:
-            why = explain(error, "terminating the instances", self.region)
-            return [Released(instance_resource(i), False, why) for i in ids]
-        try:
-            self.client.get_waiter("instance_terminated").wait(
-                InstanceIds=list(ids), WaiterConfig={"Delay": 5, "MaxAttempts": 120}
+        deadline = time.monotonic() + within
+        delay = 1.0
+        left = dict.fromkeys(ids, "in an unknown state")
+        problem = ""
+        while True:
+            try:
+                states = self.states(list(left))
+                left = {
+                    i: states.get(i, "not shown by EC2 yet")
+                    for i in left
+                    if states.get(i) != "terminated" and (i in states or i in fresh)
+                }
+                problem = ""
+            except AWS_ERRORS as error:
+                problem = "; " + explain(error, "waiting for the instances to terminate", self.region)
+            if not left or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
+            delay = min(15.0, delay * 1.5)
+        return [
+            Released(
+                instance_resource(i),
+                i not in left,
+                f"still {left[i]} after {within:.0f}s{problem}" if i in left else "",
+                action="terminated",
             )
-            return [Released(instance_resource(i), True, action="terminated") for i in ids]
-        except AWS_ERRORS as error:
-            why = explain(error, "waiting for the instances to terminate", self.region)
-        # The waiter gave up on at least one: ask which are really gone.
-        try:
-            states = self.states(ids)
-        except AWS_ERRORS:
-            states = {i: "in an unknown state" for i in ids}
-        results = []
-        for instance_id in ids:
-            # AWS forgets a terminated instance after a while: one it does not know is gone.
-            state = states.get(instance_id, "terminated")
-            done = state == "terminated"
-            results.append(Released(instance_resource(instance_id), done, "" if done else f"still {state}: {why}", action="terminated"))
-        return results
+            for i in ids
+        ]
 
     def delete_group(self, group_id: str, name: str, within: float = GROUP_RELEASE_SECONDS) -> Released:
         """Delete a security group, retrying while AWS still counts it in use (it does for a while

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import yaml
@@ -28,6 +29,15 @@ MAX_INSTANCES = 256
 TOOL_TAG = "cnd-fab:tool"
 RUN_TAG = "cnd-fab:run"
 EXPIRES_TAG = "cnd-fab:expires-at"
+#: Renewed by a live controller's keep-alive: until then, teardown leaves the run alone unless
+#: it is named (--run) or this machine's journal shows its controller is gone.
+ALIVE_TAG = "cnd-fab:alive-until"
+#: How far each renewal pushes alive-until: the keep-alive renews every 4 minutes, so three
+#: renewals in a row must fail before a live run reads as abandoned.
+ALIVE_MINUTES = 15
+#: How long after its launch an instance that EC2 does not show is taken for one it does not
+#: show *yet* (its API is eventually consistent), not for one long terminated and forgotten.
+FRESH_SECONDS = 600.0
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 INSTANCE_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 #: The expires-at tag's format: UTC, so that comparing the strings compares the times.
@@ -70,6 +80,32 @@ def run_regions(journal: RunJournal, region: Optional[str] = None) -> Dict[str, 
     }
 
 
+def fresh_instances(journal: RunJournal, now: float) -> List[str]:
+    """The instance ids the journal records as launched less than FRESH_SECONDS before `now`."""
+    return [
+        str(i)
+        for r in journal.resources
+        if r.get("kind") == "ec2-instances" and now - float(r.get("launched_at") or 0) < FRESH_SECONDS
+        for i in r.get("ids", [])
+    ]
+
+
+def ssh_range(ssh_cidr: str) -> str:
+    """--ssh-cidr as AWS wants it: an IPv4 network in canonical form (203.0.113.7 -> 203.0.113.7/32,
+    10.1.2.3/8 -> 10.0.0.0/8). Raises InputError for anything else, IPv6 included: the instances
+    get no IPv6 address, so an IPv6 range would let nobody in."""
+    try:
+        network = ipaddress.ip_network(ssh_cidr.strip(), strict=False)
+    except ValueError:
+        raise InputError(f"--ssh-cidr {ssh_cidr!r} is not an address range such as 203.0.113.7/32") from None
+    if network.version != 4:
+        raise InputError(
+            f"--ssh-cidr {ssh_cidr!r} is IPv6, but the instances get only IPv4 addresses; give an IPv4 range "
+            "such as 203.0.113.7/32"
+        )
+    return str(network)
+
+
 def check_request(count: int, instance_type: str, ssh_cidr: Optional[str]) -> None:
     """Refuse a count, instance type or --ssh-cidr that AWS would refuse later. Raises InputError."""
     if count > MAX_INSTANCES:
@@ -77,10 +113,7 @@ def check_request(count: int, instance_type: str, ssh_cidr: Optional[str]) -> No
     if not INSTANCE_TYPE_PATTERN.match(instance_type):
         raise InputError(f"--instance-type {instance_type!r} is not an instance type such as c7a.large")
     if ssh_cidr is not None:
-        try:
-            ipaddress.ip_network(ssh_cidr, strict=False)
-        except ValueError:
-            raise InputError(f"--ssh-cidr {ssh_cidr!r} is not an address range such as 203.0.113.7/32") from None
+        ssh_range(ssh_cidr)
 
 
 def searched_regions(journals: List[RunJournal], region: Optional[str]) -> List[str]:
@@ -91,15 +124,22 @@ def searched_regions(journals: List[RunJournal], region: Optional[str]) -> List[
     return sorted(regions)
 
 
+#: Graviton families: a1, and families whose name ends in g, gd or gn after the generation
+#: digit (c7g, t4g, m6gd, c6gn, im4gn, x2gd), or in gen (is4gen, Graviton2 as well).
+ARM64_FAMILY = re.compile(r"a1|[a-z]+\d+(g|gd|gn|gen)")
+#: Burstable families: t and the generation digit (t2, t3, t3a, t4g); trn1 is not one.
+BURSTABLE_FAMILY = re.compile(r"t\d[a-z]*")
+
+
 def architecture(instance_type: str) -> str:
-    """Graviton families carry a 'g' after the generation digit (c7g, t4g, c8gd, …)."""
+    """arm64 for the Graviton families (ARM64_FAMILY), amd64 for the rest."""
     family = instance_type.split(".")[0]
-    return "arm64" if re.match(r"^[a-z]+\d+g", family) else "amd64"
+    return "arm64" if ARM64_FAMILY.fullmatch(family) else "amd64"
 
 
 def is_burstable(instance_type: str) -> bool:
     """True for the t families, whose CPU credits must be unlimited for a flat-out search."""
-    return instance_type.split(".")[0].startswith("t")
+    return BURSTABLE_FAMILY.fullmatch(instance_type.split(".")[0]) is not None
 
 
 def dead_man_minutes(timeout: Optional[float]) -> int:
@@ -129,28 +169,48 @@ def run_tags(run_id: str) -> List[TagTypeDef]:
     return [{"Key": TOOL_TAG, "Value": "cnd-fab"}, {"Key": RUN_TAG, "Value": run_id}]
 
 
+def tag_time(seconds_from_now: float) -> str:
+    """A time `seconds_from_now` in the format of the expires-at and alive-until tags."""
+    return time.strftime(TAG_TIME_FORMAT, time.gmtime(time.time() + seconds_from_now))
+
+
 def launch_request(
-    instance_type: str, count: int, ami: str, key_name: str, group_id: str, user_data: str, run_id: str, expires: str
+    instance_type: str, count: int, ami: str, key_name: str, group_id: str, subnet_id: str, user_data: str,
+    run_id: str, expires: str, alive_until: str,
 ) -> Dict[str, Any]:
     """The RunInstances parameters: all N at once, tagged, terminating on shutdown."""
     tags: List[TagTypeDef] = run_tags(run_id) + [
         {"Key": EXPIRES_TAG, "Value": expires},
         {"Key": "Name", "Value": f"cnd-fab {run_id}"},
     ]
+    # Only the instances carry alive-until: the keep-alive renews it there, and teardown reads
+    # it there; on the volumes it would only go stale.
+    instance_tags: List[TagTypeDef] = tags + [{"Key": ALIVE_TAG, "Value": alive_until}]
     request: Dict[str, Any] = {
         "ImageId": ami,
         "InstanceType": instance_type,
         "MinCount": count,
         "MaxCount": count,
         "KeyName": key_name,
-        "SecurityGroupIds": [group_id],
+        # A public address asked for, not left to the subnet's setting: the controller reaches
+        # sshd through it. The group and subnet then belong to the interface (EC2 refuses
+        # instance-level ones next to a network interface).
+        "NetworkInterfaces": [
+            {
+                "DeviceIndex": 0,
+                "SubnetId": subnet_id,
+                "Groups": [group_id],
+                "AssociatePublicIpAddress": True,
+                "DeleteOnTermination": True,
+            }
+        ],
         "UserData": user_data,
         # The same run id gives the same token: a retried call cannot launch twice.
         "ClientToken": run_id[:64],
         "InstanceInitiatedShutdownBehavior": "terminate",
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "TagSpecifications": [
-            {"ResourceType": "instance", "Tags": tags},
+            {"ResourceType": "instance", "Tags": instance_tags},
             {"ResourceType": "volume", "Tags": tags},
         ],
     }

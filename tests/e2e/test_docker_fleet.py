@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -265,6 +266,24 @@ def test_teardown_finds_containers_by_label_without_a_journal(docker_client: Any
         journal.unlink()
     result = run_cli(cli("teardown"))
     assert f"removed container {run.run_id}-1" in result.stderr
+    assert not cnd_containers(docker_client)
+
+
+def test_teardown_spares_a_live_docker_run_of_another_state_directory(
+    docker_client: Any, tmp_path: Path, live_run: Callable[..., LiveRun]
+) -> None:
+    run = live_run("--provider", "docker", "--count", "1", "--difficulty", "256")
+    run.joined(1)
+    # Another user's teardown: no journal names the run, but its containers name its controller.
+    elsewhere = {**os.environ, "CND_FAB_STATE_DIR": str(tmp_path / "another-state-dir")}
+    plain = run_cli(cli("teardown"), env=elsewhere)
+    assert plain.returncode == 0, plain.stderr
+    assert f"skipping {run.run_id}: its controller still runs on this machine; name it with --run {run.run_id}" in plain.stderr
+    expired = run_cli(cli("teardown", "--expired"), env=elsewhere)
+    assert expired.returncode == 0 and "removed 0 resource(s) from 0 run(s)" in expired.stderr, expired.stderr
+    assert len(cnd_containers(docker_client)) == 1
+    run.process.send_signal(signal.SIGINT)
+    assert run.result(within=60)["status"] == "interrupted"
     assert not cnd_containers(docker_client)
 
 

@@ -8,9 +8,11 @@ send are recorded and asserted on, and the stand-ins "boot" from the user-data t
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -24,7 +26,7 @@ from cnd_fab.journal import RunJournal
 from cnd_fab.providers import ProviderOptions, ec2
 from cnd_fab.providers.base import Host, Leftover, Released
 from cnd_fab.providers.ec2 import Ec2Provider
-from cnd_fab.providers.ec2_settings import EXPIRES_TAG, RUN_TAG, TOOL_TAG
+from cnd_fab.providers.ec2_settings import ALIVE_TAG, EXPIRES_TAG, RUN_TAG, TAG_TIME_FORMAT, TOOL_TAG
 from cnd_fab.inventory import load
 from tests.helpers import REPO, cli, run_cli, wait_for_no_workers
 from tests.testbed import ec2_standin
@@ -107,7 +109,9 @@ def test_search_on_ec2_launches_searches_and_removes_everything(aws: Any, invent
     assert record["nonce"] == LOWEST_D20 and record["lowest"] is True
     assert len(record["hosts"]) == 3 and all(h["name"].startswith("i-") for h in record["hosts"])
     assert record["cost_usd"] > 0
-    assert "cost estimate: 3 × c7a.large at $0.1027/h for up to 5.0 min = $0.0257" in result.stderr
+    assert "cost estimate: at most $0.0269 for 3 × c7a.large for up to 5.0 min:" in result.stderr
+    assert "instances $0.0257: 3 × c7a.large at $0.1027/h for up to 5.0 min" in result.stderr
+    assert "public IPv4 $0.0013: one address per instance at $0.005/h" in result.stderr
     assert "cost incurred: about $" in result.stderr
     instances = aws.describe_instances()["Reservations"][0]["Instances"]
     assert len(instances) == 3 and {i["State"]["Name"] for i in instances} == {"terminated"}
@@ -136,13 +140,30 @@ def provider_for(inventory: Path, timeout: float = 300, **overrides: Any) -> Ec2
 @pytest.mark.parametrize("instance_type, burstable", [("c7a.large", False), ("t3.micro", True)])
 def test_launch_request_carries_every_setting(aws: Any, inventory: Path, instance_type: str, burstable: bool) -> None:
     provider = provider_for(inventory, timeout=600, instance_type=instance_type)
-    recorded = {op: Recorder() for op in ("RunInstances", "AuthorizeSecurityGroupIngress", "ImportKeyPair")}
+    operations = ("RunInstances", "AuthorizeSecurityGroupIngress", "ImportKeyPair", "DescribeInstanceTypeOfferings")
+    recorded = {op: Recorder() for op in operations}
     for op, recorder in recorded.items():
         provider.ec2.meta.events.register(f"provide-client-params.ec2.{op}", recorder)
     journal = RunJournal.start("ec2")
     hosts = provider.launch(2, journal)
     try:
         [request] = recorded["RunInstances"].calls
+        # The public address is asked for, on an interface in a zone that offers the type.
+        [group_id] = [r["group_id"] for r in journal.resources if r.get("group_id")]
+        [interface] = request["NetworkInterfaces"]
+        assert interface == {
+            "DeviceIndex": 0, "SubnetId": interface["SubnetId"], "Groups": [group_id],
+            "AssociatePublicIpAddress": True, "DeleteOnTermination": True,
+        }
+        assert "SecurityGroupIds" not in request and "SubnetId" not in request
+        [offerings] = recorded["DescribeInstanceTypeOfferings"].calls
+        assert offerings["LocationType"] == "availability-zone"
+        assert offerings["Filters"] == [{"Name": "instance-type", "Values": [instance_type]}]
+        [subnet] = aws.describe_subnets(SubnetIds=[interface["SubnetId"]])["Subnets"]
+        offered = aws.describe_instance_type_offerings(
+            LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [instance_type]}]
+        )["InstanceTypeOfferings"]
+        assert subnet["AvailabilityZone"] in {o["Location"] for o in offered}
         assert request["MinCount"] == request["MaxCount"] == 2
         assert request["ClientToken"] == journal.run_id
         assert request["InstanceInitiatedShutdownBehavior"] == "terminate"
@@ -153,8 +174,12 @@ def test_launch_request_carries_every_setting(aws: Any, inventory: Path, instanc
             assert request["CreditSpecification"] == {"CpuCredits": "unlimited"}
         specs = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in request["TagSpecifications"]}
         assert set(specs) == {"instance", "volume"}
+        in_14_minutes = time.strftime(TAG_TIME_FORMAT, time.gmtime(time.time() + 14 * 60))
         for tags in specs.values():
             assert tags[TOOL_TAG] == "cnd-fab" and tags[RUN_TAG] == journal.run_id and tags[EXPIRES_TAG].endswith("Z")
+        # Renewed on the instances alone: a volume's would go stale.
+        assert specs["instance"][ALIVE_TAG] > in_14_minutes and specs["instance"][ALIVE_TAG].endswith("Z")
+        assert ALIVE_TAG not in specs["volume"]
         user_data = yaml.safe_load(request["UserData"].split("\n", 1)[1])
         assert user_data["runcmd"] == [["shutdown", "-P", "+20"]]  # 600 s timeout + 10 min margin
         assert user_data["ssh_keys"]["ed25519_public"].startswith("ssh-ed25519 ")
@@ -174,6 +199,17 @@ def test_launch_request_carries_every_setting(aws: Any, inventory: Path, instanc
     assert_nothing_left(aws)
 
 
+def canned_answer(request: Any, status: int, body: str) -> Any:
+    """An HTTP answer made here, so that the call never reaches moto."""
+    from botocore.awsrequest import AWSResponse
+
+    class Raw:
+        def stream(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+            yield body.encode()
+
+    return AWSResponse(request.url, status, {}, Raw())
+
+
 class FailingSend:
     """A before-send handler that answers an EC2 call with an error `times` times."""
 
@@ -181,19 +217,52 @@ class FailingSend:
         self.code, self.status, self.left, self.calls = code, status, times, 0
 
     def __call__(self, request: Any, **kwargs: Any) -> Any:
-        from botocore.awsrequest import AWSResponse
-
         self.calls += 1
         if self.left == 0:
             return None
         self.left -= 1
-        body = f"<Response><Errors><Error><Code>{self.code}</Code><Message>injected</Message></Error></Errors><RequestID>t</RequestID></Response>".encode()
+        body = f"<Response><Errors><Error><Code>{self.code}</Code><Message>injected</Message></Error></Errors><RequestID>t</RequestID></Response>"
+        return canned_answer(request, self.status, body)
 
-        class Raw:
-            def stream(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
-                yield body
 
-        return AWSResponse(request.url, self.status, {}, Raw())
+EC2_XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+
+
+def described(states: Dict[str, str]) -> str:
+    """A DescribeInstances answer showing these instances in these states, and no others."""
+    items = "".join(
+        f"<item><instanceId>{i}</instanceId><instanceState><code>0</code><name>{state}</name></instanceState></item>"
+        for i, state in states.items()
+    )
+    reservations = f"<item><reservationId>r-canned</reservationId><instancesSet>{items}</instancesSet></item>" if items else ""
+    return f'<DescribeInstancesResponse xmlns="{EC2_XMLNS}"><requestId>t</requestId><reservationSet>{reservations}</reservationSet></DescribeInstancesResponse>'
+
+
+def offered_in(instance_type: str, zones: List[str]) -> str:
+    """A DescribeInstanceTypeOfferings answer: the type is offered in these zones alone."""
+    items = "".join(
+        f"<item><instanceType>{instance_type}</instanceType><locationType>availability-zone</locationType><location>{zone}</location></item>"
+        for zone in zones
+    )
+    return f'<DescribeInstanceTypeOfferingsResponse xmlns="{EC2_XMLNS}"><requestId>t</requestId><instanceTypeOfferingSet>{items}</instanceTypeOfferingSet></DescribeInstanceTypeOfferingsResponse>'
+
+
+class CannedSend:
+    """A before-send handler that answers an EC2 call with `body` `times` times, once armed."""
+
+    def __init__(self, body: str, times: int, armed: bool = True) -> None:
+        self.body, self.left, self.armed, self.answered = body, times, armed, 0
+
+    def arm(self, *args: Any, **kwargs: Any) -> None:
+        """A handler for another call's event: from then on, answer."""
+        self.armed = True
+
+    def __call__(self, request: Any, **kwargs: Any) -> Any:
+        if not self.armed or self.left == 0:
+            return None
+        self.left -= 1
+        self.answered += 1
+        return canned_answer(request, 200, self.body)
 
 
 def test_throttling_is_retried_by_botocore(aws: Any, inventory: Path) -> None:
@@ -228,6 +297,88 @@ def test_failed_launch_is_a_clear_error_and_leaves_nothing(aws: Any, inventory: 
     assert_nothing_left(aws)
 
 
+def test_subnet_is_in_a_zone_that_offers_the_type(aws: Any, inventory: Path, no_ssh: None) -> None:
+    provider = Ec2Provider(ProviderOptions(inventory=load(str(inventory)), timeout=300))
+    provider.ec2.meta.events.register(
+        "before-send.ec2.DescribeInstanceTypeOfferings", CannedSend(offered_in("c7a.large", ["eu-west-2c"]), times=1)
+    )
+    journal = RunJournal.start("ec2")
+    hosts = provider.launch(1, journal)
+    try:
+        [instance] = aws.describe_instances(InstanceIds=provider.instance_ids)["Reservations"][0]["Instances"]
+        assert instance["Placement"]["AvailabilityZone"] == "eu-west-2c"
+    finally:
+        assert_all_done(provider.release(hosts, journal))
+    assert_nothing_left(aws)
+
+
+def test_a_type_no_zone_offers_is_one_line_and_nothing_is_made(aws: Any, inventory: Path, no_ssh: None) -> None:
+    provider = Ec2Provider(ProviderOptions(inventory=load(str(inventory)), timeout=300))
+    provider.ec2.meta.events.register("before-send.ec2.DescribeInstanceTypeOfferings", CannedSend(offered_in("c7a.large", []), times=1))
+    journal = RunJournal.start("ec2")
+    with pytest.raises(ProviderError) as refused:
+        provider.launch(1, journal)
+    assert str(refused.value) == f"ec2 ({REGION}): c7a.large is not offered in any zone of this region; try another instance type or region"
+    assert journal.resources == [] and run_groups(aws) == [] and run_keys(aws) == []
+    assert provider.release([], journal) == []
+
+
+def test_launch_waits_out_resources_ec2_does_not_show_yet(aws: Any, inventory: Path, no_ssh: None) -> None:
+    provider = Ec2Provider(ProviderOptions(inventory=load(str(inventory)), timeout=300))
+    # Right after CreateSecurityGroup, EC2 may not know the group; right after RunInstances, the
+    # instances. botocore retries neither code.
+    ingress = FailingSend("InvalidGroup.NotFound", 400, times=1)
+    launch = FailingSend("InvalidGroup.NotFound", 400, times=2)
+    describe = FailingSend("InvalidInstanceID.NotFound", 400, times=2)
+    unseen = CannedSend(described({}), times=1, armed=False)
+    events = provider.ec2.meta.events
+    events.register("before-send.ec2.AuthorizeSecurityGroupIngress", ingress)
+    events.register("before-send.ec2.RunInstances", launch)
+    events.register("after-call.ec2.RunInstances", unseen.arm)
+    events.register("before-send.ec2.DescribeInstances", describe)
+    events.register("before-send.ec2.DescribeInstances", unseen)
+    journal = RunJournal.start("ec2")
+    hosts = provider.launch(2, journal)
+    assert (ingress.calls, launch.calls) == (2, 3)
+    assert describe.left == 0 and unseen.answered == 1  # two errors and an empty answer, then the instances
+    assert len(provider.instance_ids) == 2 and len(live_instances(aws)) == 2
+    released = provider.release(hosts, journal)
+    assert_all_done(released)
+    assert sorted(r.resource for r in released) == run_resources(journal, provider.instance_ids)
+    assert_nothing_left(aws)
+
+
+def test_release_terminates_instances_ec2_does_not_show_yet(aws: Any, inventory: Path, no_ssh: None) -> None:
+    provider, journal, hosts = launched(inventory)
+    ids = provider.instance_ids
+    # Just after the launch, neither the tag search nor the journal's ids find the instances,
+    # and TerminateInstances does not know them yet: they are still terminated, not taken for gone.
+    unseen = CannedSend(described({}), times=3)
+    terminate = FailingSend("InvalidInstanceID.NotFound", 400, times=1)
+    provider.ec2.meta.events.register("before-send.ec2.DescribeInstances", unseen)
+    provider.ec2.meta.events.register("before-send.ec2.TerminateInstances", terminate)
+    released = provider.release(hosts, journal)
+    assert unseen.answered == 3 and terminate.calls == 2
+    assert_all_done(released)
+    assert sorted(r.resource for r in released) == run_resources(journal, ids)
+    assert {i["State"]["Name"] for i in aws.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]} == {"terminated"}
+    assert_nothing_left(aws)
+
+
+def test_terminate_waits_for_an_instance_that_reads_pending(aws: Any, inventory: Path, no_ssh: None) -> None:
+    provider, journal, hosts = launched(inventory)
+    ids = provider.instance_ids
+    # botocore's instance_terminated waiter fails as soon as one instance reads pending.
+    pending = CannedSend(described({ids[0]: "pending", ids[1]: "shutting-down"}), times=2, armed=False)
+    provider.ec2.meta.events.register("after-call.ec2.TerminateInstances", pending.arm)
+    provider.ec2.meta.events.register("before-send.ec2.DescribeInstances", pending)
+    released = provider.release(hosts, journal)
+    assert pending.answered == 2
+    assert_all_done(released)
+    assert sorted(r.resource for r in released) == run_resources(journal, ids)
+    assert_nothing_left(aws)
+
+
 @pytest.fixture
 def no_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
     """For tests of the AWS side alone: no worker starts, so nothing ever connects to this."""
@@ -246,6 +397,27 @@ def run_resources(journal: RunJournal, instance_ids: List[str]) -> List[str]:
     [group_id] = [r["group_id"] for r in journal.resources if r.get("group_id")]
     name = f"cnd-fab-{journal.run_id}"
     return sorted([f"instance {i}" for i in instance_ids] + [f"security group {group_id} ({name})", f"key pair {name}"])
+
+
+def test_keep_alive_renews_alive_until_on_the_instances(
+    aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ec2, "KEEPALIVE_SECONDS", 0.2)
+    monkeypatch.setattr(ec2, "ALIVE_MINUTES", 30)  # a renewal then reads later than the launch's 15 minutes
+    provider, journal, hosts = launched(inventory)
+    renewals, answered = Recorder(), threading.Event()
+    provider.ec2.meta.events.register("provide-client-params.ec2.CreateTags", renewals)
+    provider.ec2.meta.events.register("after-call.ec2.CreateTags", lambda **kwargs: answered.set())
+    in_29_minutes = time.strftime(TAG_TIME_FORMAT, time.gmtime(time.time() + 29 * 60))
+    try:
+        assert answered.wait(30)
+        assert renewals.calls[0]["Resources"] == provider.instance_ids
+        for instance in aws.describe_instances(InstanceIds=provider.instance_ids)["Reservations"][0]["Instances"]:
+            assert {t["Key"]: t["Value"] for t in instance["Tags"]}[ALIVE_TAG] > in_29_minutes
+        assert provider.notices == []
+    finally:
+        assert_all_done(provider.release(hosts, journal))
+    assert_nothing_left(aws)
 
 
 def test_release_reports_every_instance_group_and_key_pair_done(
@@ -274,7 +446,7 @@ def test_leftovers_of_a_dead_controller_are_found_planned_then_removed(aws: Any,
     assert later.leftovers([journal], expired_only=True) == []
     live = later.live_resources([journal])
     assert sorted(r.name for r in live) == sorted(ids) and {(r.provider, r.run_id, r.state) for r in live} == {("ec2", journal.run_id, "running")}
-    assert all(r.detail.startswith("c7a.large, expires 20") and r.detail.endswith("Z") for r in live)
+    assert all(re.fullmatch(r"c7a\.large, alive until 20\S+Z, expires 20\S+Z", r.detail) for r in live)
 
     planned = later.remove(leftover, dry_run=True)
     assert sorted(r.resource for r in planned) == run_resources(journal, ids)
@@ -322,10 +494,13 @@ def test_release_that_aws_refuses_returns_failed_items_and_raises_nothing(
     assert_nothing_left(aws)
 
 
-def tagged_instance(aws: Any, run: str, expires: str) -> str:
-    """An instance of ours as only its tags tell it: no journal, group or key pair."""
+def tagged_instance(aws: Any, run: str, expires: str, alive_until: str = "") -> str:
+    """An instance of ours as only its tags tell it: no journal, group or key pair (and, by
+    default, no alive-until tag, as an older cnd-fab launched them)."""
     image = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     tags = [{"Key": TOOL_TAG, "Value": "cnd-fab"}, {"Key": RUN_TAG, "Value": run}, {"Key": EXPIRES_TAG, "Value": expires}]
+    if alive_until:
+        tags.append({"Key": ALIVE_TAG, "Value": alive_until})
     answer = aws.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
     return str(answer["Instances"][0]["InstanceId"])
 
@@ -401,14 +576,72 @@ def test_teardown_expired_finds_instances_by_tag_alone(aws: Any) -> None:
     assert live_instances(aws) == []
 
 
+def test_a_foreign_live_run_survives_teardown_and_goes_only_when_named(
+    aws: Any, inventory: Path, no_ssh: None, tmp_path: Path, private_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another user's run, live: its journal is in another state directory, and its controller
+    # keeps alive-until ahead.
+    monkeypatch.setenv("CND_FAB_STATE_DIR", str(tmp_path / "another-state-dir"))
+    theirs, journal, _ = launched(inventory)
+    theirs._keepalive_stop.set()
+    monkeypatch.setenv("CND_FAB_STATE_DIR", str(private_state))
+    run = journal.run_id
+    plain = run_cli(cli("teardown", "--region", REGION))
+    assert plain.returncode == 0, plain.stderr
+    assert re.search(rf"skipping {run}: its cnd-fab:alive-until tag is 20\S+Z, still ahead; name it with --run {run}", plain.stderr)
+    assert "removed 0 resource(s) from 0 run(s)" in plain.stderr
+    expired = run_cli(cli("teardown", "--expired", "--region", REGION))
+    assert expired.returncode == 0 and "removed 0 resource(s) from 0 run(s)" in expired.stderr, expired.stderr
+    assert len(live_instances(aws)) == 2 and run_groups(aws) and run_keys(aws)
+    named = run_cli(cli("teardown", "--run", run, "--region", REGION))
+    assert named.returncode == 0, named.stderr
+    assert named.stderr.count("terminated instance i-") == 2 and "deleted security group" in named.stderr
+    assert_nothing_left(aws)
+
+
+def test_teardown_goes_by_alive_until_not_expires_at(aws: Any) -> None:
+    # A controller stopped renewing alive-until long ago, though its dead-man's time is far off.
+    abandoned = tagged_instance(aws, "cnd-abandoned", "2999-01-01T00:00:00Z", alive_until="2020-01-01T00:00:00Z")
+    # A controller renews alive-until; expires-at alone would call it expired.
+    kept = tagged_instance(aws, "cnd-kept", "2020-01-01T00:00:00Z", alive_until="2999-01-01T00:00:00Z")
+    expired = run_cli(cli("teardown", "--expired", "--region", REGION))
+    assert expired.returncode == 0, expired.stderr
+    assert f"terminated instance {abandoned}" in expired.stderr and kept not in expired.stderr
+    assert [i["InstanceId"] for i in live_instances(aws)] == [kept]
+    plain = run_cli(cli("teardown", "--region", REGION))
+    assert "skipping cnd-kept: its cnd-fab:alive-until tag is 2999-01-01T00:00:00Z, still ahead" in plain.stderr
+    assert [i["InstanceId"] for i in live_instances(aws)] == [kept]
+
+
+def test_teardown_all_asks_on_a_terminal_before_taking_a_live_run(aws: Any) -> None:
+    import os
+    import pty
+
+    kept = tagged_instance(aws, "cnd-kept", "2999-01-01T00:00:00Z", alive_until="2999-01-01T00:00:00Z")
+    for answer, left in ((b"n\n", [kept]), (b"y\n", [])):
+        master, slave = pty.openpty()
+        process = subprocess.Popen(
+            cli("teardown", "--all", "--region", REGION), cwd=REPO, stdin=slave, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        os.close(slave)
+        os.write(master, answer)
+        _, stderr = process.communicate(timeout=120)
+        os.close(master)
+        assert process.returncode == 0, stderr
+        assert "cnd-kept looks alive: its cnd-fab:alive-until tag is 2999-01-01T00:00:00Z, still ahead. Remove it anyway? [y/N]" in stderr
+        assert [i["InstanceId"] for i in live_instances(aws)] == left
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--max-cost", "0.001", "--yes"], "the estimate $0.0257 is above --max-cost $0.0010; nothing was launched"),
+        (["--max-cost", "0.001", "--yes"], "the estimate $0.0269 (instances $0.0257 + public IPv4 $0.0013) is above --max-cost $0.0010; nothing was launched"),
         ([], "this run launches paid instances: pass --yes to confirm it when not on a terminal"),
         (["--max-cost", "lots"], "--max-cost must be an amount in USD, not 'lots'"),
         (["--instance-type", "huge"], "--instance-type 'huge' is not an instance type such as c7a.large"),
         (["--ssh-cidr", "everyone"], "--ssh-cidr 'everyone' is not an address range"),
+        (["--ssh-cidr", "2001:db8::/64"], "--ssh-cidr '2001:db8::/64' is IPv6, but the instances get only IPv4 addresses"),
     ],
 )
 def test_refusals_come_before_any_launch(aws: Any, inventory: Path, extra: List[str], message: str) -> None:
@@ -447,6 +680,7 @@ def test_within_plans_an_ec2_fleet_prices_it_and_runs_it(aws: Any, inventory: Pa
     assert result.returncode == 0, result.stderr
     assert "each host 40.00 MH/s after 60.0s of start-up (built-in default for 2 core(s), not measured" in result.stderr
     assert "1 host(s) settle the answer within 300s with probability" in result.stderr
-    assert "cost estimate: 1 × c7a.large at $0.1027/h for up to 5.0 min" in result.stderr
+    assert "cost estimate: at most $0.0090 for 1 × c7a.large for up to 5.0 min:" in result.stderr
+    assert "instances $0.0086: 1 × c7a.large at $0.1027/h for up to 5.0 min" in result.stderr
     assert json.loads(result.stdout)["nonce"] == 30074393
     assert_nothing_left(aws)

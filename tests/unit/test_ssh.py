@@ -75,6 +75,33 @@ def test_wrong_host_key_fails_at_once(monkeypatch: pytest.MonkeyPatch, no_sleep:
     assert scripted.calls == 1 and not no_sleep
 
 
+def test_cloud_host_key_mismatch_is_retried_and_never_trusted(monkeypatch: pytest.MonkeyPatch, no_sleep: List[float]) -> None:
+    # sshd answers with its own key until cloud-init has installed the pinned one.
+    generated, pinned = KeyPair.generate("sshd's own").key, KeyPair.generate("pinned").key
+    mismatch = paramiko.BadHostKeyException("[127.0.0.1]:2201", generated, pinned)
+    scripted = ScriptedOpen([mismatch, mismatch, None])
+    patch_open(monkeypatch, scripted)
+    SshHost(target(pinned_host_keys=[pinned], retry_host_key=True), "run", 1).connect()
+    assert scripted.calls == 3 and len(no_sleep) == 2
+    # Every attempt knew the pinned key alone, and no policy that would add another.
+    assert set(scripted.policies) == {"RejectPolicy"}
+    assert all(keys is not None and list(keys.keys()) == ["ssh-ed25519"] and keys["ssh-ed25519"] == pinned for keys in scripted.pinned)
+
+
+def test_cloud_host_key_mismatch_until_the_deadline_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    generated, pinned = KeyPair.generate("sshd's own").key, KeyPair.generate("pinned").key
+    scripted = ScriptedOpen([paramiko.BadHostKeyException("[127.0.0.1]:2201", generated, pinned)] * 1000)
+    patch_open(monkeypatch, scripted)
+    with pytest.raises(HostConnectError) as caught:
+        SshHost(target(pinned_host_keys=[pinned], retry_host_key=True, connect_deadline=0.5), "run", 1).connect()
+    message = str(caught.value)
+    assert message.startswith("web-1 (root@127.0.0.1:2201): not reachable over SSH within")
+    assert message.endswith(
+        f"last error: host key mismatch: expected {pinned.fingerprint}, got {generated.fingerprint}; refusing to connect"
+    )
+    assert scripted.calls > 1
+
+
 def test_unknown_host_key_names_the_opt_in(monkeypatch: pytest.MonkeyPatch, no_sleep: List[float]) -> None:
     patch_open(monkeypatch, ScriptedOpen([paramiko.SSHException("Server '[127.0.0.1]:2201' not found in known_hosts")]))
     with pytest.raises(HostConnectError, match="unknown host key .*--accept-new-host-key"):
