@@ -183,7 +183,7 @@ class Ec2Provider(Provider):
     def cost_estimate(self, count: int, timeout: Optional[float]) -> Optional[CostEstimate]:
         """At most `count` instances flat out for the whole timeout (an hour without one), with
         their CPU surplus credits and public IPv4 addresses."""
-        from .ec2_settings import is_burstable
+        from ..cost import is_burstable
 
         # Priced in the credit mode the launch asks for: launch_request makes every type that
         # is_burstable names unlimited, t2 included, so a t2 costs surplus too.
@@ -294,7 +294,7 @@ class Ec2Provider(Provider):
     def incurred_cost(self) -> Optional[float]:
         """Every instance from launch to termination: its billed seconds (at least a minute), its
         surplus credits at 100% CPU and its public IPv4 address, at the built-in prices."""
-        from .ec2_settings import is_burstable
+        from ..cost import is_burstable
 
         if self._launch is None or self._launch.launched_at is None:
             return None

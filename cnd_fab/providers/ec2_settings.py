@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import yaml
 
+from ..cost import is_burstable
 from ..errors import InputError
 from ..journal import RunJournal
 from ..ssh import KeyPair
@@ -127,19 +128,12 @@ def searched_regions(journals: List[RunJournal], region: Optional[str]) -> List[
 #: Graviton families: a1, and families whose name ends in g, gd or gn after the generation
 #: digit (c7g, t4g, m6gd, c6gn, im4gn, x2gd), or in gen (is4gen, Graviton2 as well).
 ARM64_FAMILY = re.compile(r"a1|[a-z]+\d+(g|gd|gn|gen)")
-#: Burstable families: t and the generation digit (t2, t3, t3a, t4g); trn1 is not one.
-BURSTABLE_FAMILY = re.compile(r"t\d[a-z]*")
 
 
 def architecture(instance_type: str) -> str:
     """arm64 for the Graviton families (ARM64_FAMILY), amd64 for the rest."""
     family = instance_type.split(".")[0]
     return "arm64" if ARM64_FAMILY.fullmatch(family) else "amd64"
-
-
-def is_burstable(instance_type: str) -> bool:
-    """True for the t families, whose CPU credits must be unlimited for a flat-out search."""
-    return BURSTABLE_FAMILY.fullmatch(instance_type.split(".")[0]) is not None
 
 
 def dead_man_minutes(timeout: Optional[float]) -> int:
