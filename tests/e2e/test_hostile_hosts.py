@@ -266,10 +266,10 @@ def test_a_spot_notice_reissues_that_hosts_units_at_once(testbed: Testbed, journ
             login_key=load_login_key(testbed.key_file, f"spot-{index + 1}"), known_hosts=testbed.known_hosts,
         )
         hosts.append(SshHost(target, journal.run_id, 1, journal))
-    # 2^16-nonce units: the D=22 answer, 1,027,827, is in unit 15, several seconds of Python
-    # work away, so the notice (after 2 s) comes while both hosts hold units.
-    problem, space = Problem(BLOCK, 4, 22), UnitSpace(4, 1 << 16)
-    with MetadataStandIn(give_notice_after=2.0) as stand_in:
+    # 2^16-nonce units: the D=23 answer, 11,554,918, is in unit 176, seconds of Python work
+    # away, so the notice (at the first poll after 0.5 s) comes while both hosts hold units.
+    problem, space = Problem(BLOCK, 4, 23), UnitSpace(4, 1 << 16)
+    with MetadataStandIn(give_notice_after=0.5) as stand_in:
         fleet = FleetSearch(
             problem, space, hosts, journal.run_id, deadline=time.monotonic() + 120, heartbeat_timeout=HEARTBEAT,
             on_lost=lambda host: host.stop_worker(), payload=WorkerPayload(kernel="python", metadata_url=stand_in.url),
@@ -280,7 +280,7 @@ def test_a_spot_notice_reissues_that_hosts_units_at_once(testbed: Testbed, journ
             for host in hosts:
                 host.stop_worker()
     assert outcome.status == FOUND_STATUS and outcome.lowest
-    assert outcome.golden is not None and outcome.golden.nonce == 1027827
+    assert outcome.golden is not None and outcome.golden.nonce == 11554918
     reclaimed = [view for view in outcome.hosts if view.state == RECLAIMED]
     assert len(reclaimed) == 1 and "spot interruption notice: terminate at 2026-11-30T12:00:00Z" in reclaimed[0].error
     assert stand_in.noticed_at is not None

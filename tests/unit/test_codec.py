@@ -72,7 +72,7 @@ def test_every_message_round_trips(message: protocol.Message) -> None:
 def test_every_type_has_an_example_and_a_class() -> None:
     assert {message.TYPE for message in EXAMPLES} == set(protocol.MESSAGE_CLASSES)
     assert set(protocol.MESSAGE_CLASSES) == {
-        protocol.HELLO, protocol.PROGRESS, protocol.FOUND, protocol.DONE, protocol.ERROR,
+        protocol.HELLO, protocol.PROGRESS, protocol.FOUND, protocol.DONE, protocol.ERROR, protocol.LEAVING,
         protocol.WORK, protocol.CANCEL, protocol.STOP,
     }
 
