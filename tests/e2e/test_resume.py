@@ -94,8 +94,8 @@ def test_a_killed_local_search_resumes_on_four_docker_hosts(private_state: Path,
 
 
 def test_timeouts_then_resumes_until_the_answer_and_never_twice(private_state: Path) -> None:
-    legs = [search_json("--difficulty", "30", "--timeout", "1.5", code=3)]
-    legs.append(search_json("--resume", legs[0]["run_id"], "--timeout", "1.5", code=3))
+    legs = [search_json("--difficulty", "30", "--timeout", "3", code=3)]
+    legs.append(search_json("--resume", legs[0]["run_id"], "--timeout", "3", code=3))
     legs.append(search_json("--resume", legs[1]["run_id"]))
     final = legs[-1]
     assert (final["nonce"], final["lowest"]) == (LOWEST_D30, True)
