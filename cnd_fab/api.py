@@ -74,12 +74,12 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
             return _answer_from_checkpoint(resumption, out)
     provider, count = open_provider(request.provider, request.count)
     timeout = request.timeout
-    if request.within is not None:
-        count, timeout = plan_fleet(request, provider, console)
-    confirm_cost(provider, count, timeout, request.max_cost, request.confirmed, console)
-    payload = prepare_payload(request.kernel, provider.architectures(), console)
     problem, space = request.problem, request.space
     base = resumption.base() if resumption else Checkpoint(problem, space, request.first_found_wins)
+    if request.within is not None:
+        count, timeout = plan_fleet(request, provider, console, base if resumption else None)
+    confirm_cost(provider, count, timeout, request.max_cost, request.confirmed, console)
+    payload = prepare_payload(request.kernel, provider.architectures(), console)
     stop = threading.Event()
     outcome: Optional[SearchOutcome] = None
     release_error: Optional[ReleaseError] = None

@@ -17,18 +17,29 @@ from .providers.base import Provider
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from .checkpoint import Checkpoint
 
-def plan_fleet(request: SearchRequest, provider: Provider, console: "Console") -> Tuple[int, Optional[float]]:
-    """The fleet size and timeout for --within T --confidence L, or an InputError."""
+
+def plan_fleet(
+    request: SearchRequest, provider: Provider, console: "Console", left: Optional["Checkpoint"] = None
+) -> Tuple[int, Optional[float]]:
+    """The fleet size and timeout for --within T --confidence L, or an InputError.
+
+    A resumed run (`left`: where it starts) is planned for what is left. The first golden
+    nonce beyond settled work follows the same odds, so the model is that of a smaller space:
+    the unsettled nonces, or, when a golden nonce is known, those up to its unit's end."""
     from .calibration import host_model
     from .model import FleetModel, describe, smallest_fleet
 
     assert request.within is not None and request.confidence is not None
     problem = request.problem
+    known = left.lowest() if left is not None else None
+    space = problem.space if known is None else (known.unit + 1) * request.space.unit_size
+    settled = 0 if left is None else left.nonces_settled_before
     host = host_model(provider.name, provider.instance_type, request.kernel, provider.cores_per_host())
     model = FleetModel(
         difficulty=problem.difficulty,
-        space=problem.space,
+        space=max(request.space.unit_size, space - settled),
         unit_size=request.space.unit_size,
         prefetch=2,
         first_found_wins=request.first_found_wins,
@@ -36,11 +47,14 @@ def plan_fleet(request: SearchRequest, provider: Provider, console: "Console") -
     plan = smallest_fleet(model, host, request.within, request.confidence, provider.max_hosts())
     console.print(describe(model, host, plan, request.within, request.confidence), highlight=False, soft_wrap=True)
     if not request.best_effort:
-        if model.space_holds_one() < request.confidence:
+        # A known golden nonce is certain, whatever the odds of the nonces before it.
+        if known is None and model.space_holds_one() < request.confidence:
+            bits = 8 * problem.nonce_bytes
+            where = f"the {model.space:,} nonces left of the 2^{bits} space hold" if settled else f"the 2^{bits} space holds"
+            remedy = "try --best-effort" if settled else "try --nonce-bytes 8, or --best-effort"
             raise InputError(
-                f"the 2^{8 * problem.nonce_bytes} space holds a golden nonce at difficulty "
-                f"{problem.difficulty} only with probability {model.space_holds_one():.3f}, below "
-                f"--confidence {request.confidence:g}; nothing was launched (try --nonce-bytes 8, or --best-effort)"
+                f"{where} a golden nonce at difficulty {problem.difficulty} only with probability "
+                f"{model.space_holds_one():.3f}, below --confidence {request.confidence:g}; nothing was launched ({remedy})"
             )
         if not plan.reached:
             raise InputError(

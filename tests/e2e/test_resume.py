@@ -188,3 +188,30 @@ def test_an_eight_byte_run_resumes_past_unit_2_20(private_state: Path) -> None:
     assert unit.start <= record["nonce"] < unit.end
     assert problem.scan(unit.start, record["nonce"] + 1) == record["nonce"]  # the lowest in its unit
     assert record["nonces_settled_before"] == (first + 1) * space.unit_size  # the prefix and one above it
+
+
+def test_within_plans_a_resumed_run_for_what_is_left(private_state: Path) -> None:
+    # 921 of 1,024 units settled at D=32: the 432 M nonces left hold a golden nonce with
+    # probability 1 - e^(-432e6 / 2^32), about 0.096, where the whole space would give 0.632.
+    stopped = Checkpoint(Problem(BLOCK, 4, 32), UnitSpace(4, 1024), False, settled_prefix=921, status="timeout")
+    write_journal(private_state, "cnd-20260101-000000-ffffff", stopped.to_json())
+    refused = run_cli(cli("search", "--resume", "cnd-20260101-000000-ffffff", "--within", "60", "--confidence", "0.5"))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "cnd-fab: the 432,013,312 nonces left of the 2^32 space hold a golden nonce at difficulty 32 only with "
+        "probability 0.096, below --confidence 0.5; nothing was launched (try --best-effort)"
+    )
+    assert len(list((private_state / "runs").glob("*.json"))) == 1
+    # With a golden nonce known two units ahead, the answer is certain: the plan is for 2 units.
+    problem = Problem(BLOCK, 4, 8)
+    unit = UnitSpace(4, 1024).unit(921)
+    nonce = problem.scan(unit.start, unit.end)
+    assert nonce is not None
+    known = Checkpoint(
+        problem, UnitSpace(4, 1024), False, settled_prefix=920, golden=(GoldenNonce(921, nonce, problem.hash(nonce).hex()),),
+        status="timeout",
+    )
+    write_journal(private_state, "cnd-20260101-000000-abcdef", known.to_json())
+    planned = run_cli(cli("search", "--resume", "cnd-20260101-000000-abcdef", "--within", "60", "--confidence", "0.99", "--json"))
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["nonce"] <= nonce
