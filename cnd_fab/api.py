@@ -163,7 +163,7 @@ def _answer_from_checkpoint(resumption: "Resumption", out: IO[str]) -> int:
     request, checkpoint = resumption.request, resumption.checkpoint
     outcome = answered_outcome(checkpoint)
     record = result_record(request, outcome, resumption.run_id, resumption.journal.provider, None, resumption.base())
-    resumption.close_answered()
+    resumption.close_answered(outcome.status)
     out.write((json.dumps(record) if request.json_output else result_text(request, outcome, record)) + "\n")
     out.flush()
     return EXIT_OK

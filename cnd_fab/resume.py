@@ -15,8 +15,9 @@ from .checkpoint import Checkpoint
 from .errors import InputError
 from .journal import RunJournal
 from .leftovers import controller_alive
-from .outcome import FOUND_STATUS, NONE_STATUS, RUNNING_STATUS
+from .outcome import RUNNING_STATUS
 from .request import SearchRequest
+from .spec import Problem, UnitSpace
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,8 @@ class Resumption:
         """Mark the stopped run resumed by `new_run_id`, so that it is not resumed twice."""
         checkpoints.save(self.journal, replace(self.checkpoint, resumed_by=new_run_id))
 
-    def close_answered(self) -> None:
-        """The checkpoint already settles the answer: record that the run is finished."""
-        status = FOUND_STATUS if self.checkpoint.lowest() else NONE_STATUS
+    def close_answered(self, status: str) -> None:
+        """The checkpoint already settles the answer: record the run as ended with `status`."""
         checkpoints.save(self.journal, replace(self.checkpoint, status=status))
 
 
@@ -58,8 +58,10 @@ def open_resumption(request: SearchRequest) -> Resumption:
     assert request.resume is not None
     journal, checkpoint = checkpoints.load(request.resume)
     checkpoints.resumable(journal, checkpoint, controller_alive(journal))
+    asked = _stated_by(request.problem, request.space, request.first_found_wins)
+    kept = _stated_by(checkpoint.problem, checkpoint.space, checkpoint.first_found_wins)
     for flag in request.problem_flags_given:
-        given, stored = _problem_value(flag, request), _checkpoint_value(flag, checkpoint)
+        given, stored = asked[flag], kept[flag]
         if given != stored:
             raise InputError(
                 f"--resume: --{flag} {_shown(given)} does not match run {journal.run_id} ({_shown(stored)}); "
@@ -74,23 +76,14 @@ def open_resumption(request: SearchRequest) -> Resumption:
     return Resumption(journal, checkpoint, resumed)
 
 
-def _problem_value(flag: str, request: SearchRequest) -> Any:
-    return _values(request.problem.difficulty, request.problem.block, request.problem.nonce_bytes,
-                   request.space.count, request.first_found_wins)[flag]
-
-
-def _checkpoint_value(flag: str, checkpoint: Checkpoint) -> Any:
-    return _values(checkpoint.problem.difficulty, checkpoint.problem.block, checkpoint.problem.nonce_bytes,
-                   checkpoint.space.count, checkpoint.first_found_wins)[flag]
-
-
-def _values(difficulty: int, block: bytes, nonce_bytes: int, units: int, first_found_wins: bool) -> Dict[str, Any]:
+def _stated_by(problem: Problem, space: UnitSpace, first_found_wins: bool) -> Dict[str, Any]:
+    """What each of options.PROBLEM_FLAGS states, for this problem."""
     return {
-        "difficulty": difficulty,
-        "block": block,
-        "block-hex": block,
-        "nonce-bytes": nonce_bytes,
-        "units": units,
+        "difficulty": problem.difficulty,
+        "block": problem.block,
+        "block-hex": problem.block,
+        "nonce-bytes": problem.nonce_bytes,
+        "units": space.count,
         "any": first_found_wins,
     }
 
