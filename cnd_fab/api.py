@@ -6,6 +6,7 @@ the modules that do the work and decides the exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -80,6 +81,8 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
         count, timeout = plan_fleet(request, provider, console, base if resumption else None)
     confirm_cost(provider, count, timeout, request.max_cost, request.confirmed, console)
     payload = prepare_payload(request.kernel, provider.architectures(), console)
+    if provider.interruption_notices:
+        payload = dataclasses.replace(payload, metadata_url=provider.interruption_notices)
     stop = threading.Event()
     outcome: Optional[SearchOutcome] = None
     release_error: Optional[ReleaseError] = None
@@ -103,7 +106,7 @@ def search(request: SearchRequest, *, out: Optional[IO[str]] = None, console: Op
             if resumption is not None:
                 console.print(describe_resumption(resumption.run_id, base), highlight=False, soft_wrap=True)
             console.print(
-                f"run {run.run_id}: {count} host(s) on {provider.name}, {space.count} units of {space.unit_size:,} nonces",
+                f"run {run.run_id}: {len(run.hosts)} host(s) on {provider.name}, {space.count} units of {space.unit_size:,} nonces",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -181,6 +184,8 @@ def calibrate(request: CalibrateRequest, console: Optional["Console"] = None) ->
     provider, hosts = open_provider(request.provider, request.count)
     confirm_cost(provider, hosts, request.seconds, None, request.confirmed, console)
     payload = prepare_payload(request.kernel, provider.architectures(), console)
+    if provider.interruption_notices:
+        payload = dataclasses.replace(payload, metadata_url=provider.interruption_notices)
     stop = threading.Event()
     # Start-up is measured, not part of the measuring window: allow generously for it.
     grace = 5 * DEFAULT_STARTUP.get(provider.name, 10.0)

@@ -199,11 +199,13 @@ class Charges:
     count: int
     seconds: float
     credits: CreditMode
+    #: USD per instance-hour when not the built-in on-demand price (a spot price).
+    hourly: Optional[float] = None
 
     @property
     def instances(self) -> Optional[float]:
-        """USD for the instances themselves, or None without a built-in price."""
-        hourly = hourly_price(self.instance_type)
+        """USD for the instances themselves, or None without a price."""
+        hourly = hourly_price(self.instance_type) if self.hourly is None else self.hourly
         return None if hourly is None else instance_cost(hourly, self.seconds) * self.count
 
     @property
@@ -268,6 +270,9 @@ class CostEstimate:
     timeout: Optional[float]
     #: The credit option the instances launch with (it matters for burstable types only).
     credits: CreditMode
+    #: A fleet of several types or spot instances: every instance is priced as its dearest
+    #: choice, `instance_type` at `hourly` (None: no price known), as `price_source` says.
+    fleet: Optional["FleetPricing"] = None
 
     @property
     def seconds(self) -> float:
@@ -276,13 +281,13 @@ class CostEstimate:
 
     @property
     def hourly_each(self) -> Optional[float]:
-        """The built-in on-demand USD per hour of one instance, if known."""
-        return hourly_price(self.instance_type)
+        """The USD per hour of one instance, if known: the fleet's dearest choice, or the built-in price."""
+        return self.fleet.hourly if self.fleet is not None else hourly_price(self.instance_type)
 
     @property
     def charges(self) -> Charges:
         """The estimate component by component."""
-        return Charges(self.instance_type, self.count, self.seconds, self.credits)
+        return Charges(self.instance_type, self.count, self.seconds, self.credits, self.hourly_each)
 
     @property
     def total(self) -> Optional[float]:
@@ -294,18 +299,21 @@ class CostEstimate:
         span = "per hour (no --timeout)" if self.timeout is None else f"for up to {self.seconds / 60:.1f} min"
         charges = self.charges
         lines: List[str] = []
+        fleet = self.fleet
+        what = fleet.label if fleet is not None else self.instance_type
         if charges.total is None:
             lines.append(
-                f"cost: no built-in price for {self.instance_type}; {self.count} instance(s) {span}; "
+                f"cost: no built-in price for {self.instance_type}; {self.count} × {what} {span}; "
                 "check the EC2 pricing page (aws.amazon.com/ec2/pricing/on-demand); on top of that price:"
             )
         else:
-            lines.append(f"cost estimate: at most ${charges.total:.4f} for {self.count} × {self.instance_type} {span}:")
+            lines.append(f"cost estimate: at most ${charges.total:.4f} for {self.count} × {what} {span}:")
             each = "for an hour" if self.timeout is None else span
+            priced = self.instance_type if fleet is None else f"{fleet.priced_as}, the dearest of the fleet's choices,"
             lines.append(
-                f"  instances ${charges.instances:.4f}: {self.count} × {self.instance_type} at "
+                f"  instances ${charges.instances:.4f}: {self.count} × {priced} at "
                 f"${self.hourly_each:.4f}/h {each}, billed per second with a {MINIMUM_BILLED_SECONDS} s minimum "
-                f"({PRICE_SOURCE})"
+                f"({PRICE_SOURCE if fleet is None else fleet.price_source})"
             )
         if is_burstable(self.instance_type):
             lines.append(credits_line(self.instance_type, self.credits, charges.surplus_credits))
@@ -316,6 +324,49 @@ class CostEstimate:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class FleetChoice:
+    """One instance a fleet may launch: its type, where, and its price per hour (None: unknown)."""
+
+    instance_type: str
+    hourly: Optional[float]
+    #: Where it runs, for a person: "us-east-1a"; "" for an on-demand type in any zone.
+    zone: str = ""
+
+
+@dataclass(frozen=True)
+class FleetPricing:
+    """How a fleet's estimate prices each instance: as its dearest choice."""
+
+    #: The fleet for a person: "c7a.large|c6a.large spot".
+    label: str
+    #: The dearest choice for a person: "c7a.large in us-east-1b".
+    priced_as: str
+    hourly: Optional[float]
+    price_source: str
+
+
+def fleet_estimate(
+    choices: List[FleetChoice], count: int, timeout: Optional[float], label: str, price_source: str
+) -> CostEstimate:
+    """The most a fleet of `count` instances may cost when each may be any of `choices`: every
+    instance priced as the dearest, CPU surplus credits and public IPv4 included (burstable
+    types priced unlimited, which errs high for t2). Without a price for some choice, no total."""
+
+    def per_hour(choice: FleetChoice) -> float:
+        total = Charges(choice.instance_type, 1, 3600.0, _fleet_credits(choice.instance_type), choice.hourly).total
+        return float("inf") if total is None else total
+
+    dearest = max(choices, key=per_hour)
+    where = f" in {dearest.zone}" if dearest.zone else ""
+    pricing = FleetPricing(label, f"{dearest.instance_type}{where}", dearest.hourly, price_source)
+    return CostEstimate(dearest.instance_type, count, timeout, _fleet_credits(dearest.instance_type), pricing)
+
+
+def _fleet_credits(instance_type: str) -> CreditMode:
+    return UNLIMITED if is_burstable(instance_type) else default_credits(instance_type)
+
+
 def estimate(
     instance_type: str, count: int, timeout: Optional[float], credits: Optional[CreditMode] = None
 ) -> CostEstimate:
@@ -323,6 +374,9 @@ def estimate(
     return CostEstimate(instance_type, count, timeout, credits or default_credits(instance_type))
 
 
-def incurred(instance_type: str, count: int, seconds: float, credits: Optional[CreditMode] = None) -> Optional[float]:
-    """USD for `count` instances that ran `seconds` each, every component, or None without a price."""
-    return Charges(instance_type, count, seconds, credits or default_credits(instance_type)).total
+def incurred(
+    instance_type: str, count: int, seconds: float, credits: Optional[CreditMode] = None, hourly: Optional[float] = None
+) -> Optional[float]:
+    """USD for `count` instances that ran `seconds` each, every component, or None without a
+    price; `hourly` instead of the built-in on-demand price (a spot price)."""
+    return Charges(instance_type, count, seconds, credits or default_credits(instance_type), hourly).total

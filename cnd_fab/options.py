@@ -14,7 +14,7 @@ Invoke's own int parsing would turn `--difficulty abc` into a ValueError traceba
 from __future__ import annotations
 
 import binascii
-from typing import Mapping, Optional, Tuple
+from typing import Iterable, Mapping, Optional, Tuple
 
 from .errors import InputError
 from .flags import CHOICE, FLAG, NAME, PROBABILITY, SECONDS, TEXT, USD, WHOLE, Option, RawFlags, parse_confidence
@@ -99,6 +99,16 @@ OPTIONS: Tuple[Option, ...] = (
     Option("resume", NAME, None,
            "continue the stopped run RUN_ID on fresh hosts: its problem, and none of its settled units again",
            (SEARCH,)),
+    # Added after the first release: declared last, so that no earlier flag's short form moves.
+    Option("instance-types", NAME, None,
+           "ec2: several types of one architecture, comma-separated, such as c7a.large,c6a.large,m7a.large, "
+           "launched through an EC2 Fleet (lowest price on-demand; deepest capacity with --spot)", (SEARCH,)),
+    Option("spot", FLAG, False,
+           "ec2: spot instances through an EC2 Fleet, typically 60-90% cheaper; a reclaimed host's units are reissued",
+           (SEARCH,)),
+    Option("min-count", WHOLE, None,
+           "ec2: go on if at least this many instances launch (default: all of --count; with --within, the plan's)",
+           (SEARCH,), low=1),
     Option("startup", FLAG, False,
            "only time `cnd-fab --help` and a D=8 local search as whole processes (5 runs each)", (BENCH,)),
     Option("checkpoints", FLAG, False,
@@ -166,6 +176,29 @@ def parse_units(units: Optional[int], nonce_bytes: int) -> int:
     return units
 
 
+#: The search flags only the ec2 provider takes (the others would silently ignore them).
+EC2_ONLY_FLAGS = ("instance-types", "spot", "min-count")
+
+
+def check_ec2_only(provider: str, given: Iterable[str]) -> None:
+    """Refuse an EC2 capacity flag given with another provider, rather than ignore it."""
+    for name in EC2_ONLY_FLAGS:
+        if name in given and provider != "ec2":
+            raise InputError(f"--{name} is for --provider ec2, not {provider}")
+
+
+def parse_instance_types(types_text: Optional[str], single: Optional[str]) -> Optional[Tuple[str, ...]]:
+    """--instance-types as a tuple of names, in the order given; None when not given."""
+    if types_text is None:
+        return None
+    if single is not None:
+        raise InputError("give --instance-type or --instance-types, not both")
+    types = tuple(name.strip() for name in types_text.split(","))
+    if not all(types):
+        raise InputError(f"--instance-types {types_text!r} has an empty name; give names such as c7a.large,c6a.large")
+    return types
+
+
 def check_plan(within: Optional[float], confidence: Optional[float], count: Optional[int], best_effort: bool) -> None:
     """--within and --confidence come together, and instead of --count."""
     if within is None and confidence is None:
@@ -195,6 +228,10 @@ def parse_search(raw: Mapping[str, object]) -> SearchRequest:
     best_effort = flags.flag("best-effort")
     check_plan(within, confidence, count, best_effort)
     resume = flags.name("resume")
+    check_ec2_only(provider, flags.given)
+    min_count = flags.maybe_whole("min-count")
+    if min_count is not None and within is not None:
+        raise InputError("--min-count goes with --count; with --within the planned fleet is the least the run takes")
     return SearchRequest(
         problem=Problem(block, width, difficulty),
         space=space,
@@ -204,6 +241,9 @@ def parse_search(raw: Mapping[str, object]) -> SearchRequest:
             inventory,
             flags.flag("accept-new-host-key"),
             timeout=timeout,
+            instance_types=parse_instance_types(flags.name("instance-types"), flags.name("instance-type")),
+            spot=flags.flag("spot"),
+            min_count=min_count,
             **{flag.replace("-", "_"): flags.name(flag) for flag in PROVIDER_TEXT_FLAGS},
         ),
         timeout=timeout,

@@ -26,6 +26,12 @@ class ProviderRequest:
     ssh_cidr: Optional[str] = None
     #: The run's time limit, for providers whose hosts must not outlive their controller.
     timeout: Optional[float] = None
+    #: ec2: several instance types for one fleet (instead of instance_type).
+    instance_types: Optional[Tuple[str, ...]] = None
+    #: ec2: spot instances, through an EC2 Fleet.
+    spot: bool = False
+    #: ec2: the fewest instances the run goes on with; None: all it asked for.
+    min_count: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,8 @@ class Provider(ABC):
 
     #: The instance type, for providers that have them (the calibration key).
     instance_type: Optional[str] = None
+    #: The metadata service whose spot interruption notices the hosts' workers watch; None: none.
+    interruption_notices: Optional[str] = None
 
     def cores_per_host(self) -> int:
         """Cores one host of this provider brings, for built-in rate defaults."""

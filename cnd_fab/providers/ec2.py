@@ -31,7 +31,7 @@ from ..errors import InputError, ProviderError
 from ..journal import RunJournal
 from ..ssh import SshHost
 from .base import Host, Leftover, LiveResource, Provider, ProviderOptions, Released
-from .ec2_launch import RunLaunch
+from .ec2_launch import LaunchedInstance, RunLaunch
 from .ec2_region import AWS_ERRORS, Ec2Region, TaggedInstance
 from .ec2_settings import (
     ALIVE_MINUTES,
@@ -44,6 +44,8 @@ from .ec2_settings import (
     TAG_TIME_FORMAT,
     UBUNTU_AMI_PARAMETER,
     UNAME_MACHINE,
+    InstanceChoice,
+    Pool,
     architecture,
     check_request,
     dead_man_minutes,
@@ -57,6 +59,8 @@ from .ec2_settings import (
 )
 
 KEEPALIVE_SECONDS = 240.0
+#: The instance metadata service, as the worker on a spot instance reaches it.
+SPOT_METADATA_URL = "http://169.254.169.254"
 
 
 @dataclass(frozen=True)
@@ -105,21 +109,30 @@ class Ec2Provider(Provider):
         super().__init__(options)
         settings = self.options.inventory.ec2
         self.region_setting = self.options.region or settings.region
-        self.instance_type = self.options.instance_type or settings.instance_type or DEFAULT_INSTANCE_TYPE
+        types = self.options.instance_types or (self.options.instance_type or settings.instance_type or DEFAULT_INSTANCE_TYPE,)
+        self.choice = InstanceChoice(tuple(types), self.options.spot)
+        # The calibration key and the run record's type: one type, or the fleet's choices.
+        self.instance_type = "|".join(self.choice.types)
         self.ami = self.options.ami or settings.ami
-        self.ami_parameter = settings.ami_parameter or UBUNTU_AMI_PARAMETER.format(arch=architecture(self.instance_type))
+        # check() refuses types of two architectures, so the first one's is the run's.
+        self.ami_parameter = settings.ami_parameter or UBUNTU_AMI_PARAMETER.format(arch=architecture(self.choice.types[0]))
         self.ssh_cidr = self.options.ssh_cidr or settings.ssh_cidr
         self.ssh_deadline = settings.ssh_timeout or DEFAULT_SSH_DEADLINE
         self._clients: Dict[str, Any] = {}
         self._launch: Optional[RunLaunch] = None
+        #: Where a fleet may launch, and the spot prices there, once looked up (by the estimate).
+        self._pools: Optional[List[Pool]] = None
+        self._spot_prices: Optional[Dict[Tuple[str, str], float]] = None
+        #: The instance metadata service spot hosts' workers watch for interruption notices.
+        self.interruption_notices = SPOT_METADATA_URL if self.choice.spot else None
         self.terminated_at: Optional[float] = None
         self._keepalive_stop = threading.Event()
 
     def cores_per_host(self) -> int:
-        """The instance type's vCPUs."""
+        """The instance type's vCPUs; of a fleet's types, the fewest (the planner errs slow)."""
         from ..calibration import vcpus
 
-        return vcpus(self.instance_type)
+        return min(vcpus(instance_type) for instance_type in self.choice.types)
 
     def max_hosts(self) -> int:
         """The most instances one run launches."""
@@ -127,7 +140,7 @@ class Ec2Provider(Provider):
 
     def architectures(self) -> Tuple[str, ...]:
         """aarch64 for Graviton instance types, x86_64 for the rest."""
-        return (UNAME_MACHINE[architecture(self.instance_type)],)
+        return tuple(sorted({UNAME_MACHINE[architecture(t)] for t in self.choice.types}))
 
     # --- AWS clients -------------------------------------------------------------------
     @property
@@ -173,7 +186,7 @@ class Ec2Provider(Provider):
         """Refuse bad flags, a missing region or missing credentials before anything is paid for."""
         import boto3
 
-        check_request(count, self.instance_type, self.ssh_cidr)
+        check_request(count, self.choice, self.ssh_cidr, self.options.min_count)
         self.region
         if boto3.session.Session().get_credentials() is None:
             raise InputError(
@@ -183,12 +196,44 @@ class Ec2Provider(Provider):
     def cost_estimate(self, count: int, timeout: Optional[float]) -> Optional[CostEstimate]:
         """At most `count` instances flat out for the whole timeout (an hour without one), with
         their CPU surplus credits and public IPv4 addresses."""
-        from ..cost import is_burstable
+        from ..cost import PRICE_SOURCE, FleetChoice, fleet_estimate, hourly_price, is_burstable
 
-        # Priced in the credit mode the launch asks for: launch_request makes every type that
-        # is_burstable names unlimited, t2 included, so a t2 costs surplus too.
-        credits = UNLIMITED if is_burstable(self.instance_type) else None
-        return estimate(self.instance_type, count, timeout, credits)
+        if not self.choice.through_fleet:
+            # Priced in the credit mode the launch asks for: launch_request makes every type that
+            # is_burstable names unlimited, t2 included, so a t2 costs surplus too.
+            credits = UNLIMITED if is_burstable(self.instance_type) else None
+            return estimate(self.instance_type, count, timeout, credits)
+        if not self.choice.spot:
+            choices = [FleetChoice(t, hourly_price(t)) for t in self.choice.types]
+            return fleet_estimate(choices, count, timeout, self.choice.label, PRICE_SOURCE)
+        pools, prices = self.spot_market()
+        choices = [
+            FleetChoice(p.instance_type, prices.get((p.instance_type, p.zone), hourly_price(p.instance_type)), p.zone)
+            for p in pools
+        ]
+        unpriced = sorted({f"{p.instance_type} in {p.zone}" for p in pools if (p.instance_type, p.zone) not in prices})
+        source = (
+            f"spot: the current price of each of the fleet's {len(pools)} choices of type and zone, from "
+            f"DescribeSpotPriceHistory in {self.region}; a spot price moves while the run goes, up to the on-demand price"
+        )
+        if unpriced:
+            source += f"; no spot price for {', '.join(unpriced)}, so its on-demand price ({PRICE_SOURCE})"
+        return fleet_estimate(choices, count, timeout, self.choice.label, source)
+
+    def spot_market(self) -> Tuple[List[Pool], Dict[Tuple[str, str], float]]:
+        """Where the fleet may launch (the default VPC's zones that offer its types), and the
+        current spot price of each, looked up once. Raises ProviderError, one line."""
+        if self._pools is None or self._spot_prices is None:
+            aws = self.in_region(self.region)
+            action = "finding the zones that offer the instance types"
+            try:
+                pools = aws.offered_pools(aws.default_vpc(), self.choice.types)
+                action = "reading the spot prices"
+                self._spot_prices = aws.spot_prices(pools) if self.choice.spot else {}
+                self._pools = pools
+            except AWS_ERRORS as error:
+                raise ProviderError(explain(error, action, self.region, ", ".join(self.choice.types))) from None
+        return self._pools, self._spot_prices
 
     def latest_ami(self) -> str:
         """The current AMI from its public SSM parameter."""
@@ -207,7 +252,9 @@ class Ec2Provider(Provider):
         cidr = ssh_range(self.ssh_cidr or address_lookup())
         ami = self.ami or self.latest_ami()
         self._launch = RunLaunch(self.in_region(region), journal)
-        launched = self._launch.create(count, self.instance_type, ami, cidr, minutes)
+        launched = self._launch.create(count, self.choice, ami, cidr, minutes, self.options.min_count, self._pools)
+        if self._launch.shortfall:
+            self.notice(self._launch.shortfall, journal)
         hosts = launched.ssh_hosts(journal, endpoint_resolver, self.ssh_deadline, self.options.warn)
         threading.Thread(target=self._keep_alive, args=(hosts,), daemon=True).start()
         return hosts
@@ -296,11 +343,23 @@ class Ec2Provider(Provider):
         surplus credits at 100% CPU and its public IPv4 address, at the built-in prices."""
         from ..cost import is_burstable
 
-        if self._launch is None or self._launch.launched_at is None:
+        launch = self._launch
+        if launch is None or launch.launched_at is None:
             return None
-        seconds = (self.terminated_at or time.time()) - self._launch.launched_at
-        credits = UNLIMITED if is_burstable(self.instance_type) else None  # as cost_estimate
-        return incurred(self.instance_type, len(self.instance_ids), seconds, credits)
+        seconds = (self.terminated_at or time.time()) - launch.launched_at
+        # An instance that never came to run (the launch failed on the way) is priced as the
+        # fleet's first type, on-demand: it was billed for a minute at most.
+        unplaced = LaunchedInstance(self.choice.types[0], "", False)
+        total = 0.0
+        for instance_id in self.instance_ids:
+            placed = launch.placed.get(instance_id, unplaced)
+            credits = UNLIMITED if is_burstable(placed.instance_type) else None  # as cost_estimate
+            spot_price = (self._spot_prices or {}).get((placed.instance_type, placed.zone)) if placed.spot else None
+            cost = incurred(placed.instance_type, 1, seconds, credits, spot_price)
+            if cost is None:
+                return None
+            total += cost
+        return total
 
     def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
         """Remove a run's instances (by tag and from its journal), group and key pair in every

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -15,7 +15,18 @@ from ..journal import RunJournal
 from ..ssh import KeyPair, SshHost, SshTarget
 from .base import Host
 from .ec2_region import Ec2Region
-from .ec2_settings import ALIVE_MINUTES, cloud_config, explain, launch_request, resource_name, tag_time
+from .ec2_settings import (
+    ALIVE_MINUTES,
+    InstanceChoice,
+    Pool,
+    cloud_config,
+    explain,
+    fleet_request,
+    launch_request,
+    launch_template_data,
+    resource_name,
+    tag_time,
+)
 
 if TYPE_CHECKING:
     from .ec2 import SshEndpoint
@@ -56,22 +67,39 @@ class Launched:
         return hosts
 
 
+@dataclass(frozen=True)
+class LaunchedInstance:
+    """Where one instance runs, and so what it costs."""
+
+    instance_type: str
+    zone: str
+    spot: bool
+
+
 class RunLaunch:
     """Creates a run's key pair, security group and instances, and waits until they run.
 
-    Example: ``RunLaunch(Ec2Region(client, "eu-west-2"), journal).create(4, "c7a.large", ami, cidr, 20)``.
-    `instance_ids` and `launched_at` are set as soon as RunInstances answers, even if the wait
-    then fails: release needs them either way."""
+    Example: ``RunLaunch(Ec2Region(client, "eu-west-2"), journal).create(4, InstanceChoice(("c7a.large",)), ami, cidr, 20)``.
+    `instance_ids` and `launched_at` are set as soon as RunInstances or CreateFleet answers,
+    even if the wait then fails: release needs them either way."""
 
     def __init__(self, aws: Ec2Region, journal: RunJournal) -> None:
         self.aws = aws
         self.journal = journal
         self.instance_ids: List[str] = []
         self.launched_at: Optional[float] = None
+        #: Instance id -> its type, zone and market, once it runs: what incurred_cost prices.
+        self.placed: Dict[str, LaunchedInstance] = {}
+        #: Why a fleet launched fewer than asked (but at least the minimum), for the run to show.
+        self.shortfall: Optional[str] = None
 
-    def create(self, count: int, instance_type: str, ami: str, cidr: str, minutes: int) -> Launched:
-        """Launch `count` instances that shut themselves down `minutes` from now. Raises
-        ProviderError, one line naming the step that failed."""
+    def create(
+        self, count: int, choice: InstanceChoice, ami: str, cidr: str, minutes: int, min_count: Optional[int] = None,
+        pools: Optional[Sequence[Pool]] = None,
+    ) -> Launched:
+        """Launch `count` instances (at least `min_count`, by default all) that shut themselves
+        down `minutes` from now. `pools`: where a fleet may launch, if already looked up.
+        Raises ProviderError, one line naming the step that failed."""
         run_id, region, journal, aws = self.journal.run_id, self.aws.region, self.journal, self.aws
         name = resource_name(run_id)
         expires = tag_time(minutes * 60)
@@ -79,12 +107,17 @@ class RunLaunch:
         login_key = KeyPair.generate(name)
         host_key = KeyPair.generate(f"{name}-host")
         user_data = cloud_config(host_key, login_key, minutes)
+        least = count if min_count is None else min_count
+        what = f"{count} × {choice.label}"
         action = "finding the default VPC"
         try:
-            # Where to launch comes first: nothing is made in a region that cannot take the type.
+            # Where to launch comes first: nothing is made in a region that cannot take the types.
             vpc_id = aws.default_vpc()
-            action = f"finding a zone that offers {instance_type}"
-            subnet_id = aws.launch_subnet(vpc_id, instance_type)
+            action = f"finding the zones that offer {', '.join(choice.types)}"
+            if choice.through_fleet:
+                pools = list(pools) if pools else aws.offered_pools(vpc_id, choice.types)
+            else:
+                subnet_id = aws.launch_subnet(vpc_id, choice.types[0])
 
             action = "importing the key pair"
             journal.record("ec2-key-pair", region=region, name=name)
@@ -97,18 +130,51 @@ class RunLaunch:
             action = "opening 22/tcp to the controller"
             aws.open_ssh(group_id, cidr)
 
-            journal.record("ec2-launch", region=region, client_token=run_id[:64], expires_at=expires)
-            action = f"launching {count} × {instance_type}"
-            request = launch_request(
-                instance_type, count, ami, name, group_id, subnet_id, user_data, run_id, expires, alive_until
-            )
-            self.instance_ids = aws.run_instances(request)
-            self.launched_at = time.time()
-            # When they were launched tells teardown how long EC2 may not show them yet.
-            journal.record("ec2-instances", region=region, ids=self.instance_ids, launched_at=self.launched_at)
+            if choice.through_fleet:
+                assert pools is not None
+                journal.record("ec2-launch-template", region=region, name=name)
+                action = "creating the launch template"
+                data = launch_template_data(choice.types, ami, name, group_id, user_data, run_id, expires, alive_until)
+                template_id = aws.create_launch_template(run_id, data)
+                journal.record("ec2-launch-template", region=region, name=name, template_id=template_id)
+                journal.record("ec2-launch", region=region, client_token=run_id[:64], expires_at=expires, fleet=True)
+                action = f"launching {what} through an EC2 Fleet"
+                answer = aws.create_fleet(fleet_request(template_id, pools, count, choice.spot, run_id))
+                self._launched(answer.instance_ids)
+                if len(answer.instance_ids) < least:
+                    raise ProviderError(
+                        f"ec2 ({region}): only {len(answer.instance_ids)} of {what} launched, fewer than the "
+                        f"{least} the run needs ({answer.why_short()}); everything is being released"
+                    )
+                if len(answer.instance_ids) < count:
+                    self.shortfall = (
+                        f"ec2 ({region}): {len(answer.instance_ids)} of {what} launched, at least the {least} the run "
+                        f"needs, so it goes on with them ({answer.why_short()})"
+                    )
+            else:
+                journal.record("ec2-launch", region=region, client_token=run_id[:64], expires_at=expires)
+                action = f"launching {what}"
+                request = launch_request(
+                    choice.types[0], count, ami, name, group_id, subnet_id, user_data, run_id, expires, alive_until
+                )
+                self._launched(aws.run_instances(request))
 
             action = "waiting for the instances to run"
             instances = aws.wait_running(self.instance_ids)
         except (ClientError, BotoCoreError) as error:
-            raise ProviderError(explain(error, action, region, instance_type)) from None
+            raise ProviderError(explain(error, action, region, ", ".join(choice.types))) from None
+        self.placed = {
+            instance_id: LaunchedInstance(
+                str(i.get("InstanceType", choice.types[0])),
+                str(i.get("Placement", {}).get("AvailabilityZone", "")),
+                i.get("InstanceLifecycle") == "spot",
+            )
+            for instance_id, i in instances.items()
+        }
         return Launched(instances, user_data, login_key, host_key)
+
+    def _launched(self, instance_ids: List[str]) -> None:
+        self.instance_ids = instance_ids
+        self.launched_at = time.time()
+        # When they were launched tells teardown how long EC2 may not show them yet.
+        self.journal.record("ec2-instances", region=self.aws.region, ids=self.instance_ids, launched_at=self.launched_at)

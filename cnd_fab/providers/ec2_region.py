@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Collection, Dict, Iterator, List, Optional, Sequence, Set, TypeVar, cast
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Collection, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -24,12 +25,14 @@ from .ec2_settings import (
     EXPIRES_TAG,
     LIVE_STATES,
     RUN_TAG,
+    Pool,
     TOOL_TAG,
     error_code,
     explain,
     group_resource,
     instance_resource,
     resource_name,
+    template_resource,
     run_tags,
 )
 
@@ -47,6 +50,10 @@ GROUP_RELEASE_SECONDS = 300.0
 GROUP_NOT_FOUND = "InvalidGroup.NotFound"
 INSTANCE_NOT_FOUND = "InvalidInstanceID.NotFound"
 KEY_PAIR_NOT_FOUND = "InvalidKeyPair.NotFound"
+#: What an instant fleet answers while the run's group, key pair or template is not shown yet.
+FLEET_NOT_VISIBLE = frozenset(
+    {GROUP_NOT_FOUND, KEY_PAIR_NOT_FOUND, "InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException"}
+)
 #: How long a call that names a new resource retries while EC2 does not show it yet.
 VISIBLE_WITHIN = 120.0
 #: Instance ids per Describe, Terminate or CreateTags call: well under each call's limit.
@@ -98,6 +105,49 @@ class TaggedInstance:
         return bool(deadline) and deadline <= now
 
 
+@dataclass(frozen=True)
+class FleetError:
+    """One of an instant fleet's reasons for launching fewer than asked."""
+
+    code: str
+    message: str
+    instance_type: str = ""
+
+
+@dataclass(frozen=True)
+class FleetAnswer:
+    """What an instant CreateFleet launched, and why not more."""
+
+    instance_ids: List[str]
+    errors: List[FleetError]
+
+    @classmethod
+    def read(cls, answer: Any) -> "FleetAnswer":
+        """From CreateFleet's answer: the ids of every group of instances, every error."""
+        ids = [str(i) for group in answer.get("Instances", []) for i in group.get("InstanceIds", [])]
+        errors = [
+            FleetError(
+                str(e.get("ErrorCode", "?")),
+                " ".join(str(e.get("ErrorMessage", "")).split()),
+                str(e.get("LaunchTemplateAndOverrides", {}).get("Overrides", {}).get("InstanceType", "")),
+            )
+            for e in answer.get("Errors", [])
+        ]
+        return cls(ids, errors)
+
+    def why_short(self) -> str:
+        """AWS's reasons, one of each code, for a person: 'InsufficientInstanceCapacity (c7a.large): …'."""
+        seen: Dict[str, FleetError] = {}
+        for error in self.errors:
+            seen.setdefault(error.code, error)
+        if not seen:
+            return "AWS gave no reason"
+        return "; ".join(
+            f"{e.code}{f' ({e.instance_type})' if e.instance_type else ''}: {e.message or 'no message'}"
+            for e in seen.values()
+        )
+
+
 class Ec2Region:
     """One region's EC2 client, and the calls a run makes there.
 
@@ -130,29 +180,62 @@ class Ec2Region:
             raise ProviderError(f"ec2 ({self.region}): this region has no default VPC to launch into")
         return vpcs[0]["VpcId"]
 
-    def launch_subnet(self, vpc_id: str, instance_type: str) -> str:
-        """The default subnet of the first zone (by name) that offers `instance_type`; a
-        ProviderError, one line, when no zone with a default subnet does."""
+    def offered_pools(self, vpc_id: str, types: Sequence[str]) -> List[Pool]:
+        """Every (type, zone) the region offers for `types` where the default VPC has a default
+        subnet, zones by name; a ProviderError, one line, when a type has none."""
         offerings = self.client.get_paginator("describe_instance_type_offerings").paginate(
-            LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [instance_type]}]
+            LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": list(types)}]
         )
-        offered = {offer["Location"] for page in offerings for offer in page["InstanceTypeOfferings"]}
-        if not offered:
-            raise ProviderError(
-                f"ec2 ({self.region}): {instance_type} is not offered in any zone of this region; try another "
-                "instance type or region"
-            )
+        offered = {(o["InstanceType"], o["Location"]) for page in offerings for o in page["InstanceTypeOfferings"]}
         subnets = self.client.get_paginator("describe_subnets").paginate(
             Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "default-for-az", "Values": ["true"]}]
         )
         by_zone = {s["AvailabilityZone"]: s["SubnetId"] for page in subnets for s in page["Subnets"]}
-        usable = sorted(zone for zone in by_zone if zone in offered)
-        if not usable:
-            raise ProviderError(
-                f"ec2 ({self.region}): the default VPC has no subnet in a zone that offers {instance_type} "
-                f"({', '.join(sorted(offered))})"
-            )
-        return by_zone[usable[0]]
+        pools: List[Pool] = []
+        for instance_type in types:
+            zones = sorted(zone for offered_type, zone in offered if offered_type == instance_type)
+            if not zones:
+                raise ProviderError(
+                    f"ec2 ({self.region}): {instance_type} is not offered in any zone of this region; try another "
+                    "instance type or region"
+                )
+            usable = [zone for zone in zones if zone in by_zone]
+            if not usable:
+                raise ProviderError(
+                    f"ec2 ({self.region}): the default VPC has no subnet in a zone that offers {instance_type} "
+                    f"({', '.join(zones)})"
+                )
+            pools += [Pool(instance_type, zone, by_zone[zone]) for zone in usable]
+        return pools
+
+    def launch_subnet(self, vpc_id: str, instance_type: str) -> str:
+        """The default subnet of the first zone (by name) that offers `instance_type` (see offered_pools)."""
+        return self.offered_pools(vpc_id, [instance_type])[0].subnet_id
+
+    def spot_prices(self, pools: Sequence[Pool]) -> Dict[Tuple[str, str], float]:
+        """(type, zone) -> the current Linux spot price in USD per hour, for the pools EC2 has a
+        price for (DescribeSpotPriceHistory from now: the price in effect, every page)."""
+        types = sorted({pool.instance_type for pool in pools})
+        zones = {pool.zone for pool in pools}
+        pages = self.client.get_paginator("describe_spot_price_history").paginate(
+            InstanceTypes=cast(Any, types),
+            ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+            StartTime=datetime.now(timezone.utc),
+        )
+        latest: Dict[Tuple[str, str], Tuple[Any, float]] = {}
+        for page in pages:
+            for entry in page["SpotPriceHistory"]:
+                where = (str(entry.get("InstanceType")), str(entry.get("AvailabilityZone")))
+                if where[1] not in zones:
+                    continue
+                try:
+                    price = float(entry["SpotPrice"])
+                except (KeyError, ValueError):
+                    continue
+                stamp = entry.get("Timestamp")
+                if where not in latest or (stamp is not None and stamp >= latest[where][0]):
+                    latest[where] = (stamp, price)
+        return {where: price for where, (_, price) in latest.items()}
 
     def create_group(self, run_id: str, vpc_id: str) -> str:
         """Create the run's security group, closed until open_ssh; its id."""
@@ -186,6 +269,34 @@ class Ec2Region:
         (the ClientToken keeps a retry from launching twice); the new instances' ids."""
         answer = until_visible(lambda: self.client.run_instances(**request), {GROUP_NOT_FOUND, KEY_PAIR_NOT_FOUND})
         return [instance["InstanceId"] for instance in answer["Instances"]]
+
+    def create_launch_template(self, run_id: str, data: Dict[str, Any]) -> str:
+        """Create the run's launch template, named after the run and tagged; its id."""
+        answer = self.client.create_launch_template(
+            LaunchTemplateName=resource_name(run_id),
+            VersionDescription=f"cnd-fab run {run_id}",
+            LaunchTemplateData=cast(Any, data),
+            TagSpecifications=self._tags("launch-template", run_id),
+        )
+        return str(answer["LaunchTemplate"]["LaunchTemplateId"])
+
+    def create_fleet(self, request: Dict[str, Any]) -> FleetAnswer:
+        """One instant CreateFleet call. While EC2 does not show the new group, key pair or
+        template yet, a fleet may launch nothing and answer only NotFound errors: it is asked
+        again, with a token of its own each time, since nothing was launched under the last."""
+        attempt = [0]
+
+        def create() -> FleetAnswer:
+            token = request["ClientToken"] if attempt[0] == 0 else f"{request['ClientToken'][:56]}-retry{attempt[0]}"
+            attempt[0] += 1
+            answer = FleetAnswer.read(self.client.create_fleet(**{**request, "ClientToken": token}))
+            codes = {error.code for error in answer.errors}
+            if not answer.instance_ids and codes and codes <= FLEET_NOT_VISIBLE:
+                first = answer.errors[0]
+                raise ClientError({"Error": {"Code": first.code, "Message": first.message}}, "CreateFleet")
+            return answer
+
+        return until_visible(create, FLEET_NOT_VISIBLE)
 
     def wait_running(self, ids: Sequence[str], within: float = RUNNING_WITHIN) -> Dict[str, Dict[str, Any]]:
         """Wait until every instance runs; instance id -> its description, in the order of `ids`.
@@ -283,6 +394,10 @@ class Ec2Region:
             group_ids = [group["GroupId"] for page in pages for group in page["SecurityGroups"]]
             # DescribeKeyPairs has no pages: it answers every match at once.
             keys = self.client.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [name]}])
+            templates = self.client.get_paginator("describe_launch_templates").paginate(
+                Filters=[{"Name": "launch-template-name", "Values": [name]}]
+            )
+            template_ids = [t["LaunchTemplateId"] for page in templates for t in page["LaunchTemplates"]]
         except AWS_ERRORS as error:
             why = explain(error, "looking for the run's resources", self.region)
             return [Released(f"ec2 resources of {run_id} in {self.region}", False, why)]
@@ -292,6 +407,7 @@ class Ec2Region:
                 [Released(instance_resource(i), True, planned=True) for i in sorted(live)]
                 + [Released(group_resource(g, name), True, planned=True) for g in group_ids]
                 + [Released(f"key pair {k}", True, planned=True) for k in key_names]
+                + [Released(template_resource(t, name), True, planned=True) for t in template_ids]
             )
         results = self.terminate(sorted(live), fresh)
         # A group cannot go while an instance still uses it: trying would only wait out the retries.
@@ -302,6 +418,8 @@ class Ec2Region:
                 results.append(Released(group_resource(group_id, name), False, why))
             else:
                 results.append(self.delete_group(group_id, name))
+        # A launch template may go while its instances run: nothing waits on it.
+        results += [self.delete_launch_template(t, name) for t in template_ids]
         return results + [self.delete_key_pair(key) for key in key_names]
 
     def terminate(self, ids: Sequence[str], fresh: Collection[str] = ()) -> List[Released]:
@@ -376,6 +494,16 @@ class Ec2Region:
                     return Released(resource, False, explain(error, "deleting the security group", self.region))
             time.sleep(delay)
             delay = min(15.0, delay * 1.5)
+
+    def delete_launch_template(self, template_id: str, name: str) -> Released:
+        """Delete a launch template; one already gone counts as deleted."""
+        resource = template_resource(template_id, name)
+        try:
+            self.client.delete_launch_template(LaunchTemplateId=template_id)
+        except AWS_ERRORS as error:
+            if error_code(error) not in ("InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException"):
+                return Released(resource, False, explain(error, "deleting the launch template", self.region))
+        return Released(resource, True, action="deleted")
 
     def delete_key_pair(self, key_name: str) -> Released:
         """Delete a key pair (deleting one that is gone is no error at AWS)."""

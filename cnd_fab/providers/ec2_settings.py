@@ -4,10 +4,12 @@ each AWS error."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -47,6 +49,37 @@ TAG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 UNAME_MACHINE = {"arm64": "aarch64", "amd64": "x86_64"}
 
 
+@dataclass(frozen=True)
+class InstanceChoice:
+    """What a run asks EC2 for: one or more instance types of one architecture, on-demand or spot.
+
+    Example: ``InstanceChoice(("c7a.large", "c6a.large"), spot=True)``. One on-demand type
+    launches through RunInstances, all or nothing; several types, or spot, through an instant
+    EC2 Fleet, which may launch fewer than asked."""
+
+    types: Tuple[str, ...]
+    spot: bool = False
+
+    @property
+    def through_fleet(self) -> bool:
+        """True when the launch goes through CreateFleet."""
+        return self.spot or len(self.types) > 1
+
+    @property
+    def label(self) -> str:
+        """The types for a person and for the run record: 'c7a.large', 'c7a.large|c6a.large spot'."""
+        return "|".join(self.types) + (" spot" if self.spot else "")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One place a fleet may launch an instance: a type in a zone's default subnet."""
+
+    instance_type: str
+    zone: str
+    subnet_id: str
+
+
 def resource_name(run_id: str) -> str:
     """The name of a run's key pair and security group: found by it at teardown."""
     return f"cnd-fab-{run_id}"
@@ -60,6 +93,11 @@ def instance_resource(instance_id: str) -> str:
 def group_resource(group_id: str, name: str) -> str:
     """How a Released names a security group: its id, and the name that tells its run."""
     return f"security group {group_id} ({name})"
+
+
+def template_resource(template_id: str, name: str) -> str:
+    """How a Released names a launch template."""
+    return f"launch template {template_id} ({name})"
 
 
 def run_regions(journal: RunJournal, region: Optional[str] = None) -> Dict[str, List[str]]:
@@ -107,12 +145,25 @@ def ssh_range(ssh_cidr: str) -> str:
     return str(network)
 
 
-def check_request(count: int, instance_type: str, ssh_cidr: Optional[str]) -> None:
-    """Refuse a count, instance type or --ssh-cidr that AWS would refuse later. Raises InputError."""
+def check_request(count: int, choice: "InstanceChoice", ssh_cidr: Optional[str], min_count: Optional[int] = None) -> None:
+    """Refuse a count, instance types, --min-count or --ssh-cidr that AWS would refuse or
+    that cannot make one run. Raises InputError."""
     if count > MAX_INSTANCES:
         raise InputError(f"--count {count} is too many instances (at most {MAX_INSTANCES})")
-    if not INSTANCE_TYPE_PATTERN.match(instance_type):
-        raise InputError(f"--instance-type {instance_type!r} is not an instance type such as c7a.large")
+    flag = "--instance-types" if len(choice.types) > 1 else "--instance-type"
+    for instance_type in choice.types:
+        if not INSTANCE_TYPE_PATTERN.match(instance_type):
+            raise InputError(f"{flag} {instance_type!r} is not an instance type such as c7a.large")
+    if len(set(choice.types)) < len(choice.types):
+        raise InputError(f"--instance-types names a type twice: {','.join(choice.types)}")
+    by_architecture: Dict[str, str] = {}
+    for instance_type in choice.types:
+        by_architecture.setdefault(architecture(instance_type), instance_type)
+    if len(by_architecture) > 1:
+        named = " and ".join(f"{arch} ({example})" for arch, example in sorted(by_architecture.items()))
+        raise InputError(f"--instance-types mixes {named}: one run has one architecture, since its AMI follows it")
+    if min_count is not None and min_count > count:
+        raise InputError(f"--min-count {min_count} is more than the {count} instance(s) asked for")
     if ssh_cidr is not None:
         ssh_range(ssh_cidr)
 
@@ -168,11 +219,12 @@ def tag_time(seconds_from_now: float) -> str:
     return time.strftime(TAG_TIME_FORMAT, time.gmtime(time.time() + seconds_from_now))
 
 
-def launch_request(
-    instance_type: str, count: int, ami: str, key_name: str, group_id: str, subnet_id: str, user_data: str,
-    run_id: str, expires: str, alive_until: str,
+def instance_settings(
+    ami: str, key_name: str, group_id: str, user_data: str, run_id: str, expires: str, alive_until: str,
+    unlimited_credits: bool,
 ) -> Dict[str, Any]:
-    """The RunInstances parameters: all N at once, tagged, terminating on shutdown."""
+    """What every instance of a run is launched with, in the shape RunInstances and a launch
+    template share: tagged, terminating on shutdown, IMDSv2 only, a public IPv4 address."""
     tags: List[TagTypeDef] = run_tags(run_id) + [
         {"Key": EXPIRES_TAG, "Value": expires},
         {"Key": "Name", "Value": f"cnd-fab {run_id}"},
@@ -180,27 +232,16 @@ def launch_request(
     # Only the instances carry alive-until: the keep-alive renews it there, and teardown reads
     # it there; on the volumes it would only go stale.
     instance_tags: List[TagTypeDef] = tags + [{"Key": ALIVE_TAG, "Value": alive_until}]
-    request: Dict[str, Any] = {
+    settings: Dict[str, Any] = {
         "ImageId": ami,
-        "InstanceType": instance_type,
-        "MinCount": count,
-        "MaxCount": count,
         "KeyName": key_name,
         # A public address asked for, not left to the subnet's setting: the controller reaches
         # sshd through it. The group and subnet then belong to the interface (EC2 refuses
         # instance-level ones next to a network interface).
         "NetworkInterfaces": [
-            {
-                "DeviceIndex": 0,
-                "SubnetId": subnet_id,
-                "Groups": [group_id],
-                "AssociatePublicIpAddress": True,
-                "DeleteOnTermination": True,
-            }
+            {"DeviceIndex": 0, "Groups": [group_id], "AssociatePublicIpAddress": True, "DeleteOnTermination": True}
         ],
         "UserData": user_data,
-        # The same run id gives the same token: a retried call cannot launch twice.
-        "ClientToken": run_id[:64],
         "InstanceInitiatedShutdownBehavior": "terminate",
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "TagSpecifications": [
@@ -208,8 +249,66 @@ def launch_request(
             {"ResourceType": "volume", "Tags": tags},
         ],
     }
-    if is_burstable(instance_type):
-        request["CreditSpecification"] = {"CpuCredits": "unlimited"}
+    if unlimited_credits:
+        settings["CreditSpecification"] = {"CpuCredits": "unlimited"}
+    return settings
+
+
+def launch_request(
+    instance_type: str, count: int, ami: str, key_name: str, group_id: str, subnet_id: str, user_data: str,
+    run_id: str, expires: str, alive_until: str,
+) -> Dict[str, Any]:
+    """The RunInstances parameters: all N at once, of one type, in one subnet."""
+    request = instance_settings(ami, key_name, group_id, user_data, run_id, expires, alive_until, is_burstable(instance_type))
+    request["NetworkInterfaces"][0]["SubnetId"] = subnet_id
+    request.update(
+        InstanceType=instance_type,
+        MinCount=count,
+        MaxCount=count,
+        # The same run id gives the same token: a retried call cannot launch twice.
+        ClientToken=run_id[:64],
+    )
+    return request
+
+
+def launch_template_data(
+    types: Sequence[str], ami: str, key_name: str, group_id: str, user_data: str, run_id: str, expires: str,
+    alive_until: str,
+) -> Dict[str, Any]:
+    """The run's launch template, for CreateFleet: every setting but the type and subnet, which
+    the fleet's overrides give. Unlimited credits are asked for only when every type is
+    burstable (a launch template's CreditSpecification is for T types); T3, T3a and T4g run
+    unlimited by default anyway."""
+    data = instance_settings(
+        ami, key_name, group_id, user_data, run_id, expires, alive_until, all(is_burstable(t) for t in types)
+    )
+    # RunInstances takes user-data as text (boto3 encodes it); a launch template wants base64.
+    data["UserData"] = base64.b64encode(user_data.encode()).decode()
+    return data
+
+
+def fleet_request(template_id: str, pools: Sequence[Pool], count: int, spot: bool, run_id: str) -> Dict[str, Any]:
+    """The CreateFleet parameters: an instant fleet of `count` instances from the run's launch
+    template, in any of `pools` (type and subnet). Spot goes where capacity is deepest, which
+    AWS advises to make interruptions rarest; on-demand goes to the cheapest type."""
+    request: Dict[str, Any] = {
+        "Type": "instant",
+        "ClientToken": run_id[:64],
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {"LaunchTemplateId": template_id, "Version": "$Latest"},
+                "Overrides": [{"InstanceType": pool.instance_type, "SubnetId": pool.subnet_id} for pool in pools],
+            }
+        ],
+        "TargetCapacitySpecification": {
+            "TotalTargetCapacity": count,
+            "DefaultTargetCapacityType": "spot" if spot else "on-demand",
+        },
+        "OnDemandOptions": {"AllocationStrategy": "lowest-price"},
+        "TagSpecifications": [{"ResourceType": "fleet", "Tags": run_tags(run_id)}],
+    }
+    if spot:
+        request["SpotOptions"] = {"AllocationStrategy": "capacity-optimized", "InstanceInterruptionBehavior": "terminate"}
     return request
 
 

@@ -212,6 +212,13 @@ BAD_INPUTS = [
     (["--best-effort"], "--best-effort goes with --within and --confidence"),
     (["--kernel", "gpu"], "--kernel must be one of auto, native, python, not 'gpu'"),
     (["--provider", "ec2", "--region", "eu-west-2"], "no AWS credentials found"),
+    (["--spot"], "--spot is for --provider ec2, not local"),
+    (["--provider", "docker", "--min-count", "1"], "--min-count is for --provider ec2, not docker"),
+    (["--provider", "ec2", "--instance-types", "c7a.large,"], "--instance-types 'c7a.large,' has an empty name"),
+    (["--provider", "ec2", "--instance-type", "c7a.large", "--instance-types", "c6a.large,c7a.large"],
+     "give --instance-type or --instance-types, not both"),
+    (["--provider", "ec2", "--min-count", "0"], "--min-count must be at least 1"),
+    (["--provider", "ec2", "--within", "10", "--confidence", "0.9", "--min-count", "1"], "--min-count goes with --count"),
 ]
 
 

@@ -642,6 +642,8 @@ def test_teardown_all_asks_on_a_terminal_before_taking_a_live_run(aws: Any) -> N
         (["--instance-type", "huge"], "--instance-type 'huge' is not an instance type such as c7a.large"),
         (["--ssh-cidr", "everyone"], "--ssh-cidr 'everyone' is not an address range"),
         (["--ssh-cidr", "2001:db8::/64"], "--ssh-cidr '2001:db8::/64' is IPv6, but the instances get only IPv4 addresses"),
+        (["--instance-types", "c7a.large,c7g.large", "--spot"], "--instance-types mixes amd64 (c7a.large) and arm64 (c7g.large)"),
+        (["--min-count", "4"], "--min-count 4 is more than the 3 instance(s) asked for"),
     ],
 )
 def test_refusals_come_before_any_launch(aws: Any, inventory: Path, extra: List[str], message: str) -> None:

@@ -17,6 +17,7 @@ from cnd_fab.planner import confirm_cost
 from cnd_fab.providers import ec2_settings
 from cnd_fab.providers.base import ProviderOptions
 from cnd_fab.providers.ec2 import Ec2Provider
+from cnd_fab.providers.ec2_launch import LaunchedInstance
 
 HOUR = 3600.0
 
@@ -176,7 +177,7 @@ def test_a_run_within_max_cost_is_shown_every_component_and_goes_ahead() -> None
 def test_the_cost_at_the_end_counts_every_component_over_the_real_seconds() -> None:
     provider = Ec2Provider(ProviderOptions(instance_type="t3.micro"))
     assert provider.incurred_cost() is None  # nothing launched
-    cast(Any, provider)._launch = SimpleNamespace(launched_at=1000.0, instance_ids=["i-a", "i-b"])
+    cast(Any, provider)._launch = SimpleNamespace(launched_at=1000.0, instance_ids=["i-a", "i-b"], placed={})
     provider.terminated_at = 1000.0 + 1800
     assert provider.incurred_cost() == pytest.approx(2 * (0.0104 + 0.09 + 0.005) / 2)
     provider.terminated_at = 1000.0 + 20  # under the minute: instances billed 60 s, the rest 20 s
@@ -185,9 +186,43 @@ def test_the_cost_at_the_end_counts_every_component_over_the_real_seconds() -> N
 
 def test_the_cost_at_the_end_of_a_c7a_run_adds_the_addresses() -> None:
     provider = Ec2Provider(ProviderOptions(instance_type="c7a.large"))
-    cast(Any, provider)._launch = SimpleNamespace(launched_at=0.0, instance_ids=["i-a", "i-b", "i-c"])
+    cast(Any, provider)._launch = SimpleNamespace(launched_at=0.0, instance_ids=["i-a", "i-b", "i-c"], placed={})
     provider.terminated_at = HOUR
     assert provider.incurred_cost() == pytest.approx(3 * (0.1027 + 0.005))
+
+
+def test_the_cost_at_the_end_of_a_spot_fleet_prices_each_instance_where_it_ran() -> None:
+    provider = Ec2Provider(ProviderOptions(instance_types=("c7a.large", "t3.micro"), spot=True))
+    placed = {
+        "i-a": LaunchedInstance("c7a.large", "us-east-1a", spot=True),
+        "i-b": LaunchedInstance("t3.micro", "us-east-1b", spot=True),
+        "i-c": LaunchedInstance("c7a.large", "us-east-1c", spot=True),  # no spot price known: on-demand
+    }
+    cast(Any, provider)._launch = SimpleNamespace(launched_at=0.0, instance_ids=list(placed), placed=placed)
+    cast(Any, provider)._spot_prices = {("c7a.large", "us-east-1a"): 0.03, ("t3.micro", "us-east-1b"): 0.004}
+    provider.terminated_at = HOUR
+    expected = (0.03 + 0.005) + (0.004 + 0.09 + 0.005) + (0.1027 + 0.005)
+    assert provider.incurred_cost() == pytest.approx(expected)
+
+
+def test_a_fleet_estimate_prices_every_instance_as_its_dearest_choice() -> None:
+    choices = [
+        cost.FleetChoice("c7a.large", 0.04, "us-east-1a"),
+        cost.FleetChoice("c6a.large", 0.05, "us-east-1b"),
+        # cheaper per hour, but its surplus credits make it the dearest choice
+        cost.FleetChoice("t3.micro", 0.004, "us-east-1c"),
+    ]
+    estimate = cost.fleet_estimate(choices, 4, 1800, "c7a.large|c6a.large|t3.micro spot", "spot prices")
+    assert estimate.instance_type == "t3.micro" and estimate.credits == UNLIMITED
+    assert estimate.total == pytest.approx(4 * (0.004 + 0.09 + 0.005) / 2)
+    lines = estimate.describe().splitlines()
+    assert lines[0] == "cost estimate: at most $0.1980 for 4 × c7a.large|c6a.large|t3.micro spot for up to 30.0 min:"
+    assert lines[1].startswith(
+        "  instances $0.0080: 4 × t3.micro in us-east-1c, the dearest of the fleet's choices, at $0.0040/h for up to 30.0 min"
+    )
+    assert lines[1].endswith("(spot prices)")
+    unknown = cost.fleet_estimate(choices + [cost.FleetChoice("x9z.metal", None)], 4, 1800, "l", "s")
+    assert unknown.total is None and unknown.instance_type == "x9z.metal"
 
 
 def test_no_price_means_no_incurred_figure() -> None:

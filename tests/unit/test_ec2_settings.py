@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from types import SimpleNamespace
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 import yaml
@@ -15,6 +15,7 @@ from cnd_fab.errors import HostConnectError, InputError
 from cnd_fab.journal import RunJournal
 from cnd_fab.providers import ec2, ec2_settings
 from cnd_fab.providers.base import ProviderOptions
+from cnd_fab.providers.ec2_settings import InstanceChoice
 from cnd_fab.ssh import KeyPair, SshHost
 
 
@@ -94,17 +95,28 @@ def test_explain_keeps_a_many_line_error_on_one_line() -> None:
 
 
 @pytest.mark.parametrize(
-    "count, instance_type, cidr, message",
+    "count, types, cidr, min_count, message",
     [
-        (257, "c7a.large", None, "--count 257 is too many instances (at most 256)"),
-        (1, "huge", None, "--instance-type 'huge' is not an instance type"),
-        (1, "c7a.large", "everyone", "--ssh-cidr 'everyone' is not an address range"),
+        (257, ("c7a.large",), None, None, "--count 257 is too many instances (at most 256)"),
+        (1, ("huge",), None, None, "--instance-type 'huge' is not an instance type"),
+        (2, ("c7a.large", "huge"), None, None, "--instance-types 'huge' is not an instance type"),
+        (2, ("c7a.large", "c7a.large"), None, None, "--instance-types names a type twice: c7a.large,c7a.large"),
+        (
+            2, ("c7a.large", "c7g.large", "m7a.large"), None, None,
+            "--instance-types mixes amd64 (c7a.large) and arm64 (c7g.large): one run has one architecture, since its AMI follows it",
+        ),
+        (3, ("c7a.large",), None, 4, "--min-count 4 is more than the 3 instance(s) asked for"),
+        (1, ("c7a.large",), "everyone", None, "--ssh-cidr 'everyone' is not an address range"),
     ],
 )
-def test_requests_aws_would_refuse_are_refused_first(count: int, instance_type: str, cidr: Any, message: str) -> None:
-    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        ec2_settings.check_request(count, instance_type, cidr)
-    ec2_settings.check_request(256, "c7a.large", "203.0.113.7/32")
+def test_requests_aws_would_refuse_are_refused_first(
+    count: int, types: Tuple[str, ...], cidr: Any, min_count: Any, message: str
+) -> None:
+    with pytest.raises(InputError) as refused:
+        ec2_settings.check_request(count, InstanceChoice(types), cidr, min_count)
+    assert str(refused.value).startswith(message)
+    ec2_settings.check_request(256, InstanceChoice(("c7a.large",)), "203.0.113.7/32")
+    ec2_settings.check_request(3, InstanceChoice(("c7g.large", "t4g.large", "m7g.large"), spot=True), None, 1)
 
 
 @pytest.mark.parametrize(
@@ -119,13 +131,13 @@ def test_requests_aws_would_refuse_are_refused_first(count: int, instance_type: 
 )
 def test_ssh_cidr_is_sent_in_canonical_form(given: str, sent: str) -> None:
     assert ec2_settings.ssh_range(given) == sent
-    ec2_settings.check_request(1, "c7a.large", given)
+    ec2_settings.check_request(1, InstanceChoice(("c7a.large",)), given)
 
 
 @pytest.mark.parametrize("given", ["2001:db8::/64", "2001:db8::1", "::/0"])
 def test_ipv6_ssh_cidr_is_refused_in_one_line(given: str) -> None:
     with pytest.raises(InputError) as refused:
-        ec2_settings.check_request(1, "c7a.large", given)
+        ec2_settings.check_request(1, InstanceChoice(("c7a.large",)), given)
     assert str(refused.value) == (
         f"--ssh-cidr {given!r} is IPv6, but the instances get only IPv4 addresses; give an IPv4 range such as "
         "203.0.113.7/32"

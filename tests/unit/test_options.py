@@ -33,6 +33,7 @@ FLAGS_BEFORE = {
         "provider": "p", "timeout": "t", "any": "a", "json": "j", "inventory": "i", "accept-new-host-key": "e",
         "image": "m", "region": "r", "instance-type": "s", "ami": None, "ssh-cidr": "h", "yes": "y",
         "max-cost": "x", "kernel": "k", "within": "w", "confidence": "o", "best-effort": "-", "resume": None,
+        "instance-types": None, "spot": None, "min-count": None,
     },
     options.CALIBRATE: {
         "provider": "p", "count": "c", "seconds": "s", "inventory": "i", "instance-type": "n", "region": "r",
@@ -91,6 +92,17 @@ def test_every_bad_input_is_one_input_error_line(args: List[str], message: str, 
         open_provider(request.provider, request.count)
     text = str(caught.value)
     assert message in text and "\n" not in text
+
+
+def test_ec2_capacity_flags_reach_the_provider_request() -> None:
+    request = parse_search(
+        invoke_kwargs(options.SEARCH, ["--provider", "ec2", "--count", "8", "--spot", "--min-count", "5",
+                                       "--instance-types", " c7a.large, c6a.large,m7a.large"])
+    )
+    assert request.provider.instance_types == ("c7a.large", "c6a.large", "m7a.large")
+    assert request.provider.spot is True and request.provider.min_count == 5
+    plain = parse_search(invoke_kwargs(options.SEARCH, ["--provider", "ec2", "--instance-type", "t3.micro"])).provider
+    assert (plain.instance_type, plain.instance_types, plain.spot, plain.min_count) == ("t3.micro", None, False, None)
 
 
 def test_parsing_does_no_io(no_io: None) -> None:
