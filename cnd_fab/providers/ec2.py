@@ -92,10 +92,12 @@ def public_endpoint(instance: Dict[str, Any], user_data: str) -> SshEndpoint:
     return SshEndpoint(str(address), 22, SSH_USER)
 
 
-# The two seams the end-to-end tests replace: they must never look up a public address
-# nor connect to an address moto made up, so they map each instance to a local sshd.
+# The seams the end-to-end tests replace: they must never look up a public address nor
+# connect to an address moto made up, so they map each instance to a local sshd, and point
+# spot workers at a metadata stand-in on loopback.
 address_lookup: Callable[[], str] = public_address
 endpoint_resolver: Callable[[Dict[str, Any], str], SshEndpoint] = public_endpoint
+metadata_service: str = SPOT_METADATA_URL
 
 
 class Ec2Provider(Provider):
@@ -124,7 +126,7 @@ class Ec2Provider(Provider):
         self._pools: Optional[List[Pool]] = None
         self._spot_prices: Optional[Dict[Tuple[str, str], float]] = None
         #: The instance metadata service spot hosts' workers watch for interruption notices.
-        self.interruption_notices = SPOT_METADATA_URL if self.choice.spot else None
+        self.interruption_notices = metadata_service if self.choice.spot else None
         self.terminated_at: Optional[float] = None
         self._keepalive_stop = threading.Event()
 

@@ -1,4 +1,4 @@
-"""Session fixtures for the end-to-end tests: the Docker engine and four SSH hosts."""
+"""Fixtures for the end-to-end tests: the Docker engine and four SSH hosts; a moto server for EC2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import Any, Iterator, List
 import pytest
 import yaml
 
+from cnd_fab.providers import ec2
 from cnd_fab.ssh import KeyPair
+from tests.testbed import ec2_standin
+from tests.testbed.moto_server import AMI_PARAMETER, REGION, MotoServer
 from tests.testbed.hosts import (
     TESTBED_LABEL,
     TestbedHost,
@@ -78,3 +81,48 @@ def no_leaked_containers(docker_client: Any) -> Iterator[None]:
     for container in cnd_containers(docker_client):
         container.remove(force=True)
     assert not left, f"containers left behind: {left}"
+
+
+# --- EC2 against moto ---------------------------------------------------------------
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A clean moto for each test, and the environment every process needs to reach it."""
+    import boto3
+
+    moto_server.reset()
+    for name, value in moto_server.environment().items():
+        monkeypatch.setenv(name, value)
+    return boto3.client("ec2", region_name=REGION)
+
+
+@pytest.fixture
+def no_leaked_standins(docker_client: Any) -> Iterator[None]:
+    yield
+    for container in docker_client.containers.list(all=True, filters={"label": f"{ec2_standin.STANDIN_LABEL}"}):
+        container.remove(force=True)
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"ec2": {"region": REGION, "instance_type": "c7a.large", "ami_parameter": AMI_PARAMETER, "ssh_timeout": 20}}
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def no_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests of the AWS side alone: no worker starts, so nothing ever connects to this."""
+    monkeypatch.setattr(ec2, "address_lookup", lambda: "127.0.0.1")
+    monkeypatch.setattr(ec2, "endpoint_resolver", lambda instance, user_data: ec2.SshEndpoint("127.0.0.1", 9, "root"))
+    monkeypatch.setattr(ec2, "metadata_service", "http://127.0.0.1:9")

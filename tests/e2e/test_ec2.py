@@ -30,47 +30,11 @@ from cnd_fab.providers.ec2_settings import ALIVE_TAG, EXPIRES_TAG, RUN_TAG, TAG_
 from cnd_fab.inventory import load
 from tests.helpers import REPO, cli, run_cli, wait_for_no_workers
 from tests.testbed import ec2_standin
-from tests.testbed.moto_server import AMI_PARAMETER, REGION, MotoServer
+from tests.testbed.moto_server import REGION
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_leaked_workers", "no_leaked_standins")]
 
 LOWEST_D20 = 1027827
-
-
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A clean moto for each test, and the environment every process needs to reach it."""
-    import boto3
-
-    moto_server.reset()
-    for name, value in moto_server.environment().items():
-        monkeypatch.setenv(name, value)
-    return boto3.client("ec2", region_name=REGION)
-
-
-@pytest.fixture
-def no_leaked_standins(docker_client: Any) -> Iterator[None]:
-    yield
-    for container in docker_client.containers.list(all=True, filters={"label": f"{ec2_standin.STANDIN_LABEL}"}):
-        container.remove(force=True)
-
-
-@pytest.fixture
-def inventory(tmp_path: Path) -> Path:
-    path = tmp_path / "inventory.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {"ec2": {"region": REGION, "instance_type": "c7a.large", "ami_parameter": AMI_PARAMETER, "ssh_timeout": 20}}
-        )
-    )
-    return path
 
 
 def ec2_cli(*args: str) -> List[str]:
@@ -90,9 +54,13 @@ def run_keys(ec2: Any) -> List[str]:
     return [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"].startswith("cnd-fab-")]
 
 
+def run_templates(ec2: Any) -> List[str]:
+    return [t["LaunchTemplateName"] for t in ec2.describe_launch_templates()["LaunchTemplates"]]
+
+
 def assert_nothing_left(ec2: Any) -> None:
     assert live_instances(ec2) == []
-    assert run_groups(ec2) == [] and run_keys(ec2) == []
+    assert run_groups(ec2) == [] and run_keys(ec2) == [] and run_templates(ec2) == []
 
 
 def assert_all_done(results: List[Released]) -> None:
@@ -377,13 +345,6 @@ def test_terminate_waits_for_an_instance_that_reads_pending(aws: Any, inventory:
     assert_all_done(released)
     assert sorted(r.resource for r in released) == run_resources(journal, ids)
     assert_nothing_left(aws)
-
-
-@pytest.fixture
-def no_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For tests of the AWS side alone: no worker starts, so nothing ever connects to this."""
-    monkeypatch.setattr(ec2, "address_lookup", lambda: "127.0.0.1")
-    monkeypatch.setattr(ec2, "endpoint_resolver", lambda instance, user_data: ec2.SshEndpoint("127.0.0.1", 9, "root"))
 
 
 def launched(inventory: Path, count: int = 2) -> Tuple[Ec2Provider, RunJournal, List[Host]]:

@@ -50,6 +50,13 @@ def docker_standin(instance: Dict[str, Any], user_data: str) -> ec2.SshEndpoint:
     return ec2.SshEndpoint("127.0.0.1", host.port, "root")
 
 
+#: CND_FAB_STANDIN_METADATA=URL: the metadata stand-in (tests/testbed/imds.py) spot workers watch.
+METADATA_ENV = "CND_FAB_STANDIN_METADATA"
+#: Without one, a loopback port nothing listens on: a spot worker's polls are refused, never sent away.
+NO_METADATA_SERVICE = "http://127.0.0.1:9"
+
+
 def install() -> None:
     ec2.endpoint_resolver = docker_standin
     ec2.address_lookup = lambda: "127.0.0.1"
+    ec2.metadata_service = os.environ.get(METADATA_ENV, NO_METADATA_SERVICE)
