@@ -18,6 +18,10 @@ Every price here is a US East (N. Virginia) Linux price in USD, and each names i
   costs nothing extra but throttles to the baseline once the credits run out
   (docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RunInstances.html, CreditSpecification).
   The estimate ignores launch and accrued credits: they only lower it.
+- Spot: EC2's current price per type and zone (DescribeSpotPriceHistory, read by the ec2
+  provider). A fleet may launch in any of its types and zones, so the estimate prices every
+  instance as the dearest of them (fleet_estimate); a pool without a spot price is priced
+  on-demand, the most spot is charged. Spot is billed per second like on-demand.
 - Public IPv4: every instance has one public address, at $0.005 per address-hour since
   1 February 2024 (aws.amazon.com/vpc/pricing, "Public IPv4 Address"), billed per second
   (docs.aws.amazon.com/vpc/latest/userguide/vpc-billing-usage-reports.html,
