@@ -70,19 +70,37 @@ def batches(ids: Sequence[str], size: int = BATCH_SIZE) -> Iterator[List[str]]:
         yield list(ids[start : start + size])
 
 
+def attempts(within: float, first_delay: float, longest_delay: float, growth: float = 1.5, jitter: bool = False) -> Iterator[int]:
+    """Attempt numbers (0, 1, …) for a loop that tries again after a growing pause; it ends,
+    instead of pausing, when the next attempt would start past `within` seconds from now.
+
+    Example: ``for _ in attempts(300, 1.0, 10.0): …; if done: return``; after the loop, time is up."""
+    deadline = time.monotonic() + within
+    delay = first_delay
+    number = 0
+    while True:
+        yield number
+        if time.monotonic() + delay > deadline:
+            return
+        # Jitter spreads the retries of many callers that failed together.
+        time.sleep(delay * random.uniform(0.5, 1.0) if jitter else delay)
+        delay = min(longest_delay, delay * growth)
+        number += 1
+
+
 def until_visible(call: Callable[[], T], codes: Collection[str], within: float = VISIBLE_WITHIN) -> T:
     """call(), retried with jittered backoff while EC2 answers one of `codes` (it does not show a
     resource made a moment ago yet), for at most `within` seconds; then that error is raised."""
-    deadline = time.monotonic() + within
-    delay = 0.5
-    while True:
+    last: Optional[ClientError] = None
+    for _ in attempts(within, 0.5, 8.0, growth=2.0, jitter=True):
         try:
             return call()
         except ClientError as error:
-            if error_code(error) not in codes or time.monotonic() + delay > deadline:
+            if error_code(error) not in codes:
                 raise
-        time.sleep(delay * random.uniform(0.5, 1.0))
-        delay = min(8.0, delay * 2)
+            last = error
+    assert last is not None
+    raise last
 
 
 @dataclass(frozen=True)
@@ -303,9 +321,9 @@ class Ec2Region:
 
         An instance EC2 does not show yet is waited for. ProviderError, one line, when one will
         never run or `within` seconds pass."""
-        deadline = time.monotonic() + within
-        delay = 1.0
-        while True:
+        waiting: List[str] = list(ids)
+        found: Dict[str, Dict[str, Any]] = {}
+        for _ in attempts(within, 1.0, 10.0):
             found = self.describe(ids)
             for instance_id, instance in found.items():
                 state = instance["State"]["Name"]
@@ -317,14 +335,11 @@ class Ec2Region:
             waiting = [i for i in ids if i not in found or found[i]["State"]["Name"] != "running"]
             if not waiting:
                 return {instance_id: found[instance_id] for instance_id in ids}
-            if time.monotonic() + delay > deadline:
-                unseen = sum(1 for i in waiting if i not in found)
-                raise ProviderError(
-                    f"ec2 ({self.region}): {len(waiting)} instance(s) not running within {within:.0f}s "
-                    f"({unseen} of them not shown by EC2 yet): {', '.join(waiting[:5])}"
-                )
-            time.sleep(delay)
-            delay = min(10.0, delay * 1.5)
+        unseen = sum(1 for i in waiting if i not in found)
+        raise ProviderError(
+            f"ec2 ({self.region}): {len(waiting)} instance(s) not running within {within:.0f}s "
+            f"({unseen} of them not shown by EC2 yet): {', '.join(waiting[:5])}"
+        )
 
     def renew_tags(self, ids: Sequence[str], tags: List[TagTypeDef]) -> None:
         """Set `tags` on the instances, as the keep-alive renews them. Raises botocore's errors."""
@@ -447,11 +462,9 @@ class Ec2Region:
         shown yet, and waited for too."""
         if not ids:
             return []
-        deadline = time.monotonic() + within
-        delay = 1.0
         left = dict.fromkeys(ids, "in an unknown state")
         problem = ""
-        while True:
+        for _ in attempts(within, 1.0, 15.0):
             try:
                 states = self.states(list(left))
                 left = {
@@ -462,10 +475,8 @@ class Ec2Region:
                 problem = ""
             except AWS_ERRORS as error:
                 problem = "; " + explain(error, "waiting for the instances to terminate", self.region)
-            if not left or time.monotonic() + delay > deadline:
+            if not left:
                 break
-            time.sleep(delay)
-            delay = min(15.0, delay * 1.5)
         return [
             Released(
                 instance_resource(i),
@@ -480,9 +491,8 @@ class Ec2Region:
         """Delete a security group, retrying while AWS still counts it in use (it does for a while
         after its instances have terminated)."""
         resource = group_resource(group_id, name)
-        deadline = time.monotonic() + within
-        delay = 2.0
-        while True:
+        outcome = Released(resource, False, "not tried")
+        for _ in attempts(within, 2.0, 15.0):
             try:
                 self.client.delete_security_group(GroupId=group_id)
                 return Released(resource, True, action="deleted")
@@ -490,10 +500,10 @@ class Ec2Region:
                 code = error_code(error)
                 if code == "InvalidGroup.NotFound":
                     return Released(resource, True, action="deleted")
-                if code != "DependencyViolation" or time.monotonic() + delay > deadline:
-                    return Released(resource, False, explain(error, "deleting the security group", self.region))
-            time.sleep(delay)
-            delay = min(15.0, delay * 1.5)
+                outcome = Released(resource, False, explain(error, "deleting the security group", self.region))
+                if code != "DependencyViolation":
+                    return outcome
+        return outcome
 
     def delete_launch_template(self, template_id: str, name: str) -> Released:
         """Delete a launch template; one already gone counts as deleted."""
