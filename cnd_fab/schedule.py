@@ -165,6 +165,43 @@ class Scheduler:
             given.append(self.space.unit(index))
         return given
 
+    def take_run(self, host: str, most: int) -> List[Unit]:
+        """Give `host` a grant: up to `most` consecutive units, starting at the lowest unsettled
+        one. It ends early where the next unit is not free (held, settled or cut off), so a
+        grant is always one unbroken nonce range. Lowest-first order is kept: a grant never
+        skips a lower free unit."""
+        if host not in self._held:
+            raise KeyError(f"unknown host {host!r}")
+        if most < 1 or self.finished:
+            return []
+        first = self._next_index()
+        if first is None:
+            return []
+        indices = [first]
+        while len(indices) < most:
+            following = indices[-1] + 1
+            if following >= self._cutoff:
+                break
+            if self._retry and self._retry[0] == following:
+                heapq.heappop(self._retry)
+                self._retry_set.discard(following)
+            elif self._next_fresh == following:
+                self._next_fresh += 1
+                self._skip_settled()
+            else:
+                break
+            indices.append(following)
+        held = self._held[host]
+        for index in indices:
+            self._holder[index] = host
+            held.add(index)
+        return [self.space.unit(index) for index in indices]
+
+    def units_left(self) -> int:
+        """Units below the cutoff not yet issued or waiting to be reissued (settled ones ahead
+        of the fresh counter included, so it errs high): what grants may still share out."""
+        return max(0, self._cutoff - self._next_fresh) + len(self._retry)
+
     def _next_index(self) -> Optional[int]:
         while self._retry:
             index = heapq.heappop(self._retry)

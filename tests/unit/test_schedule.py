@@ -24,6 +24,7 @@ class SimulatedRun:
         seed: int,
         first_found_wins: bool = False,
         prefetch: int = 2,
+        grant: int = 0,
     ) -> None:
         self.space = space
         self.goldens = sorted(goldens)
@@ -31,6 +32,8 @@ class SimulatedRun:
         self.scheduler = Scheduler(space, first_found_wins)
         self.failure_rate = failure_rate
         self.prefetch = prefetch
+        #: Units per grant (take_run), as the fleet gives them; 0: one take() per unit.
+        self.grant = grant
         self.speeds: Dict[str, int] = {}
         self.queues: Dict[str, List[int]] = {}
         self.lost: Set[str] = set()
@@ -48,9 +51,27 @@ class SimulatedRun:
         self.fill(name)
 
     def fill(self, name: str) -> None:
+        if self.grant:
+            while self.scheduler.held_count(name) < self.prefetch * self.grant:
+                run = [u.index for u in self.scheduler.take_run(name, self.random.randint(1, self.grant))]
+                if not run:
+                    return
+                # A grant is one unbroken range, and no lower unit is left free beside it.
+                assert run == list(range(run[0], run[0] + len(run)))
+                assert self.scheduler.units_left() == 0 or not self._free_below(run[0])
+                self.queues[name].extend(run)
+            return
         wanted = self.prefetch - len(self.scheduler.held_by(name))
         if wanted > 0:
             self.queues[name].extend(u.index for u in self.scheduler.take(name, wanted))
+
+    def _free_below(self, index: int) -> bool:
+        """True if some unit below `index` is neither settled nor held: a grant skipped it."""
+        settled = self.scheduler.settled_units()
+        return any(
+            below not in settled and not any(self.scheduler.holds(h, below) for h in self.speeds)
+            for below in range(min(index, self.scheduler.cutoff))
+        )
 
     def lowest_golden_in(self, index: int) -> Optional[int]:
         unit = self.space.unit(index)
@@ -112,6 +133,7 @@ unit_counts = st.sampled_from([1, 2, 4, 8, 16, 64, 256])
     speeds=st.lists(st.integers(1, 20), min_size=1, max_size=6),
     failure_rate=st.sampled_from([0.0, 0.01, 0.1, 0.3]),
     prefetch=st.integers(1, 4),
+    grant=st.sampled_from([0, 0, 1, 3, 8]),
     seed=st.integers(0, 2**32),
 )
 def test_lowest_golden_and_every_nonce_below_it_settled_once(
@@ -120,11 +142,12 @@ def test_lowest_golden_and_every_nonce_below_it_settled_once(
     speeds: List[int],
     failure_rate: float,
     prefetch: int,
+    grant: int,
     seed: int,
 ) -> None:
     space = UnitSpace(4, count)
     goldens = [int(f * space.space) for f in golden_fractions]
-    run = SimulatedRun(space, goldens, speeds, failure_rate, seed, prefetch=prefetch)
+    run = SimulatedRun(space, goldens, speeds, failure_rate, seed, prefetch=prefetch, grant=grant)
     run.run()
     scheduler = run.scheduler
     answer = min(goldens) if goldens else None
@@ -147,17 +170,34 @@ def test_lowest_golden_and_every_nonce_below_it_settled_once(
     golden_fractions=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=6),
     speeds=st.lists(st.integers(1, 20), min_size=1, max_size=6),
     failure_rate=st.sampled_from([0.0, 0.1]),
+    grant=st.sampled_from([0, 4]),
     seed=st.integers(0, 2**32),
 )
 def test_any_mode_stops_at_a_golden_nonce(
-    count: int, golden_fractions: List[float], speeds: List[int], failure_rate: float, seed: int
+    count: int, golden_fractions: List[float], speeds: List[int], failure_rate: float, grant: int, seed: int
 ) -> None:
     space = UnitSpace(4, count)
     goldens = [int(f * space.space) for f in golden_fractions]
-    run = SimulatedRun(space, goldens, speeds, failure_rate, seed, first_found_wins=True)
+    run = SimulatedRun(space, goldens, speeds, failure_rate, seed, first_found_wins=True, grant=grant)
     run.run()
     assert run.scheduler.best is not None and run.scheduler.best.nonce in goldens
     assert run.scheduler.in_flight == 0
+
+
+def test_a_grant_is_consecutive_and_stops_at_a_held_or_settled_unit() -> None:
+    scheduler = Scheduler(UnitSpace(4, 64))
+    for host in "abc":
+        scheduler.add_host(host)
+    assert [u.index for u in scheduler.take_run("a", 4)] == [0, 1, 2, 3]
+    assert [u.index for u in scheduler.take_run("b", 4)] == [4, 5, 6, 7]
+    assert scheduler.complete("a", 1, None).accepted
+    scheduler.host_lost("b")  # 4..7 wait to be reissued, ahead of fresh units
+    assert [u.index for u in scheduler.take_run("c", 6)] == [4, 5, 6, 7, 8, 9]
+    assert [u.index for u in scheduler.take_run("c", 2)] == [10, 11]
+    scheduler.host_lost("a")  # 0, 2, 3 back; 1 is settled, so 0 alone is a grant
+    assert [u.index for u in scheduler.take_run("c", 8)] == [0]
+    assert [u.index for u in scheduler.take_run("c", 8)] == [2, 3]
+    assert scheduler.units_left() == 64 - 12
 
 
 def test_wide_space_is_never_listed() -> None:
