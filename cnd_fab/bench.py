@@ -132,9 +132,9 @@ def native_payload(architectures: Tuple[str, ...] = ()) -> WorkerPayload:
     return WorkerPayload(kernel_dir=folder)
 
 
-def end_to_end_rate(count: int, seconds: float, payload: WorkerPayload) -> Dict[str, Any]:
-    """The local provider's end-to-end rate, start-up included."""
-    outcome, _, run = measuring_search(LocalProvider(), count, seconds, payload)
+def end_to_end_rate(count: int, seconds: float, payload: WorkerPayload, space: Optional[UnitSpace] = None) -> Dict[str, Any]:
+    """The local provider's end-to-end rate, start-up included, over `space` (default 1024 units)."""
+    outcome, fleet, run = measuring_search(LocalProvider(), count, seconds, payload, space=space)
     began = run.started
     ready = [h.first_unit_at for h in outcome.hosts if h.first_unit_at is not None]
     startup = (min(ready) - began) if ready else 0.0
@@ -144,7 +144,17 @@ def end_to_end_rate(count: int, seconds: float, payload: WorkerPayload) -> Dict[
         "startup": startup,
         "seconds": outcome.seconds,
         "checked": float(outcome.checked),
+        "grants": fleet.traffic.grants_sent,
     }
+
+
+#: The unit sizes the end-to-end table compares: (label, space). Small units cost a message
+#: each before grants; with grants they should run as fast as the default.
+UNIT_SPACES = (
+    ("1,024 units of 4,194,304 (default)", UnitSpace(4, 1024)),
+    ("65,536 units of 65,536", UnitSpace(4, 1 << 16)),
+    ("8-byte, units of 65,536", UnitSpace(8, 1 << 48)),
+)
 
 
 def _processes_of(run_id: str) -> int:
@@ -299,6 +309,8 @@ def run(request: BenchRequest) -> int:
         from .resume_bench import checkpoint_figures
 
         return checkpoint_figures(Console(width=160), request.seconds)
+    if request.simulate is not None:
+        return simulated_figures(Console(width=160), request.simulate, request.host_rate, request.seconds)
     duration, hosts, choice = request.seconds, request.count, request.kernel
     if request.provider is not None and request.provider.name != LocalProvider.name:
         from .checks import open_provider
@@ -335,17 +347,49 @@ def run(request: BenchRequest) -> int:
         )
     console.print(modes)
 
-    e2e = end_to_end_rate(hosts, duration * 4, payload)
     end = Table(title=f"end-to-end search (local provider, {hosts} host(s), scheduler and protocol included)")
-    for column in ("kernel", "wall time", "checked", "rate", "vs raw all-core rate", "launch to first unit"):
+    for column in ("units", "kernel", "wall time", "checked", "rate", "vs raw all-core rate", "vs default units",
+                   "grants", "launch to first unit"):
         end.add_column(column, justify="right")
-    end.add_row(
-        str(e2e["kernel"]),
-        f"{e2e['seconds']:.1f}s",
-        f"{int(e2e['checked']):,}",
-        human_rate(e2e["wall_rate"]),
-        f"{e2e['wall_rate'] / raw:.1%}",
-        f"{e2e['startup']:.2f}s",
-    )
+    default_rate = 0.0
+    for label, space in UNIT_SPACES:
+        e2e = end_to_end_rate(hosts, duration * 4, payload, space)
+        default_rate = default_rate or e2e["wall_rate"]
+        end.add_row(
+            label,
+            str(e2e["kernel"]),
+            f"{e2e['seconds']:.1f}s",
+            f"{int(e2e['checked']):,}",
+            human_rate(e2e["wall_rate"]),
+            f"{e2e['wall_rate'] / raw:.1%}",
+            f"{e2e['wall_rate'] / default_rate:.1%}",
+            f"{e2e['grants']:,}",
+            f"{e2e['startup']:.2f}s",
+        )
     console.print(end)
+    return 0
+
+
+def simulated_figures(console: Console, hosts: int, host_rate: float, seconds: float) -> int:
+    """`fab bench --simulate N --host-rate R`: the controller against simulated hosts (simulate.py),
+    for N and, to show the growth, a tenth and ten times N."""
+    from .simulate import simulate
+
+    table = Table(title=f"simulated fleet: the real controller, hosts hashing {human_rate(host_rate)} each")
+    for column in ("hosts", "search", "controller CPU", "per second of search", "idle until found",
+                   "idle until settled", "settled to last STOP", "grants"):
+        table.add_column(column, justify="right")
+    for count in sorted({max(1, hosts // 10), hosts, hosts * 10}):
+        figures = simulate(count, host_rate, seconds)
+        table.add_row(
+            f"{count:,}",
+            f"{figures.seconds:.1f}s ({figures.status})",
+            f"{figures.controller_cpu:.2f}s",
+            f"{figures.controller_cores:.3f} cores",
+            f"{figures.idle_until_found:.2%}",
+            f"{figures.idle_until_settled:.2%}",
+            f"{figures.stop_spread * 1000:.0f} ms",
+            f"{figures.grants:,}",
+        )
+        console.print(table)
     return 0

@@ -47,8 +47,12 @@ class GoldenLedger:
         return None
 
     def denied_by(self, done: worker.Done) -> Optional[str]:
-        """Why a DONE contradicts a golden nonce verified in its unit, or None."""
-        known = self.lowest_in_unit.get(done.unit)
-        if known is not None and (done.nonce is None or done.nonce > known):
-            return f"DONE for unit {done.unit} says {done.nonce}, but golden nonce {known} was verified there"
+        """Why a DONE contradicts a golden nonce verified in one of its units, or None. Its
+        golden nonce speaks for its last unit; the units below that it says hold none."""
+        last = done.unit + done.units - 1
+        for unit, known in self.lowest_in_unit.items():
+            if done.unit <= unit <= last:
+                said = done.nonce if unit == last else None
+                if said is None or said > known:
+                    return f"DONE for unit {unit} says {said}, but golden nonce {known} was verified there"
         return None

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 DEFAULT_DIFFICULTY = 6
+#: `fab bench --simulate`: what each simulated host hashes, about an 8-vCPU SHA-NI instance.
+DEFAULT_HOST_RATE = 200e6
 DEFAULT_PROVIDER = "local"
 KERNEL_CHOICES = ("auto", "native", "python")
 SEARCH, CALIBRATE, BENCH = "search", "calibrate", "bench"
@@ -113,6 +115,11 @@ OPTIONS: Tuple[Option, ...] = (
            "only time `cnd-fab --help` and a D=8 local search as whole processes (5 runs each)", (BENCH,)),
     Option("checkpoints", FLAG, False,
            "only measure what checkpoints cost a local search and what resuming a killed D=30 search saves",
+           (BENCH,)),
+    Option("simulate", WHOLE, None,
+           "only run the real controller against this many simulated hosts (and a tenth and ten times as many)",
+           (BENCH,), low=1, high=100_000),
+    Option("host-rate", SECONDS, None, "with --simulate: nonces a second each simulated host hashes (default 200e6)",
            (BENCH,)),
     Option("run", NAME, None, "tear down only this run id, even if it looks alive (another user's, say)",
            (TEARDOWN,)),
@@ -290,6 +297,13 @@ def parse_bench(raw: Mapping[str, object]) -> BenchRequest:
     if checkpoints and set(flags.given) - {"checkpoints", "seconds"}:
         others = ", ".join(f"--{name}" for name in sorted(set(flags.given) - {"checkpoints", "seconds"}))
         raise InputError(f"--checkpoints measures the local provider only; give it without {others}")
+    simulate = flags.maybe_whole("simulate")
+    host_rate = flags.maybe_seconds("host-rate")
+    if simulate is None and host_rate is not None:
+        raise InputError("--host-rate goes with --simulate")
+    if simulate is not None and set(flags.given) - {"simulate", "host-rate", "seconds"}:
+        others = ", ".join(f"--{name}" for name in sorted(set(flags.given) - {"simulate", "host-rate", "seconds"}))
+        raise InputError(f"--simulate runs simulated hosts only; give it without {others}")
     provider = flags.maybe_choice("provider")
     inventory = flags.name("inventory")
     return BenchRequest(
@@ -300,4 +314,6 @@ def parse_bench(raw: Mapping[str, object]) -> BenchRequest:
         kernel=flags.choice("kernel"),
         startup=startup,
         checkpoints=checkpoints,
+        simulate=simulate,
+        host_rate=DEFAULT_HOST_RATE if host_rate is None else host_rate,
     )

@@ -81,3 +81,6 @@ class BenchRequest:
     startup: bool
     #: Only the checkpoint cost and resume saving figures (cnd_fab.resume_bench).
     checkpoints: bool = False
+    #: Only the simulated fleet of this many hosts (cnd_fab.simulate), hashing host_rate each.
+    simulate: Optional[int] = None
+    host_rate: float = 200e6

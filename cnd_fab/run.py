@@ -156,14 +156,17 @@ def measuring_search(
     grace: float = 0.0,
     stop: Optional[threading.Event] = None,
     keep_checkpoints: bool = False,
+    space: Optional[UnitSpace] = None,
 ) -> Tuple[SearchOutcome, FleetSearch, Run]:
     """A real search with nothing to find, for `seconds` after `grace` seconds of start-up
     allowance, on hosts launched and released like any run's; checkpointed like a search's
-    with `keep_checkpoints` (the fleet's `checkpoint` is then the CheckpointKeeper)."""
+    with `keep_checkpoints` (the fleet's `checkpoint` is then the CheckpointKeeper). `space`:
+    the units to search (default 1024 units of 4-byte nonces)."""
     from .checkpoint import Checkpoint, CheckpointKeeper
     from .fleet import FleetSearch
 
-    problem, space = Problem(MEASURING_BLOCK, 4, NEVER_GOLDEN), UnitSpace(4, 1024)
+    space = space or UnitSpace(4, 1024)
+    problem = Problem(MEASURING_BLOCK, space.nonce_bytes, NEVER_GOLDEN)
     with launched(provider, count, details={"purpose": "measurement"}, stop=stop, payload=payload) as run:
         keeper = CheckpointKeeper(run.journal, Checkpoint(problem, space, False)) if keep_checkpoints else None
         fleet = FleetSearch(

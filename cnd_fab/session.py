@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from remote import worker
 
@@ -35,6 +35,12 @@ OUTBOX_LIMIT = 256
 #: so that one host cannot hold every unit of the run.
 MAX_PREFETCH_PER_CORE = 4
 MAX_PREFETCH = 64
+#: A grant is about this many seconds of its host's work: long enough that messages and
+#: chunk hand-offs cost well under 1%, short enough that the answer's lowest-first settling
+#: waits little on any one host.
+GRANT_SECONDS = 1.5
+#: While a host's rate is unknown, each grant is at most this many times its last.
+GRANT_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,9 @@ class HostSession:
         #: Set by the writer thread: since when one write has been blocked, and why writing failed.
         self.writing_since: Optional[float] = None
         self.write_failure: Optional[str] = None
+        #: Grants sent and not yet all settled: the unit each began with -> (lowest unsettled, last).
+        self.grants: Dict[int, Tuple[int, int]] = {}
+        self.last_grant_units = 0
 
     @property
     def name(self) -> str:
@@ -158,12 +167,53 @@ class HostSession:
 
     @staticmethod
     def impossible_done(done: worker.Done, space: UnitSpace) -> Optional[str]:
-        """Why a DONE cannot be true (a unit outside the space, more hashes than it holds), or None."""
-        if done.unit >= space.count:
-            return f"DONE for unit {done.unit}, but the space has {space.count} units"
-        if done.hashes > space.unit(done.unit).size:
-            return f"DONE for unit {done.unit} claims {done.hashes:,} hashes, more than the unit holds"
+        """Why a DONE cannot be true (units outside the space, more hashes than they hold, a
+        golden nonce outside its last unit), or None."""
+        last = done.unit + done.units - 1
+        if last >= space.count:
+            return f"DONE for units {done.unit} to {last}, but the space has {space.count} units"
+        if done.hashes > space.unit(last).end - space.unit(done.unit).start:
+            return f"DONE for units {done.unit} to {last} claims {done.hashes:,} hashes, more than they hold"
+        if done.nonce is not None and space.unit_of(done.nonce) != last:
+            return f"DONE for units {done.unit} to {last} gives golden nonce {done.nonce}, which is not in unit {last}"
         return None
+
+    def grant_units(self, unit_size: int, fair_share: int) -> int:
+        """How many units the next grant to this host holds: about GRANT_SECONDS of its work at
+        its measured rate, growing at most GRANT_GROWTH times per grant from its HELLO's
+        prefetch while the rate is unknown, and no more than `fair_share`."""
+        grown = self.prefetch if self.last_grant_units == 0 else self.last_grant_units * GRANT_GROWTH
+        units = grown
+        if self.view.rate > 0:
+            units = min(grown, max(1, int(self.view.rate * GRANT_SECONDS / unit_size)))
+        units = max(1, min(units, fair_share, worker.MAX_COUNT))
+        self.last_grant_units = units
+        return units
+
+    def open_grant(self, first: int, last: int) -> None:
+        """A grant of units `first` to `last` was sent."""
+        self.grants[first] = (first, last)
+
+    def settled_in_grant(self, first: int, count: int) -> None:
+        """Units `first`.. (`count` of them) of one of its grants settled: the grant goes on above them."""
+        for key, (lowest, last) in self.grants.items():
+            if lowest <= first <= last:
+                self.grants[key] = (first + count, last)
+                return
+
+    def grants_held(self, holds: Callable[[int], bool]) -> int:
+        """Grants with units still held (`holds(unit)`); forgets those all settled or cancelled."""
+        for key, (lowest, last) in list(self.grants.items()):
+            if lowest > last or not holds(lowest):
+                del self.grants[key]
+        return len(self.grants)
+
+    def grant_units_in_flight(self, firsts: Iterable[int]) -> Iterator[int]:
+        """Every unit held in the grants whose first units a PROGRESS lists."""
+        wanted = set(firsts)
+        for lowest, last in self.grants.values():
+            if lowest in wanted:
+                yield from range(lowest, last + 1)
 
     def count_progress(self, hashes: int) -> Optional[str]:
         """A cumulative hash count arrived: update the smoothed rate and the total.

@@ -20,6 +20,9 @@ from .ledger import GoldenLedger
 from .outcome import GONE, LOST, READY, RECLAIMED, Reporter
 from .schedule import Completion, GoldenNonce, Scheduler
 from .session import HostSession, traceback_event
+
+#: Grants each host holds at once: one its cores work on and the next, so they never wait.
+GRANTS_AHEAD = 2
 from .spec import Problem, UnitSpace
 from .transport import Host, host_text
 
@@ -47,6 +50,8 @@ class HostTraffic:
         self.ledger = GoldenLedger(problem, space)
         #: The lowest verified golden nonce reported so far (or known before), settled or not.
         self.candidate: Optional[GoldenNonce] = scheduler.known
+        #: WORK messages sent: one per grant.
+        self.grants_sent = 0
         self._block_hex = problem.block.hex()
 
     def on_message(self, session: HostSession, message: worker.ToController) -> None:
@@ -62,7 +67,7 @@ class HostTraffic:
                 now = time.monotonic()
                 if session.view.running_at is None:
                     session.view.running_at = now
-                self.joblog.started_units(session.name, message.units, now)
+                self.joblog.started_units(session.name, session.grant_units_in_flight(message.units), now)
         elif isinstance(message, worker.Found):
             if self.ledger.repeated(message):
                 return
@@ -99,17 +104,26 @@ class HostTraffic:
         if lie is not None:
             self.lose(session, lie)
             return
+        last = done.unit + done.units - 1
         golden = None
         if done.nonce is not None and done.hash is not None:
-            golden = GoldenNonce(done.unit, done.nonce, done.hash)
+            golden = GoldenNonce(last, done.nonce, done.hash)
             if not self._verified(session, golden):
                 return
-        completion = self.scheduler.complete(session.name, done.unit, golden)
-        if completion.accepted:
-            session.count_unit(done.hashes)
-            self.joblog.settled(done.unit, session.name, time.monotonic(), done.hashes, done.nonce, done.seconds)
-            self._apply(completion)
-        self.fill_all()
+        # Each unit of the grant is settled on its own, so the accounting stays exact per unit.
+        now = time.monotonic()
+        size = self.space.unit_size
+        seconds = done.seconds / done.units
+        for index in range(done.unit, last + 1):
+            completion = self.scheduler.complete(session.name, index, golden if index == last else None)
+            if completion.accepted:
+                hashes = size if index < last else done.hashes - size * (done.units - 1)
+                session.count_unit(hashes)
+                self.joblog.settled(index, session.name, now, hashes, done.nonce if index == last else None, seconds)
+                self._apply(completion)
+        session.settled_in_grant(done.unit, done.units)
+        # Settling frees no unit for another host (only a loss does), so only this one is topped up.
+        self._fill(session)
 
     def _verified(self, session: HostSession, golden: GoldenNonce) -> bool:
         lie = self.ledger.check(golden)
@@ -130,17 +144,29 @@ class HostTraffic:
                 self._send(self.sessions[name], worker.Cancel(above=completion.above))
 
     def _fill(self, session: HostSession) -> None:
-        held = self.scheduler.held_count(session.name)
-        wanted = session.prefetch - held
-        for unit in self.scheduler.take(session.name, wanted) if wanted > 0 else []:
-            session.note_issued(unit.size, idle=held == 0)
-            held += 1
+        """Keep GRANTS_AHEAD grants at the host, each sized to its rate (see HostSession.grant_units)."""
+        scheduler, name = self.scheduler, session.name
+        while session.grants_held(lambda unit: scheduler.holds(name, unit)) < GRANTS_AHEAD:
+            idle = scheduler.held_count(name) == 0
+            ready = sum(1 for other in self.sessions.values() if other.view.state == READY)
+            # Near the end, no host takes more than its share of what is left.
+            fair_share = max(1, scheduler.units_left() // (2 * max(1, ready)))
+            units = scheduler.take_run(name, session.grant_units(self.space.unit_size, fair_share))
+            if not units:
+                return
+            first, last = units[0], units[-1]
+            session.note_issued(last.end - first.start, idle=idle)
+            session.open_grant(first.index, last.index)
             now = time.monotonic()
-            self.joblog.issued(unit.index, session.name, now)
+            for unit in units:
+                self.joblog.issued(unit.index, name, now)
             if session.view.first_unit_at is None:
                 session.view.first_unit_at = now
             problem = self.problem
-            work = worker.Work(unit.index, unit.start, unit.end, self._block_hex, problem.nonce_bytes, problem.difficulty)
+            work = worker.Work(
+                first.index, first.start, last.end, self._block_hex, problem.nonce_bytes, problem.difficulty, len(units)
+            )
+            self.grants_sent += 1
             if not self._send(session, work):
                 return
 

@@ -87,7 +87,7 @@ class Hello(
 
 
 class Progress(NamedTuple("Progress", [("hashes", int), ("units", Tuple[int, ...]), ("final", bool)])):
-    """A heartbeat: hashes checked so far and the units held; final answers STOP."""
+    """A heartbeat: hashes checked so far and the first unit of each grant held; final answers STOP."""
 
     __slots__ = ()
     TYPE = PROGRESS
@@ -109,13 +109,19 @@ class Done(
             ("seconds", float),
             ("nonce", Optional[int]),
             ("hash", Optional[str]),
+            ("units", int),
         ],
     )
 ):
-    """A settled unit: its hashes, seconds and lowest golden nonce (both null if none)."""
+    """Settled units: `units` of them from `unit` up, their hashes, the seconds since their
+    grant arrived, and the lowest golden nonce (both null if none), which is always in the
+    last of them: the units of a grant above a golden one cannot hold the answer."""
 
     __slots__ = ()
     TYPE = DONE
+
+    def __new__(cls, unit, hashes, seconds, nonce, hash, units=1):
+        return super().__new__(cls, unit, hashes, seconds, nonce, hash, units)
 
 
 class Error(NamedTuple("Error", [("message", str), ("traceback", str)])):
@@ -135,13 +141,25 @@ class Leaving(NamedTuple("Leaving", [("action", str), ("time", str)])):
 class Work(
     NamedTuple(
         "Work",
-        [("unit", int), ("start", int), ("end", int), ("block", str), ("nonce_bytes", int), ("difficulty", int)],
+        [
+            ("unit", int), ("start", int), ("end", int), ("block", str), ("nonce_bytes", int), ("difficulty", int),
+            ("units", int),
+        ],
     )
 ):
-    """One unit: nonces [start, end) of block (hex) with nonce_bytes-wide nonces, at D."""
+    """A grant: `units` consecutive units of equal size from `unit` up, together nonces
+    [start, end) of block (hex) with nonce_bytes-wide nonces, at D."""
 
     __slots__ = ()
     TYPE = WORK
+
+    def __new__(cls, unit, start, end, block, nonce_bytes, difficulty, units=1):
+        return super().__new__(cls, unit, start, end, block, nonce_bytes, difficulty, units)
+
+    @property
+    def unit_size(self) -> int:
+        """Nonces in each unit of the grant."""
+        return (self.end - self.start) // self.units
 
 
 class Cancel(NamedTuple("Cancel", [("above", int)])):
@@ -298,7 +316,14 @@ _CHECKS: Dict[Type[Any], Dict[str, _Check]] = {
     },
     Progress: {"hashes": _COUNT, "units": _units, "final": _flag},
     Found: {"unit": _COUNT, "nonce": _NONCE, "hash": _HASH},
-    Done: {"unit": _COUNT, "hashes": _COUNT, "seconds": _seconds, "nonce": _optional(_NONCE), "hash": _optional(_HASH)},
+    Done: {
+        "unit": _COUNT,
+        "hashes": _COUNT,
+        "seconds": _seconds,
+        "nonce": _optional(_NONCE),
+        "hash": _optional(_HASH),
+        "units": _SIZE,
+    },
     Error: {"message": _TEXT, "traceback": _text(MAX_TRACEBACK_CHARS)},
     Leaving: {"action": _text(MAX_NOTICE_CHARS), "time": _text(MAX_NOTICE_CHARS)},
     Work: {
@@ -308,6 +333,7 @@ _CHECKS: Dict[Type[Any], Dict[str, _Check]] = {
         "block": _BLOCK,
         "nonce_bytes": _one_of(4, 8),
         "difficulty": _whole(1, 256),
+        "units": _SIZE,
     },
     Cancel: {"above": _COUNT},
     Stop: {},
@@ -315,7 +341,12 @@ _CHECKS: Dict[Type[Any], Dict[str, _Check]] = {
 
 MESSAGE_CLASSES: Dict[str, Type[Any]] = {cls.TYPE: cls for cls in _CHECKS}
 # Fields an older or terser peer may leave out, and what they then mean.
-_DEFAULTS: Dict[Type[Any], Dict[str, Any]] = {Progress: {"final": False}, Error: {"traceback": ""}}
+_DEFAULTS: Dict[Type[Any], Dict[str, Any]] = {
+    Progress: {"final": False},
+    Error: {"traceback": ""},
+    Work: {"units": 1},
+    Done: {"units": 1},
+}
 
 
 def _shown(value: Any) -> str:
@@ -337,6 +368,10 @@ def _consistent(message: Message) -> Message:
         if message.end > 1 << bits:
             raise ProtocolError(
                 "WORK.end must be at most 2^%d for %d-byte nonces, not %d" % (bits, message.nonce_bytes, message.end)
+            )
+        if (message.end - message.start) % message.units:
+            raise ProtocolError(
+                "WORK.units must split its %d nonces into equal units, not %d" % (message.end - message.start, message.units)
             )
     elif isinstance(message, Done) and (message.nonce is None) != (message.hash is None):
         raise ProtocolError(
@@ -913,24 +948,85 @@ class CoreLink(object):
             self.process.terminate()
 
 
-class UnitState(object):
-    """What the main process knows of one unit while its chunks are out."""
+class GrantState(object):
+    """What the main process knows of one grant while its chunks are out.
 
-    def __init__(self, index, start, end, chunks):
-        self.index = index
-        self.start = start
-        self.end = end
+    A grant's units have one size and follow each other, and its chunks may span units, so a
+    grant of many small units costs a few long chunks per core, not a round trip per unit.
+    Units settle lowest first: every nonce below the lowest unanswered chunk is checked, so
+    the units below it are settled; a golden nonce settles its unit once every chunk below it
+    has answered, and the grant's units above it are dropped (they cannot hold the answer).
+    """
+
+    def __init__(self, first, count, start, unit_size, chunks):
+        self.key = first  # the unit it arrived with, which names it in Worker.grants
+        self.first = first  # the lowest unit not yet reported settled
+        self.last = first + count - 1
+        self.start = start  # where unit `first` begins
+        self.unit_size = unit_size
         self.began = time.monotonic()
-        self.chunks_left = set(chunks)
+        self.chunks_left = dict(chunks)  # start -> unit it starts in, for every chunk not answered yet
         self.best_nonce = None
         self.best_hash = None
-        self.hashes = 0
+
+    def unit_of(self, nonce):
+        """The unit of the grant that holds `nonce`."""
+        return self.first + (nonce - self.start) // self.unit_size
+
+    def end(self):
+        """Where the grant's last unit ends."""
+        return self.start + (self.last - self.first + 1) * self.unit_size
+
+    def drop_above(self, above):
+        """Forget the units numbered above `above`; the (unit, start) of the chunks so dropped."""
+        if above >= self.last:
+            return []
+        self.last = max(above, self.first - 1)
+        bound = self.end()
+        return self._drop([start for start in self.chunks_left if start >= bound])
+
+    def _drop(self, starts):
+        return [(self.chunks_left.pop(start), start) for start in starts]
+
+    def take_golden(self, nonce, digest):
+        """A chunk found `nonce`: keep it if lowest; the (unit, start) of the chunks it makes useless."""
+        if self.best_nonce is not None and nonce >= self.best_nonce:
+            return []
+        self.best_nonce, self.best_hash = nonce, digest
+        self.last = self.unit_of(nonce)
+        return self._drop([start for start in self.chunks_left if start > nonce])
 
     def settled(self):
-        """True when every chunk that could hold a lower golden nonce has reported."""
-        if self.best_nonce is None:
-            return not self.chunks_left
-        return all(start > self.best_nonce for start in self.chunks_left)
+        """A Done for the units that settled since the last one, or None; advances past them."""
+        if self.first > self.last:
+            return None
+        lowest_open = min(self.chunks_left) if self.chunks_left else None
+        golden = self.best_nonce
+        if golden is not None and (lowest_open is None or lowest_open > golden):
+            count, hashes = self.last - self.first + 1, golden - self.start + 1
+        else:
+            reach = self.end() if lowest_open is None else lowest_open
+            count = min((reach - self.start) // self.unit_size, self.last - self.first + 1)
+            if golden is not None:
+                count = min(count, self.unit_of(golden) - self.first)
+            golden, hashes = None, count * self.unit_size
+        if count <= 0:
+            return None
+        done = Done(
+            unit=self.first,
+            hashes=hashes,
+            seconds=round(time.monotonic() - self.began, 6),
+            nonce=golden,
+            hash=None if golden is None else self.best_hash.hex(),
+            units=count,
+        )
+        self.first += count
+        self.start += count * self.unit_size
+        return done
+
+    def finished(self):
+        """True once every unit is reported or dropped."""
+        return self.first > self.last
 
 
 # A core that dies is replaced and its chunks redone. A chunk that has killed this many cores,
@@ -1026,7 +1122,8 @@ class Worker(object):
         self.mode = mode
         self.chunk_nonces = chunk_nonces
         self.inbox = queue.Queue()
-        self.units = {}
+        self.grants = {}  # the unit a grant arrived with -> its GrantState
+        self.chunk_grants = {}  # (unit, start) of every chunk not answered yet -> its grant
         self.pending = []  # heap of (unit, start, end, block, nonce_bytes, difficulty)
         self.cancel_floor = NO_CANCEL
         self.block_hex, self.block = None, None
@@ -1057,8 +1154,8 @@ class Worker(object):
             self.out.flush()
 
     def progress(self, final=False):
-        """A PROGRESS with the cores' current counts."""
-        return Progress(hashes=sum(self.counters), units=tuple(sorted(self.units)), final=final)
+        """A PROGRESS with the cores' current counts and the first unit of each grant held."""
+        return Progress(hashes=sum(self.counters), units=tuple(sorted(g.first for g in self.grants.values())), final=final)
 
     def prefetch(self):
         """Units the controller should keep queued here so no core waits between units."""
@@ -1134,20 +1231,23 @@ class Worker(object):
         nonce_bytes, difficulty = work.nonce_bytes, work.difficulty
         if index > self.cancel_floor:
             return
+        size = work.unit_size
         if self.mode == WHOLE:
-            step = end - start
+            step = size
         else:
-            # At least one chunk per core, so a single unit keeps every core busy.
+            # At least one chunk per core, so a single unit keeps every core busy; chunks span
+            # units, so a grant of small units still goes out in long chunks.
             step = max(MIN_CHUNK_NONCES, min(self.chunk_nonces, -(-(end - start) // self.processes)))
             step = max(step, -(-(end - start) // MAX_CHUNKS_PER_UNIT))
-        starts = list(range(start, end, step))
-        self.units[index] = UnitState(index, start, end, starts)
-        for chunk_start in starts:
-            heapq.heappush(
-                self.pending,
-                (index, chunk_start, min(end, chunk_start + step), block, nonce_bytes, difficulty),
-            )
-        if len(self.units) == 1:
+        chunks = [(chunk_start, index + (chunk_start - start) // size) for chunk_start in range(start, end, step)]
+        grant = GrantState(index, work.units, start, size, chunks)
+        grant.drop_above(self.cancel_floor)
+        self.grants[index] = grant
+        for chunk_start, unit in sorted(grant.chunks_left.items()):
+            self.chunk_grants[(unit, chunk_start)] = grant
+            task = (unit, chunk_start, min(end, chunk_start + step), block, nonce_bytes, difficulty)
+            heapq.heappush(self.pending, task)
+        if len(self.grants) == 1:
             # Tell the controller at once that this host went from idle to working.
             self.send(self.progress())
 
@@ -1156,8 +1256,20 @@ class Worker(object):
         self.cancel_above.value = self.cancel_floor
         self.pending = [task for task in self.pending if task[0] <= above]
         heapq.heapify(self.pending)
-        for index in [index for index in self.units if index > above]:
-            del self.units[index]
+        for grant in list(self.grants.values()):
+            for chunk in grant.drop_above(above):
+                self.chunk_grants.pop(chunk, None)
+            self._report(grant)
+
+    def _report(self, grant):
+        """Send DONE for whatever of `grant` has settled; forget the grant once it is all told."""
+        done = grant.settled()
+        if done is not None:
+            self.send(done)
+        if grant.finished():
+            self.grants.pop(grant.key, None)
+            for start, unit in list(grant.chunks_left.items()):
+                self.chunk_grants.pop((unit, start), None)
 
     def _feed_cores(self):
         # A couple of chunks per core sit in its pipe; the rest wait in our heap, where a
@@ -1169,8 +1281,8 @@ class Worker(object):
             link.send(heapq.heappop(self.pending))
 
     def _still_needed(self, task):
-        state = self.units.get(task[0])
-        return state is not None and task[1] in state.chunks_left
+        grant = self.chunk_grants.get(task[:2])
+        return grant is not None and task[1] in grant.chunks_left
 
     def _core_died(self, link):
         """Replace a dead core, and put the chunks it held back in the heap to be redone."""
@@ -1197,28 +1309,17 @@ class Worker(object):
         link.chunks.pop(0)
         self.answered[link.slot] += checked
         self.deaths.answered(link.slot)
-        state = self.units.get(index)
-        if state is not None:
-            state.hashes += checked
-            state.chunks_left.discard(start)
-            if nonce is not None and (state.best_nonce is None or nonce < state.best_nonce):
-                state.best_nonce, state.best_hash = nonce, digest
-                self.send(Found(unit=index, nonce=nonce, hash=digest.hex()))
-                # Chunks above a golden nonce cannot change this unit's answer.
-                self.pending = [t for t in self.pending if not (t[0] == index and t[1] > nonce)]
+        grant = self.chunk_grants.pop((index, start), None)
+        if grant is not None and grant.chunks_left.pop(start, None) is not None:
+            if nonce is not None and (grant.best_nonce is None or nonce < grant.best_nonce):
+                self.send(Found(unit=grant.unit_of(nonce), nonce=nonce, hash=digest.hex()))
+                # Chunks above a golden nonce cannot change the answer.
+                dropped = set(grant.take_golden(nonce, digest))
+                for chunk in dropped:
+                    self.chunk_grants.pop(chunk, None)
+                self.pending = [t for t in self.pending if t[:2] not in dropped]
                 heapq.heapify(self.pending)
-                state.chunks_left = set(s for s in state.chunks_left if s <= nonce)
-            if state.settled():
-                del self.units[index]
-                self.send(
-                    Done(
-                        unit=index,
-                        hashes=state.hashes,
-                        seconds=round(time.monotonic() - state.began, 6),
-                        nonce=state.best_nonce,
-                        hash=None if state.best_hash is None else state.best_hash.hex(),
-                    )
-                )
+            self._report(grant)
         self._feed_cores()
 
     def shutdown(self):

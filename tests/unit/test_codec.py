@@ -11,8 +11,11 @@ from hypothesis import strategies as st
 
 from remote import worker as protocol
 
-# What a peer may leave out: PROGRESS.final (false) and ERROR.traceback (empty).
-OPTIONAL_FIELDS = {protocol.PROGRESS: ("final",), protocol.ERROR: ("traceback",)}
+# What a peer may leave out: PROGRESS.final (false), ERROR.traceback (empty), and the units
+# of a WORK or DONE (1: one unit, as before grants).
+OPTIONAL_FIELDS = {
+    protocol.PROGRESS: ("final",), protocol.ERROR: ("traceback",), protocol.WORK: ("units",), protocol.DONE: ("units",),
+}
 
 
 HASH = "0000a77c6f4fa81ede0bb05ea58430a21d2bceeb80660c573e678a703d006afd"
@@ -91,6 +94,14 @@ def test_unknown_extra_fields_are_ignored() -> None:
 def test_defaulted_fields_may_be_left_out() -> None:
     assert protocol.decode('{"type":"PROGRESS","hashes":1,"units":[2]}') == protocol.Progress(1, (2,), False)
     assert protocol.decode('{"type":"ERROR","message":"m"}') == protocol.Error("m", "")
+    work = '{"type":"WORK","unit":3,"start":0,"end":8,"block":"00","nonce_bytes":4,"difficulty":1}'
+    assert protocol.decode(work) == protocol.Work(3, 0, 8, "00", 4, 1, 1)
+
+
+def test_a_grant_must_split_into_equal_units() -> None:
+    grant = protocol.Work(4, 1024, 1024 + 3 * 256, "00", 4, 9, units=3)
+    assert protocol.decode(protocol.encode(grant)) == grant and grant.unit_size == 256
+    assert refused(protocol.encode(grant._replace(units=5))) == "WORK.units must split its 768 nonces into equal units, not 5"
 
 
 def required_fields() -> List[Tuple[str, str]]:
@@ -139,6 +150,8 @@ WRONG[("FOUND", "hash")].append("null")
 WRONG[("WORK", "block")] = ['"abc"', '"ABCD"', '"zz"', '"00 ff"', "null", "5", json.dumps("00" * (1 << 19) + "00")]
 WRONG[("WORK", "nonce_bytes")] = ["0", "2", "5", "7", "16", "true", "4.0", '"4"']
 WRONG[("WORK", "difficulty")] = ["0", "257", "-1", "true", "8.0", "null"]
+WRONG[("WORK", "units")] = ["0", "-1", "65537", "true", "2.0", "null", '"2"']
+WRONG[("DONE", "units")] = ["0", "-1", "65537", "true", "2.0", "null", '"2"']
 for field in [("LEAVING", "action"), ("LEAVING", "time")]:
     WRONG[field] = ["null", "5", "true", '["terminate"]', json.dumps("x" * 65)]
 

@@ -40,7 +40,7 @@ FLAGS_BEFORE = {
         "kernel": "k", "yes": "y",
     },
     options.BENCH: {"seconds": "s", "count": "c", "provider": "p", "inventory": "i", "kernel": "k", "startup": "t",
-                     "checkpoints": "h"},
+                     "checkpoints": "h", "simulate": "m", "host-rate": "o"},
 }
 
 # Rows whose check needs a file or a provider: they pass parsing and fail in open_provider.

@@ -116,6 +116,39 @@ def test_unit_without_golden_reports_every_hash(worker: WorkerProcess) -> None:
     assert done == done._replace(unit=7, nonce=None, hash=None, hashes=40000)
 
 
+def test_a_grant_settles_its_units_in_order_up_to_the_golden_one(worker: WorkerProcess) -> None:
+    worker.read()
+    # Sixteen units of 2^14 nonces; the D=16 answer, 133,050, is in unit 8 (from 131,072).
+    size = 1 << 14
+    worker.send(protocol.Work(unit=0, start=0, end=16 * size, block=BLOCK.hex(), nonce_bytes=4, difficulty=16, units=16))
+    dones: List[protocol.Done] = []
+    while not dones or dones[-1].nonce is None:
+        dones.append(worker.read_until(protocol.Done))
+    # Every unit from 0 up is reported once, in order, and nothing above the golden unit.
+    assert [d.unit for d in dones] == [sum(d.units for d in dones[:i]) for i in range(len(dones))]
+    assert sum(d.units for d in dones) == 9 and dones[-1].nonce == 133050
+    assert [d.hashes for d in dones[:-1]] == [d.units * size for d in dones[:-1]]
+    assert dones[-1].hashes == 133050 - dones[-1].unit * size + 1
+    for _ in range(3):
+        heartbeat = worker.read()
+        assert not isinstance(heartbeat, protocol.Done)
+        if isinstance(heartbeat, protocol.Progress):
+            assert heartbeat.units == ()
+
+
+def test_cancel_shrinks_a_grant_to_the_units_below_it(worker: WorkerProcess) -> None:
+    worker.read()
+    size = 1 << 15
+    worker.send(protocol.Work(unit=4, start=4 * size, end=12 * size, block=BLOCK.hex(), nonce_bytes=4, difficulty=60, units=8))
+    worker.send(protocol.Cancel(above=6))
+    reported = 0
+    while reported < 3:
+        done = worker.read_until(protocol.Done)
+        assert done.unit == 4 + reported and done.nonce is None and done.hashes == done.units * size
+        reported += done.units
+    assert reported == 3  # units 4, 5 and 6; 7 to 11 were cancelled
+
+
 def test_progress_heartbeats_at_least_once_a_second(worker: WorkerProcess) -> None:
     worker.read()
     worker.work(0, 0, 1 << 24, 64)
