@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
 from remote import worker
 
@@ -91,6 +91,7 @@ class HostSession:
         self.write_failure: Optional[str] = None
         #: Grants sent and not yet all settled: the unit each began with -> (lowest unsettled, last).
         self.grants: Dict[int, Tuple[int, int]] = {}
+        self._begun_grants: Set[int] = set()
         self.last_grant_units = 0
 
     @property
@@ -206,13 +207,16 @@ class HostSession:
         for key, (lowest, last) in list(self.grants.items()):
             if lowest > last or not holds(lowest):
                 del self.grants[key]
+                self._begun_grants.discard(key)
         return len(self.grants)
 
     def grant_units_in_flight(self, firsts: Iterable[int]) -> Iterator[int]:
-        """Every unit held in the grants whose first units a PROGRESS lists."""
+        """The units of the grants a PROGRESS lists (by their lowest unit) as begun, each grant
+        once: its units all begin together, as far as the controller can tell."""
         wanted = set(firsts)
-        for lowest, last in self.grants.values():
-            if lowest in wanted:
+        for key, (lowest, last) in self.grants.items():
+            if lowest in wanted and key not in self._begun_grants:
+                self._begun_grants.add(key)
                 yield from range(lowest, last + 1)
 
     def count_progress(self, hashes: int) -> Optional[str]:
@@ -233,11 +237,11 @@ class HostSession:
         view.hashes = max(view.hashes, hashes)
         return None
 
-    def count_unit(self, hashes: int) -> None:
-        """A unit this host held was accepted as settled."""
-        self.view.units_done += 1
+    def count_unit(self, hashes: int, units: int = 1) -> None:
+        """Units this host held (`units` of them, with `hashes` in all) were accepted as settled."""
+        self.view.units_done += units
         now = time.monotonic()
-        self._settled_units += 1
+        self._settled_units += units
         self._working_seconds += now - self.last_settled
         self.last_advance = self.last_settled = now
         self._done_hashes += hashes

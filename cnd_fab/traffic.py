@@ -114,13 +114,16 @@ class HostTraffic:
         now = time.monotonic()
         size = self.space.unit_size
         seconds = done.seconds / done.units
+        accepted = accepted_hashes = 0
         for index in range(done.unit, last + 1):
             completion = self.scheduler.complete(session.name, index, golden if index == last else None)
             if completion.accepted:
                 hashes = size if index < last else done.hashes - size * (done.units - 1)
-                session.count_unit(hashes)
+                accepted, accepted_hashes = accepted + 1, accepted_hashes + hashes
                 self.joblog.settled(index, session.name, now, hashes, done.nonce if index == last else None, seconds)
                 self._apply(completion)
+        if accepted:
+            session.count_unit(accepted_hashes, accepted)
         session.settled_in_grant(done.unit, done.units)
         # Settling frees no unit for another host (only a loss does), so only this one is topped up.
         self._fill(session)
