@@ -56,6 +56,7 @@ HELLO_TIMEOUT = 30.0
 # How long the end of a run waits for the workers' exact final hash counts.
 FINAL_COUNT_WAIT = 0.5
 REDRAW_SECONDS = 0.2
+OVERDUE_CHECK_SECONDS = 0.1
 #: The longest the loop handles messages before it looks at the clock, the stop event and the
 #: deadlines again: a host that floods it cannot keep --timeout or Ctrl-C from taking effect.
 DRAIN_SECONDS = 0.05
@@ -121,7 +122,7 @@ class FleetSearch:
         """Search until the answer is settled, the deadline passes or `stop` is set."""
         for session in self.sessions.values():
             session.start_reader(self.run_id, self.payload, self.events)
-        last_update = 0.0
+        last_update = last_overdue_check = 0.0
         last_checkpoint = time.monotonic()
         status: Optional[str] = None
         try:
@@ -140,7 +141,11 @@ class FleetSearch:
                 except queue.Empty:
                     pass
                 now = time.monotonic()
-                self._lose_overdue(now)
+                # Deadlines are seconds long: looking at every host after every message would
+                # cost a large fleet more than the messages themselves.
+                if now - last_overdue_check >= OVERDUE_CHECK_SECONDS:
+                    self._lose_overdue(now)
+                    last_overdue_check = now
                 if now - last_update >= REDRAW_SECONDS:
                     self.reporter.update(self.snapshot())
                     last_update = now

@@ -165,7 +165,7 @@ class Scheduler:
             given.append(self.space.unit(index))
         return given
 
-    def take_run(self, host: str, most: int) -> List[Unit]:
+    def take_run(self, host: str, most: int) -> range:
         """Give `host` a grant: up to `most` consecutive units, starting at the lowest unsettled
         one. It ends early where the next unit is not free (held, settled or cut off), so a
         grant is always one unbroken nonce range. Lowest-first order is kept: a grant never
@@ -173,10 +173,10 @@ class Scheduler:
         if host not in self._held:
             raise KeyError(f"unknown host {host!r}")
         if most < 1 or self.finished:
-            return []
+            return range(0)
         first = self._next_index()
         if first is None:
-            return []
+            return range(0)
         indices = [first]
         while len(indices) < most:
             following = indices[-1] + 1
@@ -194,8 +194,8 @@ class Scheduler:
         held = self._held[host]
         for index in indices:
             self._holder[index] = host
-            held.add(index)
-        return [self.space.unit(index) for index in indices]
+        held.update(indices)
+        return range(first, first + len(indices))
 
     def units_left(self) -> int:
         """Units below the cutoff not yet issued or waiting to be reissued (settled ones ahead

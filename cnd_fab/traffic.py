@@ -23,6 +23,7 @@ from .session import HostSession, traceback_event
 
 #: Grants each host holds at once: one its cores work on and the next, so they never wait.
 GRANTS_AHEAD = 2
+READY_COUNT_SECONDS = 0.5
 from .spec import Problem, UnitSpace
 from .transport import Host, host_text
 
@@ -52,6 +53,8 @@ class HostTraffic:
         self.candidate: Optional[GoldenNonce] = scheduler.known
         #: WORK messages sent: one per grant.
         self.grants_sent = 0
+        self._ready_count = 1
+        self._ready_counted_at = float("-inf")
         self._block_hex = problem.block.hex()
 
     def on_message(self, session: HostSession, message: worker.ToController) -> None:
@@ -151,27 +154,35 @@ class HostTraffic:
         scheduler, name = self.scheduler, session.name
         while session.grants_held(lambda unit: scheduler.holds(name, unit)) < GRANTS_AHEAD:
             idle = scheduler.held_count(name) == 0
-            ready = sum(1 for other in self.sessions.values() if other.view.state == READY)
             # Near the end, no host takes more than its share of what is left.
-            fair_share = max(1, scheduler.units_left() // (2 * max(1, ready)))
-            units = scheduler.take_run(name, session.grant_units(self.space.unit_size, fair_share))
-            if not units:
+            fair_share = max(1, scheduler.units_left() // (2 * self._ready_hosts()))
+            indices = scheduler.take_run(name, session.grant_units(self.space.unit_size, fair_share))
+            if not indices:
                 return
-            first, last = units[0], units[-1]
+            first, last = self.space.unit(indices[0]), self.space.unit(indices[-1])
             session.note_issued(last.end - first.start, idle=idle)
             session.open_grant(first.index, last.index)
             now = time.monotonic()
-            for unit in units:
-                self.joblog.issued(unit.index, name, now)
+            for index in indices:
+                self.joblog.issued(index, name, now)
             if session.view.first_unit_at is None:
                 session.view.first_unit_at = now
             problem = self.problem
             work = worker.Work(
-                first.index, first.start, last.end, self._block_hex, problem.nonce_bytes, problem.difficulty, len(units)
+                first.index, first.start, last.end, self._block_hex, problem.nonce_bytes, problem.difficulty, len(indices)
             )
             self.grants_sent += 1
             if not self._send(session, work):
                 return
+
+    def _ready_hosts(self) -> int:
+        """How many hosts are ready, counted at most every READY_COUNT_SECONDS: a fleet of a
+        thousand would otherwise be counted at every grant."""
+        now = time.monotonic()
+        if now - self._ready_counted_at > READY_COUNT_SECONDS:
+            self._ready_count = max(1, sum(1 for other in self.sessions.values() if other.view.state == READY))
+            self._ready_counted_at = now
+        return self._ready_count
 
     def fill_all(self) -> None:
         """Top up every ready host to its prefetch."""

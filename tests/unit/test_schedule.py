@@ -53,7 +53,7 @@ class SimulatedRun:
     def fill(self, name: str) -> None:
         if self.grant:
             while self.scheduler.held_count(name) < self.prefetch * self.grant:
-                run = [u.index for u in self.scheduler.take_run(name, self.random.randint(1, self.grant))]
+                run = list(self.scheduler.take_run(name, self.random.randint(1, self.grant)))
                 if not run:
                     return
                 # A grant is one unbroken range, and no lower unit is left free beside it.
@@ -188,15 +188,15 @@ def test_a_grant_is_consecutive_and_stops_at_a_held_or_settled_unit() -> None:
     scheduler = Scheduler(UnitSpace(4, 64))
     for host in "abc":
         scheduler.add_host(host)
-    assert [u.index for u in scheduler.take_run("a", 4)] == [0, 1, 2, 3]
-    assert [u.index for u in scheduler.take_run("b", 4)] == [4, 5, 6, 7]
+    assert list(scheduler.take_run("a", 4)) == [0, 1, 2, 3]
+    assert list(scheduler.take_run("b", 4)) == [4, 5, 6, 7]
     assert scheduler.complete("a", 1, None).accepted
     scheduler.host_lost("b")  # 4..7 wait to be reissued, ahead of fresh units
-    assert [u.index for u in scheduler.take_run("c", 6)] == [4, 5, 6, 7, 8, 9]
-    assert [u.index for u in scheduler.take_run("c", 2)] == [10, 11]
+    assert list(scheduler.take_run("c", 6)) == [4, 5, 6, 7, 8, 9]
+    assert list(scheduler.take_run("c", 2)) == [10, 11]
     scheduler.host_lost("a")  # 0, 2, 3 back; 1 is settled, so 0 alone is a grant
-    assert [u.index for u in scheduler.take_run("c", 8)] == [0]
-    assert [u.index for u in scheduler.take_run("c", 8)] == [2, 3]
+    assert list(scheduler.take_run("c", 8)) == [0]
+    assert list(scheduler.take_run("c", 8)) == [2, 3]
     assert scheduler.units_left() == 64 - 12
 
 
