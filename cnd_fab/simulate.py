@@ -327,7 +327,9 @@ def simulate(hosts: int, host_rate: float, seconds: float) -> SimulationFigures:
     golden = planted_golden(block, PLANTED_DIFFICULTY, 8, int(hosts * host_rate * seconds))
     clock = SimulationClock(host_rate, space.unit_size, golden)
     fleet_hosts: List[Host] = [SimulatedHost(clock, f"sim-{index + 1}") for index in range(hosts)]
-    fleet = FleetSearch(Problem(block, 8, PLANTED_DIFFICULTY), space, fleet_hosts, "simulation")
+    # A controller that cannot keep up still ends, its status then "timeout".
+    deadline = time.monotonic() + 10 * seconds + 60
+    fleet = FleetSearch(Problem(block, 8, PLANTED_DIFFICULTY), space, fleet_hosts, "simulation", deadline=deadline)
     cpu_before, simulated_before = time.process_time(), clock.simulation_cpu
     started = time.monotonic()
     try:
