@@ -93,6 +93,8 @@ class HostSession:
         self.grants: Dict[int, Tuple[int, int]] = {}
         self._begun_grants: Set[int] = set()
         self.last_grant_units = 0
+        #: Units in the largest grant it has settled whole: what its next grants may grow from.
+        self.largest_settled_grant = 0
 
     @property
     def name(self) -> str:
@@ -171,19 +173,22 @@ class HostSession:
         """Why a DONE cannot be true (units outside the space, more hashes than they hold, a
         golden nonce outside its last unit), or None."""
         last = done.unit + done.units - 1
+        named, holds = (f"unit {last}", "the unit holds") if done.units == 1 else (f"units {done.unit} to {last}", "they hold")
         if last >= space.count:
-            return f"DONE for units {done.unit} to {last}, but the space has {space.count} units"
+            return f"DONE for {named}, but the space has {space.count} units"
         if done.hashes > space.unit(last).end - space.unit(done.unit).start:
-            return f"DONE for units {done.unit} to {last} claims {done.hashes:,} hashes, more than they hold"
+            return f"DONE for {named} claims {done.hashes:,} hashes, more than {holds}"
         if done.nonce is not None and space.unit_of(done.nonce) != last:
-            return f"DONE for units {done.unit} to {last} gives golden nonce {done.nonce}, which is not in unit {last}"
+            return f"DONE for {named} gives golden nonce {done.nonce}, which is not in unit {last}"
         return None
 
     def grant_units(self, unit_size: int, fair_share: int) -> int:
         """How many units the next grant to this host holds: about GRANT_SECONDS of its work at
-        its measured rate, growing at most GRANT_GROWTH times per grant from its HELLO's
-        prefetch while the rate is unknown, and no more than `fair_share`."""
-        grown = self.prefetch if self.last_grant_units == 0 else self.last_grant_units * GRANT_GROWTH
+        its measured rate, and no more than `fair_share`. It starts at its HELLO's prefetch and
+        grows only on evidence: to at most GRANT_GROWTH times the largest grant it has settled
+        whole, so a host that settles nothing never holds more than GRANTS_AHEAD small grants."""
+        proven = self.largest_settled_grant
+        grown = self.prefetch if proven == 0 else max(self.prefetch, proven * GRANT_GROWTH)
         units = grown
         if self.view.rate > 0:
             units = min(grown, max(1, int(self.view.rate * GRANT_SECONDS / unit_size)))
@@ -200,6 +205,8 @@ class HostSession:
         for key, (lowest, last) in self.grants.items():
             if lowest <= first <= last:
                 self.grants[key] = (first + count, last)
+                if first + count > last:
+                    self.largest_settled_grant = max(self.largest_settled_grant, last - key + 1)
                 return
 
     def grants_held(self, holds: Callable[[int], bool]) -> int:
