@@ -391,5 +391,5 @@ def simulated_figures(console: Console, hosts: int, host_rate: float, seconds: f
             f"{figures.stop_spread * 1000:.0f} ms",
             f"{figures.grants:,}",
         )
-        console.print(table)
+    console.print(table)
     return 0
