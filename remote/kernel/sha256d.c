@@ -19,30 +19,13 @@
  * end, end inside the nonce space. A line of any length up to MAX_LINE is read whole, and a
  * longer one is consumed and refused, so each request gets one answer that the worker can match.
  *
- * Paths, best first as --paths lists them; the best one the CPU reports is chosen at run time
- * unless --path forces one:
- *   sha-ni      x86-64 SHA extensions, three nonces interleaved (the SHA unit's throughput, not
- *               its latency, is then the limit)
- *   sha-ni-2    the same with two nonces interleaved, kept for comparison
- *   avx2        x86-64 AVX2 without SHA extensions: eight nonces, one per 32-bit element
- *   armv8-sha2  ARMv8 crypto extensions, two nonces interleaved
- *   portable    plain C, one nonce at a time
- * avx2 and portable are one SHA-256 written once for a lane type (uint32_t, or a vector of
- * eight); the SIMD paths are compiled with target attributes and chosen only when CPUID (and
- * for AVX2, XGETBV: the OS saves the YMM registers) or the aux vector says the CPU has them,
- * so the one binary runs on any CPU of its architecture. A path that takes n nonces at a time
- * leaves the last few of a range to the portable code.
+ * Paths: "sha-ni" (x86-64 SHA extensions, two nonces interleaved), "armv8-sha2" (ARMv8
+ * crypto extensions, two nonces interleaved) and "portable" (plain C). The best one the CPU
+ * reports is chosen at run time unless --path forces one.
  *
- * Per nonce only what depends on the nonce is computed; the rest is worked out once per job:
- *   - the block's whole 64-byte chunks before the nonce: compressed once, into a midstate;
- *   - the rounds of the nonce's chunk before the first word that holds nonce bytes (in pairs,
- *     for the SHA instructions), and the schedule words that the nonce does not reach;
- *   - a second chunk that holds no nonce byte (padding that spills over): its whole message
- *     schedule, with K added;
- *   - the second hash's padding (its words 8..15): K + W for its rounds, and every schedule
- *     term made of padding alone.
- * The second hash is rejected early on its first word, before the full comparison with the
- * target.
+ * Per nonce only the nonce-dependent part is hashed: the whole 64-byte chunks of the block
+ * before the nonce are compressed once into a midstate. The second hash is rejected early on
+ * its first word, before the full comparison with the target.
  */
 #include <errno.h>
 #include <signal.h>
@@ -118,6 +101,9 @@ typedef struct {
     int nonce_word;        /* the first word of `words` that holds nonce bytes */
     int nonce_words;       /* how many do: 1 to 3 */
     int nonce_shift;       /* bits after the nonce's last byte in its word */
+    uint8_t place[8][16];  /* per quad of `words`, byte shuffles (PSHUFB, TBL) that put the nonce's
+                              bytes, least significant first, where they go; 0x80 puts zero */
+    unsigned nonce_quads;  /* bit q: quad q holds nonce bytes */
     int second_fixed;      /* chunk 1 holds no nonce byte: its whole schedule is fixed */
     uint32_t schedule[2][64]; /* each chunk's message schedule from `words`: exact where the nonce does not reach */
     int schedule_from;     /* chunk 0's first schedule word (16..63) that the nonce reaches */
@@ -392,8 +378,7 @@ typedef struct {
     __m128i early_abef, early_cdgh; /* chunk 0's state after its round pairs before the nonce */
     int first_pair;                 /* how many such pairs: 0..7 */
     __m128i quads[8];               /* job->words, four to a register */
-    __m128i place[8];               /* PSHUFB masks: the nonce's bytes, as MOVQ loads them, to each quad */
-    unsigned nonce_quads;           /* bit q: quad q holds nonce bytes */
+    __m128i place[8];               /* job->place */
     __m128i second_kw[32];          /* a fixed chunk 1: K + W for each round pair, in the low half */
     __m128i iv_abef, iv_cdgh;
     __m128i pad2, pad3, pad_kw[4];  /* the second hash's padding quads, and K + W for their pairs */
@@ -410,22 +395,9 @@ NI_TARGET static void ni_prepare(const job_t *job, ni_job_t *nj) {
     uint32_t early[8];
     early_state(job, 2 * nj->first_pair, early);
     ni_pack(early, &nj->early_abef, &nj->early_cdgh);
-    nj->nonce_quads = 0;
     for (int q = 0; q < 8; q++) {
         nj->quads[q] = ni_words(job->words + 4 * q);
-        uint8_t mask[16];
-        for (int byte = 0; byte < 16; byte++) {
-            int at = 16 * q + byte, index = at - job->nonce_offset;
-            /* In the register, word j's big-endian byte k sits at 4j + 3 - k; MOVQ puts the
-               nonce's least significant byte first. */
-            int slot = 4 * (byte / 4) + 3 - byte % 4;
-            mask[slot] = 0x80; /* PSHUFB: zero */
-            if (index >= 0 && index < job->nonce_bytes) {
-                mask[slot] = (uint8_t)(job->nonce_bytes - 1 - index);
-                nj->nonce_quads |= 1u << q;
-            }
-        }
-        nj->place[q] = _mm_loadu_si128((const __m128i *)mask);
+        nj->place[q] = _mm_loadu_si128((const __m128i *)job->place[q]);
     }
     for (int p = 0; p < 32; p++) {
         const uint32_t *w = job->schedule[1] + 2 * p;
@@ -534,8 +506,8 @@ NI_INLINE void ni_outer(int n, const ni_job_t *nj, const __m128i abef[], const _
 }
 
 /* Quad q of a lane's tail words, its nonce (as MOVQ loaded it) put in place. */
-NI_INLINE __m128i ni_quad_with_nonce(const ni_job_t *nj, __m128i nonce, int q) {
-    if (!(nj->nonce_quads & (1u << q))) return nj->quads[q];
+NI_INLINE __m128i ni_quad_with_nonce(const job_t *job, const ni_job_t *nj, __m128i nonce, int q) {
+    if (!(job->nonce_quads & (1u << q))) return nj->quads[q];
     return _mm_or_si128(nj->quads[q], _mm_shuffle_epi8(nonce, nj->place[q]));
 }
 
@@ -552,7 +524,7 @@ NI_INLINE void ni_search(int n, const job_t *job, uint64_t start, uint64_t end, 
         __m128i abef[NI_MAX_LANES], cdgh[NI_MAX_LANES];
         for (int l = 0; l < n; l++) {
             nonces[l] = _mm_cvtsi64_si128((long long)(nonce + (uint64_t)l));
-            for (int q = 0; q < 4; q++) w[l][q] = ni_quad_with_nonce(&nj, nonces[l], q);
+            for (int q = 0; q < 4; q++) w[l][q] = ni_quad_with_nonce(job, &nj, nonces[l], q);
             s0[l] = odd ? nj.early_cdgh : nj.early_abef;
             s1[l] = odd ? nj.early_abef : nj.early_cdgh;
         }
@@ -568,7 +540,7 @@ NI_INLINE void ni_search(int n, const job_t *job, uint64_t start, uint64_t end, 
                 ni_fixed_rounds(n, s0, s1, nj.second_kw, 32);
             } else {
                 for (int l = 0; l < n; l++)
-                    for (int q = 0; q < 4; q++) w[l][q] = ni_quad_with_nonce(&nj, nonces[l], 4 + q);
+                    for (int q = 0; q < 4; q++) w[l][q] = ni_quad_with_nonce(job, &nj, nonces[l], 4 + q);
                 ni_rounds(n, s0, s1, w, 0);
             }
             for (int l = 0; l < n; l++) {
@@ -621,80 +593,152 @@ static int cpu_has_sha_ni(void) {
 #if defined(__aarch64__)
 
 #define ARM_TARGET __attribute__((target("+sha2")))
+#define ARM_LANES 2
 
-#define ARM_ROUNDS2(W_A, W_B, kk)                                         \
-    do {                                                                  \
-        uint32x4_t ta = vaddq_u32(W_A, kk), tb = vaddq_u32(W_B, kk);      \
-        uint32x4_t pa = sa0, pb = sb0;                                    \
-        sa0 = vsha256hq_u32(sa0, sa1, ta);                                \
-        sb0 = vsha256hq_u32(sb0, sb1, tb);                                \
-        sa1 = vsha256h2q_u32(sa1, pa, ta);                                \
-        sb1 = vsha256h2q_u32(sb1, pb, tb);                                \
+/* Four rounds on lane l, KW its K + W for them. */
+#define ARM_FOUR(l, KW)                                                     \
+    do {                                                                    \
+        uint32x4_t kw_ = (KW), abcd_ = abcd[l];                             \
+        abcd[l] = vsha256hq_u32(abcd[l], efgh[l], kw_);                     \
+        efgh[l] = vsha256h2q_u32(efgh[l], abcd_, kw_);                      \
     } while (0)
+#define ARM_K(q) vld1q_u32(K + 4 * (q))
+#define ARM_SCHEDULE(W0, W1, W2, W3) vsha256su1q_u32(vsha256su0q_u32(W0, W1), W2, W3)
 
-ARM_TARGET static inline void arm_compress2(uint32x4_t *abcd_a, uint32x4_t *efgh_a, uint32x4_t *abcd_b, uint32x4_t *efgh_b,
-                                            uint32x4_t m0a, uint32x4_t m1a, uint32x4_t m2a, uint32x4_t m3a,
-                                            uint32x4_t m0b, uint32x4_t m1b, uint32x4_t m2b, uint32x4_t m3b) {
-    uint32x4_t sa0 = *abcd_a, sa1 = *efgh_a, sb0 = *abcd_b, sb1 = *efgh_b;
-    ARM_ROUNDS2(m0a, m0b, vld1q_u32(K + 0));
-    ARM_ROUNDS2(m1a, m1b, vld1q_u32(K + 4));
-    ARM_ROUNDS2(m2a, m2b, vld1q_u32(K + 8));
-    ARM_ROUNDS2(m3a, m3b, vld1q_u32(K + 12));
-    for (int i = 4; i < 16; i++) {
-        uint32x4_t na = vsha256su1q_u32(vsha256su0q_u32(m0a, m1a), m2a, m3a);
-        uint32x4_t nb = vsha256su1q_u32(vsha256su0q_u32(m0b, m1b), m2b, m3b);
-        m0a = m1a; m1a = m2a; m2a = m3a; m3a = na;
-        m0b = m1b; m1b = m2b; m2b = m3b; m3b = nb;
-        ARM_ROUNDS2(m3a, m3b, vld1q_u32(K + 4 * i));
+/* What the ARMv8 path adds to a job, in its registers; none of it depends on the nonce. */
+typedef struct {
+    uint32x4_t mid[2], iv[2];  /* ABCD and EFGH */
+    uint32x4_t early[2];       /* chunk 0's state after its quads before the nonce */
+    int first_quad;            /* how many such quads: 0..3 */
+    uint32x4_t quads[8];       /* job->words, four to a register */
+    uint8x16_t place[8];       /* TBL indices: job->place */
+    uint32x4_t second_kw[16];  /* a fixed chunk 1: K + W for each quad */
+    uint32x4_t pad2, pad3, pad_kw2, pad_kw3, pad_su0; /* the second hash's padding */
+} arm_job_t;
+
+ARM_TARGET static void arm_prepare(const job_t *job, arm_job_t *aj) {
+    aj->mid[0] = vld1q_u32(job->midstate);
+    aj->mid[1] = vld1q_u32(job->midstate + 4);
+    aj->iv[0] = vld1q_u32(IV);
+    aj->iv[1] = vld1q_u32(IV + 4);
+    /* The instructions go four rounds at a time: start after the whole quads before the nonce. */
+    aj->first_quad = job->nonce_word / 4;
+    uint32_t early[8], kw[64];
+    early_state(job, 4 * aj->first_quad, early);
+    aj->early[0] = vld1q_u32(early);
+    aj->early[1] = vld1q_u32(early + 4);
+    for (int q = 0; q < 8; q++) {
+        aj->quads[q] = vld1q_u32(job->words + 4 * q);
+        aj->place[q] = vld1q_u8(job->place[q]);
     }
-    *abcd_a = vaddq_u32(*abcd_a, sa0);
-    *efgh_a = vaddq_u32(*efgh_a, sa1);
-    *abcd_b = vaddq_u32(*abcd_b, sb0);
-    *efgh_b = vaddq_u32(*efgh_b, sb1);
+    for (int i = 0; i < 64; i++) kw[i] = job->schedule[1][i] + K[i];
+    for (int q = 0; q < 16; q++) aj->second_kw[q] = vld1q_u32(kw + 4 * q);
+    const uint32_t pad[8] = {PAD8, 0, 0, 0, 0, 0, 0, PAD15};
+    aj->pad2 = vld1q_u32(pad);
+    aj->pad3 = vld1q_u32(pad + 4);
+    aj->pad_kw2 = vaddq_u32(aj->pad2, ARM_K(2));
+    aj->pad_kw3 = vaddq_u32(aj->pad3, ARM_K(3));
+    aj->pad_su0 = vsha256su0q_u32(aj->pad2, aj->pad3);
 }
 
-static inline void put_nonce(uint8_t *tail, const job_t *job, uint64_t nonce) {
-    uint8_t *p = tail + job->nonce_offset;
-    for (int i = job->nonce_bytes - 1; i >= 0; i--) {
-        p[i] = (uint8_t)nonce;
-        nonce >>= 8;
+/* Quads `from` to 15: each lane's next quad from the four before it, and its four rounds. */
+ARM_TARGET static inline void arm_scheduled(uint32x4_t abcd[], uint32x4_t efgh[], uint32x4_t w[][16], int from) {
+    for (int q = from; q < 16; q++) {
+        for (int l = 0; l < ARM_LANES; l++) {
+            w[l][q] = ARM_SCHEDULE(w[l][q - 4], w[l][q - 3], w[l][q - 2], w[l][q - 1]);
+            ARM_FOUR(l, vaddq_u32(w[l][q], ARM_K(q)));
+        }
     }
 }
 
-ARM_TARGET static inline uint32x4_t arm_load_words(const uint8_t *p) {
-    return vreinterpretq_u32_u8(vrev32q_u8(vld1q_u8(p)));
+/* A chunk's rounds from quad `first_quad` (0..3) on, w[l][0..3] holding lane l's words; the
+   state comes in as it is after the quads skipped. */
+ARM_TARGET static inline void arm_rounds(uint32x4_t abcd[], uint32x4_t efgh[], uint32x4_t w[][16], int first_quad) {
+    for (int q = first_quad; q < 4; q++)
+        for (int l = 0; l < ARM_LANES; l++) ARM_FOUR(l, vaddq_u32(w[l][q], ARM_K(q)));
+    arm_scheduled(abcd, efgh, w, 4);
+}
+
+/* The second hash of both lanes from their first digests (h0: ABCD, h1: EFGH), before the IV
+   is added. Quads 2 and 3 are padding: K + W ready-made, and su0 of the two is a constant. */
+ARM_TARGET static inline void arm_outer(const arm_job_t *aj, const uint32x4_t h0[], const uint32x4_t h1[],
+                                        uint32x4_t abcd[], uint32x4_t efgh[], uint32x4_t w[][16]) {
+    for (int l = 0; l < ARM_LANES; l++) {
+        w[l][0] = h0[l];
+        w[l][1] = h1[l];
+        abcd[l] = aj->iv[0];
+        efgh[l] = aj->iv[1];
+        ARM_FOUR(l, vaddq_u32(w[l][0], ARM_K(0)));
+        ARM_FOUR(l, vaddq_u32(w[l][1], ARM_K(1)));
+        ARM_FOUR(l, aj->pad_kw2);
+        ARM_FOUR(l, aj->pad_kw3);
+        w[l][4] = ARM_SCHEDULE(w[l][0], w[l][1], aj->pad2, aj->pad3);
+        ARM_FOUR(l, vaddq_u32(w[l][4], ARM_K(4)));
+        w[l][5] = ARM_SCHEDULE(w[l][1], aj->pad2, aj->pad3, w[l][4]);
+        ARM_FOUR(l, vaddq_u32(w[l][5], ARM_K(5)));
+        w[l][6] = vsha256su1q_u32(aj->pad_su0, w[l][4], w[l][5]);
+        ARM_FOUR(l, vaddq_u32(w[l][6], ARM_K(6)));
+        w[l][7] = ARM_SCHEDULE(aj->pad3, w[l][4], w[l][5], w[l][6]);
+        ARM_FOUR(l, vaddq_u32(w[l][7], ARM_K(7)));
+    }
+    arm_scheduled(abcd, efgh, w, 8);
+}
+
+/* Quad q of a lane's tail words, its nonce (least significant byte first) put in place. */
+ARM_TARGET static inline uint32x4_t arm_quad_with_nonce(const job_t *job, const arm_job_t *aj, uint8x16_t nonce, int q) {
+    if (!(job->nonce_quads & (1u << q))) return aj->quads[q];
+    return vorrq_u32(aj->quads[q], vreinterpretq_u32_u8(vqtbl1q_u8(nonce, aj->place[q])));
 }
 
 ARM_TARGET static void search_armv8(const job_t *job, uint64_t start, uint64_t end, result_t *out) {
-    uint8_t tail_a[128], tail_b[128];
-    memcpy(tail_a, job->tail, sizeof tail_a);
-    memcpy(tail_b, job->tail, sizeof tail_b);
-    const uint32x4_t mid0 = vld1q_u32(job->midstate), mid1 = vld1q_u32(job->midstate + 4);
-    const uint32x4_t iv0 = vld1q_u32(IV), iv1 = vld1q_u32(IV + 4);
-    const uint32_t pad2_words[4] = {0x80000000u, 0, 0, 0}, pad3_words[4] = {0, 0, 0, 256};
-    const uint32x4_t pad2 = vld1q_u32(pad2_words), pad3 = vld1q_u32(pad3_words);
+    arm_job_t aj;
+    arm_prepare(job, &aj);
     uint64_t nonce = start;
-    for (; end - nonce >= 2; nonce += 2) { /* not nonce + 1 < end: that wraps at 2^64 - 1 */
+    for (; end - nonce >= ARM_LANES; nonce += ARM_LANES) { /* not nonce + 1 < end: that wraps at 2^64 - 1 */
         progress(nonce);
-        put_nonce(tail_a, job, nonce);
-        put_nonce(tail_b, job, nonce + 1);
-        uint32x4_t a0 = mid0, a1 = mid1, b0 = mid0, b1 = mid1;
-        for (int c = 0; c < job->tail_chunks; c++) {
-            const uint8_t *pa = tail_a + 64 * c, *pb = tail_b + 64 * c;
-            arm_compress2(&a0, &a1, &b0, &b1,
-                          arm_load_words(pa), arm_load_words(pa + 16), arm_load_words(pa + 32), arm_load_words(pa + 48),
-                          arm_load_words(pb), arm_load_words(pb + 16), arm_load_words(pb + 32), arm_load_words(pb + 48));
+        uint8x16_t nonces[ARM_LANES];
+        uint32x4_t w[ARM_LANES][16], abcd[ARM_LANES], efgh[ARM_LANES], h0[ARM_LANES], h1[ARM_LANES];
+        for (int l = 0; l < ARM_LANES; l++) {
+            nonces[l] = vreinterpretq_u8_u64(vcombine_u64(vcreate_u64(nonce + (uint64_t)l), vcreate_u64(0)));
+            for (int q = 0; q < 4; q++) w[l][q] = arm_quad_with_nonce(job, &aj, nonces[l], q);
+            abcd[l] = aj.early[0];
+            efgh[l] = aj.early[1];
         }
-        uint32x4_t ha0 = iv0, ha1 = iv1, hb0 = iv0, hb1 = iv1;
-        arm_compress2(&ha0, &ha1, &hb0, &hb1, a0, a1, pad2, pad3, b0, b1, pad2, pad3);
-        uint32_t first_a = vgetq_lane_u32(ha0, 0), first_b = vgetq_lane_u32(hb0, 0);
-        if (first_a > job->first_word_limit && first_b > job->first_word_limit) continue;
-        uint32_t hash_a[8], hash_b[8];
-        vst1q_u32(hash_a, ha0);
-        vst1q_u32(hash_a + 4, ha1);
-        vst1q_u32(hash_b, hb0);
-        vst1q_u32(hash_b + 4, hb1);
-        if (settle(job, hash_a, nonce, start, out) || settle(job, hash_b, nonce + 1, start, out)) return;
+        arm_rounds(abcd, efgh, w, aj.first_quad);
+        for (int l = 0; l < ARM_LANES; l++) {
+            h0[l] = abcd[l] = vaddq_u32(abcd[l], aj.mid[0]);
+            h1[l] = efgh[l] = vaddq_u32(efgh[l], aj.mid[1]);
+        }
+        if (job->tail_chunks == 2) {
+            if (job->second_fixed) {
+                for (int q = 0; q < 16; q++)
+                    for (int l = 0; l < ARM_LANES; l++) ARM_FOUR(l, aj.second_kw[q]);
+            } else {
+                for (int l = 0; l < ARM_LANES; l++)
+                    for (int q = 0; q < 4; q++) w[l][q] = arm_quad_with_nonce(job, &aj, nonces[l], 4 + q);
+                arm_rounds(abcd, efgh, w, 0);
+            }
+            for (int l = 0; l < ARM_LANES; l++) {
+                h0[l] = vaddq_u32(h0[l], abcd[l]);
+                h1[l] = vaddq_u32(h1[l], efgh[l]);
+            }
+        }
+        arm_outer(&aj, h0, h1, abcd, efgh, w);
+        uint32_t first[ARM_LANES];
+        int any = 0;
+        for (int l = 0; l < ARM_LANES; l++) {
+            abcd[l] = vaddq_u32(abcd[l], aj.iv[0]);
+            first[l] = vgetq_lane_u32(abcd[l], 0);
+            any |= first[l] <= job->first_word_limit;
+        }
+        if (!any) continue;
+        for (int l = 0; l < ARM_LANES; l++) {
+            if (first[l] > job->first_word_limit) continue;
+            uint32_t hash[8];
+            vst1q_u32(hash, abcd[l]);
+            vst1q_u32(hash + 4, vaddq_u32(efgh[l], aj.iv[1]));
+            if (settle(job, hash, nonce + (uint64_t)l, start, out)) return;
+        }
     }
     finish_tail(job, start, nonce, end, out);
 }
@@ -800,6 +844,17 @@ static void build_job(job_t *job, const prefix_t *prefix, int nonce_bytes, int d
         uint32_t kw[64];
         memcpy(job->schedule[c], job->words + 16 * c, 64);
         portable_schedule(job->schedule[c], kw, 16);
+    }
+    for (int q = 0; q < 8; q++) {
+        for (int byte = 0; byte < 16; byte++) {
+            /* Word j's big-endian byte k sits at 4j + 3 - k in a register of four words. */
+            int at = 16 * q + byte, index = at - job->nonce_offset, slot = 4 * (byte / 4) + 3 - byte % 4;
+            job->place[q][slot] = 0x80;
+            if (index >= 0 && index < nonce_bytes) {
+                job->place[q][slot] = (uint8_t)(nonce_bytes - 1 - index);
+                job->nonce_quads |= 1u << q;
+            }
+        }
     }
     int reached[64] = {0}; /* chunk 0's words that the nonce reaches */
     for (int i = job->nonce_word; i <= last_byte / 4 && i < 16; i++) reached[i] = 1;
