@@ -141,6 +141,8 @@ static int is_golden(const uint32_t hash[8], int difficulty) {
     return (hash[full] >> (32 - rest)) == 0;
 }
 
+/* A lane's hash: when golden, the answer. Lanes are settled in nonce order, so the first
+   golden one is the lowest. */
 static int settle(const job_t *job, const uint32_t hash[8], uint64_t nonce, uint64_t start, result_t *out) {
     if (!is_golden(hash, job->difficulty)) return 0;
     out->found = 1;
@@ -242,7 +244,7 @@ static void finish_tail(const job_t *job, uint64_t start, uint64_t nonce, uint64
             for (int l = 0; l < LANES; l++) {                                              \
                 uint32_t words[3];                                                         \
                 nonce_words(job, nonce + (uint64_t)l, words);                              \
-                for (int k = 0; k < 3; k++) placed[k][l] = words[k];                       \
+                for (int k = 0; k < job->nonce_words; k++) placed[k][l] = words[k];        \
             }                                                                              \
             for (int k = 0; k < job->nonce_words; k++) {                                   \
                 int i = job->nonce_word + k;                                               \
