@@ -34,7 +34,7 @@ class WorkerPayload:
     kernel_dir: Optional[Path] = None
     #: auto (native when it runs and passes its self-test), python or native.
     kernel: str = "auto"
-    #: Force one native path (sha-ni, armv8-sha2, portable), for tests and benchmarks.
+    #: Force one native path (sha-ni, sha-ni-2, avx2, armv8-sha2, portable), for tests and benchmarks.
     kernel_path: Optional[str] = None
     #: The instance metadata service a spot host's worker watches for interruption notices
     #: (http://169.254.169.254 on EC2; a loopback stand-in in tests). None: no watching.

@@ -66,24 +66,48 @@ static const uint32_t IV[8] = {
 /* The longest --serve line read: blocks up to 2 MiB, four times what a WORK message may carry. */
 #define MAX_LINE ((size_t)4 << 20)
 /* In --serve mode, a line "p <job id> <checked>" every this many nonces, for live counts and cancel. */
-#define PROGRESS_MASK ((1u << 20) - 1)
+#define PROGRESS_EVERY ((uint64_t)1 << 20)
 static int report_progress = 0;
 static unsigned long long progress_job_id = 0;
+static uint64_t progress_start = 0, progress_due = PROGRESS_EVERY;
 
-static inline void progress(uint64_t nonce, uint64_t start) {
-    if (report_progress && ((nonce - start) & PROGRESS_MASK) == 0 && nonce != start) {
-        printf("p %llu %llu\n", progress_job_id, (unsigned long long)(nonce - start));
-        fflush(stdout);
+static void begin_progress(unsigned long long job_id, uint64_t start) {
+    progress_job_id = job_id;
+    progress_start = start;
+    progress_due = PROGRESS_EVERY;
+}
+
+/* Called before the nonces from `nonce` on are hashed. A path that takes n at a time passes a
+   multiple of 2^20 between two calls, so the line names the multiple: that many nonces from
+   the start are checked and hold no golden one, which is all the worker reads into it. */
+static inline void progress(uint64_t nonce) {
+    if (nonce - progress_start >= progress_due) {
+        if (report_progress) {
+            printf("p %llu %llu\n", progress_job_id, (unsigned long long)progress_due);
+            fflush(stdout);
+        }
+        progress_due += PROGRESS_EVERY;
     }
 }
 
-/* Everything about a job that does not change from one nonce to the next. */
+/* Everything about a job that does not change from one nonce to the next, worked out once. */
 typedef struct {
     uint32_t midstate[8];  /* state after the block's whole chunks before the nonce */
     uint8_t tail[128];     /* the rest of the message, padded, nonce bytes to be filled in */
+    uint32_t words[32];    /* the same as big-endian words, the nonce's bytes zero */
     int tail_chunks;       /* 1 or 2 chunks compressed per nonce */
-    int nonce_offset;      /* where the nonce starts in tail */
+    int nonce_offset;      /* where the nonce starts in tail: always in chunk 0 */
     int nonce_bytes;       /* 4 or 8 */
+    int nonce_word;        /* the first word of `words` that holds nonce bytes */
+    int nonce_words;       /* how many do: 1 to 3 */
+    int nonce_shift;       /* bits after the nonce's last byte in its word */
+    uint8_t place[8][16];  /* per quad of `words`, byte shuffles (PSHUFB, TBL) that put the nonce's
+                              bytes, least significant first, where they go; 0x80 puts zero */
+    unsigned nonce_quads;  /* bit q: quad q holds nonce bytes */
+    int second_fixed;      /* chunk 1 holds no nonce byte: its whole schedule is fixed */
+    uint32_t schedule[2][64]; /* each chunk's message schedule from `words`: exact where the nonce does not reach */
+    int schedule_from;     /* chunk 0's first schedule word (16..63) that the nonce reaches */
+    uint32_t early[8];     /* chunk 0's working state after its rounds before word `nonce_word` */
     int difficulty;        /* 1..256 */
     uint32_t first_word_limit; /* early reject: golden needs word 0 <= this */
 } job_t;
@@ -99,11 +123,12 @@ static inline uint32_t load_be32(const uint8_t *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
 }
 
-static inline void put_nonce(uint8_t *tail, const job_t *job, uint64_t nonce) {
-    uint8_t *p = tail + job->nonce_offset;
-    for (int i = job->nonce_bytes - 1; i >= 0; i--) {
-        p[i] = (uint8_t)nonce;
-        nonce >>= 8;
+/* The words of `words` from job->nonce_word on that hold the nonce's bytes, with them filled in. */
+static inline void nonce_words(const job_t *job, uint64_t nonce, uint32_t out[3]) {
+    unsigned __int128 placed = (unsigned __int128)nonce << job->nonce_shift;
+    for (int k = job->nonce_words - 1; k >= 0; k--) {
+        out[k] = job->words[job->nonce_word + k] | (uint32_t)placed;
+        placed >>= 32;
     }
 }
 
@@ -116,26 +141,22 @@ static int is_golden(const uint32_t hash[8], int difficulty) {
     return (hash[full] >> (32 - rest)) == 0;
 }
 
-/* Two nonces hashed side by side: report the lower golden one, if either is. */
-static int settle_pair(const job_t *job, const uint32_t hash_a[8], const uint32_t hash_b[8],
-                       uint64_t nonce, uint64_t start, result_t *out) {
-    const uint32_t *hashes[2] = {hash_a, hash_b};
-    for (int lane = 0; lane < 2; lane++) {
-        if (is_golden(hashes[lane], job->difficulty)) {
-            out->found = 1;
-            out->nonce = nonce + (uint64_t)lane;
-            out->checked = nonce + (uint64_t)lane - start + 1;
-            memcpy(out->hash, hashes[lane], 32);
-            return 1;
-        }
-    }
-    return 0;
+/* A lane's hash: when golden, the answer. Lanes are settled in nonce order, so the first
+   golden one is the lowest. */
+static int settle(const job_t *job, const uint32_t hash[8], uint64_t nonce, uint64_t start, result_t *out) {
+    if (!is_golden(hash, job->difficulty)) return 0;
+    out->found = 1;
+    out->nonce = nonce;
+    out->checked = nonce - start + 1;
+    memcpy(out->hash, hash, 32);
+    return 1;
 }
 
 static void search_portable(const job_t *job, uint64_t start, uint64_t end, result_t *out);
 
-/* A two-lane path leaves an odd last nonce to the portable code; the count covers both. */
-static void finish_odd(const job_t *job, uint64_t start, uint64_t nonce, uint64_t end, result_t *out) {
+/* A path that takes n nonces at a time leaves the last few (fewer than n) to the portable
+   code; the count covers them all. */
+static void finish_tail(const job_t *job, uint64_t start, uint64_t nonce, uint64_t end, result_t *out) {
     if (nonce < end) {
         search_portable(job, nonce, end, out);
         out->checked += nonce - start;
@@ -144,27 +165,145 @@ static void finish_odd(const job_t *job, uint64_t start, uint64_t nonce, uint64_
     out->checked = end - start;
 }
 
+/* ---------------------------------------------------------------- SHA-256 on any lane type */
+
+/* Written once for a lane type T that is either uint32_t (one nonce) or a GCC/clang vector of
+   them (one nonce per element): the operators, and a scalar operand, mean the same on both. */
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+#define BSIG0(x) (ROTR(x, 2) ^ ROTR(x, 13) ^ ROTR(x, 22))
+#define BSIG1(x) (ROTR(x, 6) ^ ROTR(x, 11) ^ ROTR(x, 25))
+#define SSIG0(x) (ROTR(x, 7) ^ ROTR(x, 18) ^ ((x) >> 3))
+#define SSIG1(x) (ROTR(x, 17) ^ ROTR(x, 19) ^ ((x) >> 10))
+#define CH(e, f, g) ((g) ^ ((e) & ((f) ^ (g))))
+#define MAJ(a, b, c) (((a) & (b)) | ((c) & ((a) | (b))))
+
+/* The second hash's message is the 32-byte first digest and then fixed padding: word 8 is
+   the 1 bit, words 9..14 are zero and word 15 is the length, 256 bits. */
+#define PAD8 0x80000000u
+#define PAD15 256u
+
+/* For a lane type T, with NAME as prefix:
+   NAME_rounds(s, kw, first)  rounds first..63 on the working state s; kw[i] = K[i] + W[i]
+   NAME_schedule(w, kw, from) message words from..63, and kw for them
+   NAME_outer_schedule(w, kw) the second hash's words 16..63 from words 0..7 (its words 8..15
+                              are the padding: every term they make is folded in as a constant) */
+#define SHA256_LANES(NAME, T, ATTR)                                                          \
+    ATTR static inline void NAME##_rounds(T s[8], const T kw[64], int first) {               \
+        T a = s[0], b = s[1], c = s[2], d = s[3], e = s[4], f = s[5], g = s[6], h = s[7];  \
+        for (int i = first; i < 64; i++) {                                                 \
+            T t1 = h + BSIG1(e) + CH(e, f, g) + kw[i];                                     \
+            T t2 = BSIG0(a) + MAJ(a, b, c);                                                \
+            h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;             \
+        }                                                                                  \
+        s[0] = a; s[1] = b; s[2] = c; s[3] = d; s[4] = e; s[5] = f; s[6] = g; s[7] = h;    \
+    }                                                                                      \
+    ATTR static inline void NAME##_schedule(T w[64], T kw[64], int from) {                   \
+        for (int i = from; i < 64; i++) {                                                  \
+            w[i] = SSIG1(w[i - 2]) + w[i - 7] + SSIG0(w[i - 15]) + w[i - 16];              \
+            kw[i] = w[i] + K[i];                                                           \
+        }                                                                                  \
+    }                                                                                      \
+    ATTR static inline void NAME##_outer_schedule(T w[64], T kw[64]) {                       \
+        w[16] = SSIG0(w[1]) + w[0];                                                        \
+        w[17] = SSIG0(w[2]) + w[1] + SSIG1(PAD15);                                         \
+        for (int i = 18; i < 22; i++) w[i] = SSIG1(w[i - 2]) + SSIG0(w[i - 15]) + w[i - 16]; \
+        w[22] = SSIG1(w[20]) + PAD15 + SSIG0(w[7]) + w[6];                                 \
+        w[23] = SSIG1(w[21]) + w[16] + SSIG0(PAD8) + w[7];                                 \
+        w[24] = SSIG1(w[22]) + w[17] + PAD8;                                               \
+        for (int i = 25; i < 30; i++) w[i] = SSIG1(w[i - 2]) + w[i - 7];                   \
+        w[30] = SSIG1(w[28]) + w[23] + SSIG0(PAD15);                                       \
+        w[31] = SSIG1(w[29]) + w[24] + SSIG0(w[16]) + PAD15;                               \
+        for (int i = 16; i < 32; i++) kw[i] = w[i] + K[i];                                 \
+        NAME##_schedule(w, kw, 32);                                                        \
+    }
+
+/* search_NAME: LANES consecutive nonces at a time, one per element of T. Per nonce it
+   compresses from the nonce's first word on (the rounds before it are job->early), computes
+   only the schedule words that the nonce reaches, and skips the whole schedule of a second
+   chunk that holds no nonce byte. ANY_AT_MOST(x, limit) says whether any element is <= limit. */
+#define SEARCH_LANES(NAME, T, LANES, ATTR, ANY_AT_MOST)                                      \
+    ATTR static void search_##NAME(const job_t *job, uint64_t start, uint64_t end, result_t *out) { \
+        T w0[64], kw0[64], w1[64], kw1[64], w2[64], kw2[64], early[8], mid[8], iv[8];       \
+        for (int i = 0; i < 64; i++) {                                                     \
+            w0[i] = (T){0} + job->schedule[0][i];                                          \
+            kw0[i] = w0[i] + K[i];                                                         \
+            w1[i] = (T){0} + job->schedule[1][i];                                          \
+            kw1[i] = w1[i] + K[i];                                                         \
+            w2[i] = (T){0} + (i == 8 ? PAD8 : i == 15 ? PAD15 : 0);                        \
+            kw2[i] = w2[i] + K[i];                                                         \
+        }                                                                                  \
+        for (int j = 0; j < 8; j++) {                                                      \
+            early[j] = (T){0} + job->early[j];                                             \
+            mid[j] = (T){0} + job->midstate[j];                                            \
+            iv[j] = (T){0} + IV[j];                                                        \
+        }                                                                                  \
+        uint64_t nonce = start;                                                            \
+        for (; end - nonce >= LANES; nonce += LANES) { /* not nonce + LANES <= end: it wraps */ \
+            progress(nonce);                                                               \
+            uint32_t placed[3][LANES] __attribute__((aligned(32)));                        \
+            for (int l = 0; l < LANES; l++) {                                              \
+                uint32_t words[3];                                                         \
+                nonce_words(job, nonce + (uint64_t)l, words);                              \
+                for (int k = 0; k < job->nonce_words; k++) placed[k][l] = words[k];        \
+            }                                                                              \
+            for (int k = 0; k < job->nonce_words; k++) {                                   \
+                int i = job->nonce_word + k;                                               \
+                T *w = i < 16 ? w0 : w1, *kw = i < 16 ? kw0 : kw1;                         \
+                memcpy(&w[i % 16], placed[k], sizeof(T));                                  \
+                kw[i % 16] = w[i % 16] + K[i % 16];                                        \
+            }                                                                              \
+            NAME##_schedule(w0, kw0, job->schedule_from);                                  \
+            T s[8], t[8];                                                                  \
+            memcpy(s, early, sizeof s);                                                    \
+            NAME##_rounds(s, kw0, job->nonce_word);                                        \
+            for (int j = 0; j < 8; j++) s[j] += mid[j];                                    \
+            if (job->tail_chunks == 2) {                                                   \
+                if (!job->second_fixed) NAME##_schedule(w1, kw1, 16);                      \
+                memcpy(t, s, sizeof t);                                                    \
+                NAME##_rounds(t, kw1, 0);                                                  \
+                for (int j = 0; j < 8; j++) s[j] += t[j];                                  \
+            }                                                                              \
+            for (int j = 0; j < 8; j++) {                                                  \
+                w2[j] = s[j];                                                              \
+                kw2[j] = s[j] + K[j];                                                      \
+            }                                                                              \
+            NAME##_outer_schedule(w2, kw2);                                                \
+            memcpy(t, iv, sizeof t);                                                       \
+            NAME##_rounds(t, kw2, 0);                                                      \
+            if (!ANY_AT_MOST(t[0] + IV[0], job->first_word_limit)) continue;               \
+            uint32_t hashes[8][LANES] __attribute__((aligned(32)));                        \
+            for (int j = 0; j < 8; j++) {                                                  \
+                T word = t[j] + IV[j];                                                     \
+                memcpy(hashes[j], &word, sizeof word);                                     \
+            }                                                                              \
+            for (int l = 0; l < LANES; l++) {                                              \
+                uint32_t hash[8];                                                          \
+                for (int j = 0; j < 8; j++) hash[j] = hashes[j][l];                        \
+                if (settle(job, hash, nonce + (uint64_t)l, start, out)) return;            \
+            }                                                                              \
+        }                                                                                  \
+        finish_tail(job, start, nonce, end, out);                                          \
+    }
+
 /* ---------------------------------------------------------------- portable C */
 
-#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+SHA256_LANES(portable, uint32_t, )
 
-static void compress_portable(uint32_t state[8], const uint32_t block_words[16]) {
-    uint32_t w[64];
-    memcpy(w, block_words, 64);
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+static inline int portable_any_at_most(uint32_t x, uint32_t limit) { return x <= limit; }
+
+SEARCH_LANES(portable, uint32_t, 1, , portable_any_at_most)
+
+/* One whole compression of 16 message words, for the block's chunks before the nonce. */
+static void compress_portable(uint32_t state[8], const uint32_t words[16]) {
+    uint32_t w[64], kw[64], s[8];
+    for (int i = 0; i < 16; i++) {
+        w[i] = words[i];
+        kw[i] = w[i] + K[i];
     }
-    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
-    uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
-        uint32_t t2 = (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-        h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
-    }
-    state[0] += a; state[1] += b; state[2] += c; state[3] += d;
-    state[4] += e; state[5] += f; state[6] += g; state[7] += h;
+    portable_schedule(w, kw, 16);
+    memcpy(s, state, sizeof s);
+    portable_rounds(s, kw, 0);
+    for (int j = 0; j < 8; j++) state[j] += s[j];
 }
 
 static void compress_bytes_portable(uint32_t state[8], const uint8_t *chunk) {
@@ -173,39 +312,50 @@ static void compress_bytes_portable(uint32_t state[8], const uint8_t *chunk) {
     compress_portable(state, words);
 }
 
-static void search_portable(const job_t *job, uint64_t start, uint64_t end, result_t *out) {
-    uint8_t tail[128];
-    memcpy(tail, job->tail, sizeof tail);
-    uint32_t second[16] = {0};
-    second[8] = 0x80000000u;
-    second[15] = 256;
-    for (uint64_t nonce = start; nonce < end; nonce++) {
-        progress(nonce, start);
-        put_nonce(tail, job, nonce);
-        uint32_t state[8];
-        memcpy(state, job->midstate, 32);
-        compress_bytes_portable(state, tail);
-        if (job->tail_chunks == 2) compress_bytes_portable(state, tail + 64);
-        memcpy(second, state, 32);
-        uint32_t hash[8];
-        memcpy(hash, IV, 32);
-        compress_portable(hash, second);
-        if (hash[0] > job->first_word_limit) continue;
-        if (is_golden(hash, job->difficulty)) {
-            out->found = 1;
-            out->nonce = nonce;
-            out->checked = nonce - start + 1;
-            memcpy(out->hash, hash, 32);
-            return;
-        }
+/* Chunk 0's working state after its rounds 0..count-1: fixed for every nonce while count is at
+   most job->nonce_word, the first word that the nonce reaches. */
+static void early_state(const job_t *job, int count, uint32_t s[8]) {
+    memcpy(s, job->midstate, 32);
+    for (int i = 0; i < count; i++) {
+        uint32_t t1 = s[7] + BSIG1(s[4]) + CH(s[4], s[5], s[6]) + job->schedule[0][i] + K[i];
+        uint32_t t2 = BSIG0(s[0]) + MAJ(s[0], s[1], s[2]);
+        memmove(s + 1, s, 7 * sizeof s[0]);
+        s[4] += t1;
+        s[0] = t1 + t2;
     }
-    out->checked = end - start;
 }
 
-/* ---------------------------------------------------------------- x86-64 SHA-NI */
+/* ---------------------------------------------------------------- x86-64 AVX2, eight nonces a vector */
 #if defined(__x86_64__)
 
+#define AVX2_TARGET __attribute__((target("avx2")))
+typedef uint32_t v8u __attribute__((vector_size(32)));
+
+SHA256_LANES(avx2, v8u, AVX2_TARGET)
+
+AVX2_TARGET static inline int avx2_any_at_most(v8u x, uint32_t limit) {
+    const __m256i bound = _mm256_set1_epi32((int)limit);
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32((__m256i)x, bound), bound)) != 0;
+}
+
+SEARCH_LANES(avx2, v8u, 8, AVX2_TARGET, avx2_any_at_most)
+
+/* AVX2 in the CPU, and YMM state saved by the OS (XCR0 bits 1 and 2), as AVX needs. */
+static int cpu_has_avx2(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || !(c & bit_AVX)) return 0;
+    unsigned xcr0_low, xcr0_high;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+    if ((xcr0_low & 6) != 6) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & bit_AVX2) != 0;
+}
+
+/* ---------------------------------------------------------------- x86-64 SHA-NI, n nonces interleaved */
+
 #define NI_TARGET __attribute__((target("sha,sse4.1,ssse3")))
+#define NI_INLINE NI_TARGET static inline __attribute__((always_inline))
+#define NI_MAX_LANES 3
 
 /* The SHA instructions keep the state as two registers: ABEF and CDGH. */
 NI_TARGET static inline void ni_pack(const uint32_t s[8], __m128i *abef, __m128i *cdgh) {
@@ -224,91 +374,213 @@ NI_TARGET static inline void ni_unpack(__m128i abef, __m128i cdgh, __m128i *dcba
     *hgfe = _mm_alignr_epi8(dchg, feba, 8);
 }
 
-/* Four rounds on both lanes: x is lane A, y is lane B, so their latencies overlap. */
-#define NI_ROUNDS2(M_A, M_B, k)                                              \
-    do {                                                                     \
-        __m128i ka = _mm_add_epi32(M_A, k), kb = _mm_add_epi32(M_B, k);      \
-        s1a = _mm_sha256rnds2_epu32(s1a, s0a, ka);                           \
-        s1b = _mm_sha256rnds2_epu32(s1b, s0b, kb);                           \
-        ka = _mm_shuffle_epi32(ka, 0x0E);                                    \
-        kb = _mm_shuffle_epi32(kb, 0x0E);                                    \
-        s0a = _mm_sha256rnds2_epu32(s0a, s1a, ka);                           \
-        s0b = _mm_sha256rnds2_epu32(s0b, s1b, kb);                           \
-    } while (0)
+/* What the SHA-NI paths add to a job, in their register layout; none of it depends on the nonce. */
+typedef struct {
+    __m128i mid_abef, mid_cdgh;     /* the midstate */
+    __m128i early_abef, early_cdgh; /* chunk 0's state after its round pairs before the nonce */
+    int first_pair;                 /* how many such pairs: 0..7 */
+    __m128i quads[8];               /* job->words, four to a register */
+    __m128i place[8];               /* job->place */
+    __m128i second_kw[32];          /* a fixed chunk 1: K + W for each round pair, in the low half */
+    __m128i iv_abef, iv_cdgh;
+    __m128i pad2, pad3, pad_kw[4];  /* the second hash's padding quads, and K + W for their pairs */
+    __m128i pad_msg1, pad_align;    /* schedule terms made of padding alone */
+} ni_job_t;
 
+NI_TARGET static inline __m128i ni_words(const uint32_t *w) { return _mm_loadu_si128((const __m128i *)w); }
+
+NI_TARGET static void ni_prepare(const job_t *job, ni_job_t *nj) {
+    ni_pack(job->midstate, &nj->mid_abef, &nj->mid_cdgh);
+    ni_pack(IV, &nj->iv_abef, &nj->iv_cdgh);
+    /* The instructions go two rounds at a time: start after the whole pairs before the nonce. */
+    nj->first_pair = job->nonce_word / 2;
+    uint32_t early[8];
+    early_state(job, 2 * nj->first_pair, early);
+    ni_pack(early, &nj->early_abef, &nj->early_cdgh);
+    for (int q = 0; q < 8; q++) {
+        nj->quads[q] = ni_words(job->words + 4 * q);
+        nj->place[q] = _mm_loadu_si128((const __m128i *)job->place[q]);
+    }
+    for (int p = 0; p < 32; p++) {
+        const uint32_t *w = job->schedule[1] + 2 * p;
+        nj->second_kw[p] = _mm_set_epi32(0, 0, (int)(w[1] + K[2 * p + 1]), (int)(w[0] + K[2 * p]));
+    }
+    nj->pad2 = _mm_set_epi32(0, 0, 0, (int)PAD8);
+    nj->pad3 = _mm_set_epi32((int)PAD15, 0, 0, 0);
+    for (int p = 0; p < 4; p++) {
+        const uint32_t w[8] = {PAD8, 0, 0, 0, 0, 0, 0, PAD15};
+        nj->pad_kw[p] = _mm_set_epi32(0, 0, (int)(w[2 * p + 1] + K[8 + 2 * p + 1]), (int)(w[2 * p] + K[8 + 2 * p]));
+    }
+    nj->pad_msg1 = _mm_sha256msg1_epu32(nj->pad2, nj->pad3);
+    nj->pad_align = _mm_alignr_epi8(nj->pad3, nj->pad2, 4);
+}
+
+/* Four rounds on lane l, KW its K + W for them. The state alternates between the registers:
+   the first two rounds write the new ABEF over CDGH, the next two write it back. */
+#define NI_FOUR(l, KW)                                                              \
+    do {                                                                            \
+        __m128i kw_ = (KW);                                                         \
+        s1[l] = _mm_sha256rnds2_epu32(s1[l], s0[l], kw_);                           \
+        s0[l] = _mm_sha256rnds2_epu32(s0[l], s1[l], _mm_shuffle_epi32(kw_, 0x0E));  \
+    } while (0)
+#define NI_K(q) _mm_loadu_si128((const __m128i *)(K + 4 * (q)))
 #define NI_SCHEDULE(W0, W1, W2, W3) \
     _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(W0, W1), _mm_alignr_epi8(W3, W2, 4)), W3)
 
-/* One compression of a 64-byte chunk on two lanes; m*_a/m*_b are the chunk's words. */
-NI_TARGET static inline void ni_compress2(__m128i *abef_a, __m128i *cdgh_a, __m128i *abef_b, __m128i *cdgh_b,
-                                          __m128i m0a, __m128i m1a, __m128i m2a, __m128i m3a,
-                                          __m128i m0b, __m128i m1b, __m128i m2b, __m128i m3b) {
-    __m128i s0a = *abef_a, s1a = *cdgh_a, s0b = *abef_b, s1b = *cdgh_b;
-    const __m128i *k = (const __m128i *)K;
-    NI_ROUNDS2(m0a, m0b, _mm_loadu_si128(k + 0));
-    NI_ROUNDS2(m1a, m1b, _mm_loadu_si128(k + 1));
-    NI_ROUNDS2(m2a, m2b, _mm_loadu_si128(k + 2));
-    NI_ROUNDS2(m3a, m3b, _mm_loadu_si128(k + 3));
-    for (int i = 4; i < 16; i++) {
-        __m128i na = NI_SCHEDULE(m0a, m1a, m2a, m3a);
-        __m128i nb = NI_SCHEDULE(m0b, m1b, m2b, m3b);
-        m0a = m1a; m1a = m2a; m2a = m3a; m3a = na;
-        m0b = m1b; m1b = m2b; m2b = m3b; m3b = nb;
-        NI_ROUNDS2(m3a, m3b, _mm_loadu_si128(k + i));
+/* Each lane's message quads live in memory, w[l][q] for quad q, behind loops over q with a
+   run-time index: the registers hold the lanes' states, which the rounds wait on, and the
+   few temporaries of one lane's schedule step. */
+
+/* Rounds 4 * from to 4 * to - 1 on each lane, from its message quads. */
+NI_INLINE void ni_quads(int n, __m128i s0[], __m128i s1[], __m128i w[][16], int from, int to) {
+    for (int q = from; q < to; q++) {
+        const __m128i k = NI_K(q);
+        for (int l = 0; l < n; l++) NI_FOUR(l, _mm_add_epi32(w[l][q], k));
     }
-    *abef_a = _mm_add_epi32(*abef_a, s0a);
-    *cdgh_a = _mm_add_epi32(*cdgh_a, s1a);
-    *abef_b = _mm_add_epi32(*abef_b, s0b);
-    *cdgh_b = _mm_add_epi32(*cdgh_b, s1b);
 }
 
-NI_TARGET static inline __m128i ni_load_words(const uint8_t *p) {
-    const __m128i big_endian = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    return _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)p), big_endian);
-}
-
-NI_TARGET static void search_sha_ni(const job_t *job, uint64_t start, uint64_t end, result_t *out) {
-    uint8_t tail_a[128], tail_b[128];
-    memcpy(tail_a, job->tail, sizeof tail_a);
-    memcpy(tail_b, job->tail, sizeof tail_b);
-    __m128i mid_abef, mid_cdgh, iv_abef, iv_cdgh;
-    ni_pack(job->midstate, &mid_abef, &mid_cdgh);
-    ni_pack(IV, &iv_abef, &iv_cdgh);
-    const __m128i pad2 = _mm_set_epi32(0, 0, 0, (int)0x80000000u);
-    const __m128i pad3 = _mm_set_epi32(256, 0, 0, 0);
-    uint64_t nonce = start;
-    for (; end - nonce >= 2; nonce += 2) { /* not nonce + 1 < end: that wraps at 2^64 - 1 */
-        progress(nonce, start);
-        put_nonce(tail_a, job, nonce);
-        put_nonce(tail_b, job, nonce + 1);
-        __m128i abef_a = mid_abef, cdgh_a = mid_cdgh, abef_b = mid_abef, cdgh_b = mid_cdgh;
-        for (int c = 0; c < job->tail_chunks; c++) {
-            const uint8_t *pa = tail_a + 64 * c, *pb = tail_b + 64 * c;
-            ni_compress2(&abef_a, &cdgh_a, &abef_b, &cdgh_b,
-                         ni_load_words(pa), ni_load_words(pa + 16), ni_load_words(pa + 32), ni_load_words(pa + 48),
-                         ni_load_words(pb), ni_load_words(pb + 16), ni_load_words(pb + 32), ni_load_words(pb + 48));
+/* A chunk whose words are all fixed: K + W for every pair is ready, no schedule is left. */
+NI_INLINE void ni_fixed_rounds(int n, __m128i s0[], __m128i s1[], const __m128i kw[], int pairs) {
+    for (int p = 0; p < pairs; p += 2) {
+        for (int l = 0; l < n; l++) {
+            s1[l] = _mm_sha256rnds2_epu32(s1[l], s0[l], kw[p]);
+            s0[l] = _mm_sha256rnds2_epu32(s0[l], s1[l], kw[p + 1]);
         }
-        /* The first digest's words are the second message's first eight words. */
-        __m128i w0a, w1a, w0b, w1b;
-        ni_unpack(abef_a, cdgh_a, &w0a, &w1a);
-        ni_unpack(abef_b, cdgh_b, &w0b, &w1b);
-        __m128i h_abef_a = iv_abef, h_cdgh_a = iv_cdgh, h_abef_b = iv_abef, h_cdgh_b = iv_cdgh;
-        ni_compress2(&h_abef_a, &h_cdgh_a, &h_abef_b, &h_cdgh_b, w0a, w1a, pad2, pad3, w0b, w1b, pad2, pad3);
-        /* Word 0 (A) sits in lane 3 of ABEF: most nonces stop here. */
-        uint32_t first_a = (uint32_t)_mm_extract_epi32(h_abef_a, 3);
-        uint32_t first_b = (uint32_t)_mm_extract_epi32(h_abef_b, 3);
-        if (first_a > job->first_word_limit && first_b > job->first_word_limit) continue;
-        uint32_t hash_a[8], hash_b[8];
-        __m128i dcba, hgfe;
-        ni_unpack(h_abef_a, h_cdgh_a, &dcba, &hgfe);
-        _mm_storeu_si128((__m128i *)hash_a, dcba);
-        _mm_storeu_si128((__m128i *)(hash_a + 4), hgfe);
-        ni_unpack(h_abef_b, h_cdgh_b, &dcba, &hgfe);
-        _mm_storeu_si128((__m128i *)hash_b, dcba);
-        _mm_storeu_si128((__m128i *)(hash_b + 4), hgfe);
-        if (settle_pair(job, hash_a, hash_b, nonce, start, out)) return;
     }
-    finish_odd(job, start, nonce, end, out);
+}
+
+/* Quads `from` to 15: each lane's next quad from the four before it, and its four rounds. */
+NI_INLINE void ni_scheduled(int n, __m128i s0[], __m128i s1[], __m128i w[][16], int from) {
+    for (int q = from; q < 16; q++) {
+        const __m128i k = NI_K(q);
+        for (int l = 0; l < n; l++) {
+            w[l][q] = NI_SCHEDULE(w[l][q - 4], w[l][q - 3], w[l][q - 2], w[l][q - 1]);
+            NI_FOUR(l, _mm_add_epi32(w[l][q], k));
+        }
+    }
+}
+
+/* A chunk's rounds from pair `first_pair` (0..7) on, w[l][0..3] holding lane l's words. s0 and
+   s1 come in holding the state after the pairs skipped, where their parity puts it (odd:
+   ABEF in s1), and leave as ABEF and CDGH after round 63. */
+NI_INLINE void ni_rounds(int n, __m128i s0[], __m128i s1[], __m128i w[][16], int first_pair) {
+    int q = first_pair / 2;
+    if (first_pair & 1) { /* the second half of quad q */
+        for (int l = 0; l < n; l++)
+            s0[l] = _mm_sha256rnds2_epu32(s0[l], s1[l], _mm_shuffle_epi32(_mm_add_epi32(w[l][q], NI_K(q)), 0x0E));
+        q++;
+    }
+    ni_quads(n, s0, s1, w, q, 4);
+    ni_scheduled(n, s0, s1, w, 4);
+}
+
+/* The second hash of n lanes, from their first digests: s0 and s1 get ABEF and CDGH before
+   the IV is added. Its quads 2 and 3 are padding, so their rounds take K + W ready-made, and
+   quads 4 to 7 use the schedule terms made of padding alone as constants. */
+NI_INLINE void ni_outer(int n, const ni_job_t *nj, const __m128i abef[], const __m128i cdgh[],
+                        __m128i s0[], __m128i s1[], __m128i w[][16]) {
+    for (int l = 0; l < n; l++) {
+        ni_unpack(abef[l], cdgh[l], &w[l][0], &w[l][1]); /* the digest's words 0..3 and 4..7 */
+        s0[l] = nj->iv_abef;
+        s1[l] = nj->iv_cdgh;
+    }
+    ni_quads(n, s0, s1, w, 0, 2);
+    ni_fixed_rounds(n, s0, s1, nj->pad_kw, 4);
+    for (int l = 0; l < n; l++) {
+        w[l][4] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(w[l][0], w[l][1]), nj->pad_align), nj->pad3);
+        NI_FOUR(l, _mm_add_epi32(w[l][4], NI_K(4)));
+    }
+    for (int l = 0; l < n; l++) {
+        w[l][5] = _mm_sha256msg2_epu32(
+            _mm_add_epi32(_mm_sha256msg1_epu32(w[l][1], nj->pad2), _mm_alignr_epi8(w[l][4], nj->pad3, 4)), w[l][4]);
+        NI_FOUR(l, _mm_add_epi32(w[l][5], NI_K(5)));
+    }
+    for (int l = 0; l < n; l++) {
+        w[l][6] = _mm_sha256msg2_epu32(_mm_add_epi32(nj->pad_msg1, _mm_alignr_epi8(w[l][5], w[l][4], 4)), w[l][5]);
+        NI_FOUR(l, _mm_add_epi32(w[l][6], NI_K(6)));
+    }
+    for (int l = 0; l < n; l++) {
+        w[l][7] = _mm_sha256msg2_epu32(
+            _mm_add_epi32(_mm_sha256msg1_epu32(nj->pad3, w[l][4]), _mm_alignr_epi8(w[l][6], w[l][5], 4)), w[l][6]);
+        NI_FOUR(l, _mm_add_epi32(w[l][7], NI_K(7)));
+    }
+    ni_scheduled(n, s0, s1, w, 8);
+}
+
+/* Quad q of a lane's tail words, its nonce (as MOVQ loaded it) put in place. */
+NI_INLINE __m128i ni_quad_with_nonce(const job_t *job, const ni_job_t *nj, __m128i nonce, int q) {
+    if (!(job->nonce_quads & (1u << q))) return nj->quads[q];
+    return _mm_or_si128(nj->quads[q], _mm_shuffle_epi8(nonce, nj->place[q]));
+}
+
+/* n consecutive nonces at a time, interleaved so that each one's SHA256RNDS2 latency hides
+   behind the others'. Unless some lane's word 0 is within the limit, no lane is looked at. */
+NI_INLINE void ni_search(int n, const job_t *job, uint64_t start, uint64_t end, result_t *out) {
+    ni_job_t nj;
+    ni_prepare(job, &nj);
+    const int odd = nj.first_pair & 1;
+    uint64_t nonce = start;
+    for (; end - nonce >= (uint64_t)n; nonce += (uint64_t)n) { /* not nonce + n <= end: it wraps */
+        progress(nonce);
+        __m128i nonces[NI_MAX_LANES], w[NI_MAX_LANES][16], s0[NI_MAX_LANES], s1[NI_MAX_LANES];
+        __m128i abef[NI_MAX_LANES], cdgh[NI_MAX_LANES];
+        for (int l = 0; l < n; l++) {
+            nonces[l] = _mm_cvtsi64_si128((long long)(nonce + (uint64_t)l));
+            for (int q = 0; q < 4; q++) w[l][q] = ni_quad_with_nonce(job, &nj, nonces[l], q);
+            s0[l] = odd ? nj.early_cdgh : nj.early_abef;
+            s1[l] = odd ? nj.early_abef : nj.early_cdgh;
+        }
+        ni_rounds(n, s0, s1, w, nj.first_pair);
+        for (int l = 0; l < n; l++) {
+            abef[l] = _mm_add_epi32(s0[l], nj.mid_abef);
+            cdgh[l] = _mm_add_epi32(s1[l], nj.mid_cdgh);
+            s0[l] = abef[l];
+            s1[l] = cdgh[l];
+        }
+        if (job->tail_chunks == 2) {
+            if (job->second_fixed) {
+                ni_fixed_rounds(n, s0, s1, nj.second_kw, 32);
+            } else {
+                for (int l = 0; l < n; l++)
+                    for (int q = 0; q < 4; q++) w[l][q] = ni_quad_with_nonce(job, &nj, nonces[l], 4 + q);
+                ni_rounds(n, s0, s1, w, 0);
+            }
+            for (int l = 0; l < n; l++) {
+                abef[l] = _mm_add_epi32(abef[l], s0[l]);
+                cdgh[l] = _mm_add_epi32(cdgh[l], s1[l]);
+            }
+        }
+        ni_outer(n, &nj, abef, cdgh, s0, s1, w);
+        /* Word 0 (A) sits in element 3 of ABEF: most nonces stop here. */
+        uint32_t first[NI_MAX_LANES];
+        int any = 0;
+        for (int l = 0; l < n; l++) {
+            s0[l] = _mm_add_epi32(s0[l], nj.iv_abef);
+            first[l] = (uint32_t)_mm_extract_epi32(s0[l], 3);
+            any |= first[l] <= job->first_word_limit;
+        }
+        if (!any) continue;
+        for (int l = 0; l < n; l++) {
+            if (first[l] > job->first_word_limit) continue;
+            uint32_t hash[8];
+            __m128i dcba, hgfe;
+            ni_unpack(s0[l], _mm_add_epi32(s1[l], nj.iv_cdgh), &dcba, &hgfe);
+            _mm_storeu_si128((__m128i *)hash, dcba);
+            _mm_storeu_si128((__m128i *)(hash + 4), hgfe);
+            if (settle(job, hash, nonce + (uint64_t)l, start, out)) return;
+        }
+    }
+    finish_tail(job, start, nonce, end, out);
+}
+
+/* Three lanes measured best on Zen 3 (AMD EPYC): with two, SHA256RNDS2's latency shows; with
+   four or six, the SHA unit is already busy and more in flight only costs spills. */
+NI_TARGET static void search_sha_ni(const job_t *job, uint64_t start, uint64_t end, result_t *out) {
+    ni_search(3, job, start, end, out);
+}
+
+NI_TARGET static void search_sha_ni2(const job_t *job, uint64_t start, uint64_t end, result_t *out) {
+    ni_search(2, job, start, end, out);
 }
 
 static int cpu_has_sha_ni(void) {
@@ -323,74 +595,154 @@ static int cpu_has_sha_ni(void) {
 #if defined(__aarch64__)
 
 #define ARM_TARGET __attribute__((target("+sha2")))
+#define ARM_LANES 2
 
-#define ARM_ROUNDS2(W_A, W_B, kk)                                         \
-    do {                                                                  \
-        uint32x4_t ta = vaddq_u32(W_A, kk), tb = vaddq_u32(W_B, kk);      \
-        uint32x4_t pa = sa0, pb = sb0;                                    \
-        sa0 = vsha256hq_u32(sa0, sa1, ta);                                \
-        sb0 = vsha256hq_u32(sb0, sb1, tb);                                \
-        sa1 = vsha256h2q_u32(sa1, pa, ta);                                \
-        sb1 = vsha256h2q_u32(sb1, pb, tb);                                \
+/* Four rounds on lane l, KW its K + W for them. */
+#define ARM_FOUR(l, KW)                                                     \
+    do {                                                                    \
+        uint32x4_t kw_ = (KW), abcd_ = abcd[l];                             \
+        abcd[l] = vsha256hq_u32(abcd[l], efgh[l], kw_);                     \
+        efgh[l] = vsha256h2q_u32(efgh[l], abcd_, kw_);                      \
     } while (0)
+#define ARM_K(q) vld1q_u32(K + 4 * (q))
+#define ARM_SCHEDULE(W0, W1, W2, W3) vsha256su1q_u32(vsha256su0q_u32(W0, W1), W2, W3)
 
-ARM_TARGET static inline void arm_compress2(uint32x4_t *abcd_a, uint32x4_t *efgh_a, uint32x4_t *abcd_b, uint32x4_t *efgh_b,
-                                            uint32x4_t m0a, uint32x4_t m1a, uint32x4_t m2a, uint32x4_t m3a,
-                                            uint32x4_t m0b, uint32x4_t m1b, uint32x4_t m2b, uint32x4_t m3b) {
-    uint32x4_t sa0 = *abcd_a, sa1 = *efgh_a, sb0 = *abcd_b, sb1 = *efgh_b;
-    ARM_ROUNDS2(m0a, m0b, vld1q_u32(K + 0));
-    ARM_ROUNDS2(m1a, m1b, vld1q_u32(K + 4));
-    ARM_ROUNDS2(m2a, m2b, vld1q_u32(K + 8));
-    ARM_ROUNDS2(m3a, m3b, vld1q_u32(K + 12));
-    for (int i = 4; i < 16; i++) {
-        uint32x4_t na = vsha256su1q_u32(vsha256su0q_u32(m0a, m1a), m2a, m3a);
-        uint32x4_t nb = vsha256su1q_u32(vsha256su0q_u32(m0b, m1b), m2b, m3b);
-        m0a = m1a; m1a = m2a; m2a = m3a; m3a = na;
-        m0b = m1b; m1b = m2b; m2b = m3b; m3b = nb;
-        ARM_ROUNDS2(m3a, m3b, vld1q_u32(K + 4 * i));
+/* What the ARMv8 path adds to a job, in its registers; none of it depends on the nonce. */
+typedef struct {
+    uint32x4_t mid[2], iv[2];  /* ABCD and EFGH */
+    uint32x4_t early[2];       /* chunk 0's state after its quads before the nonce */
+    int first_quad;            /* how many such quads: 0..3 */
+    uint32x4_t quads[8];       /* job->words, four to a register */
+    uint8x16_t place[8];       /* TBL indices: job->place */
+    uint32x4_t second_kw[16];  /* a fixed chunk 1: K + W for each quad */
+    uint32x4_t pad2, pad3, pad_kw2, pad_kw3, pad_su0; /* the second hash's padding */
+} arm_job_t;
+
+ARM_TARGET static void arm_prepare(const job_t *job, arm_job_t *aj) {
+    aj->mid[0] = vld1q_u32(job->midstate);
+    aj->mid[1] = vld1q_u32(job->midstate + 4);
+    aj->iv[0] = vld1q_u32(IV);
+    aj->iv[1] = vld1q_u32(IV + 4);
+    /* The instructions go four rounds at a time: start after the whole quads before the nonce. */
+    aj->first_quad = job->nonce_word / 4;
+    uint32_t early[8], kw[64];
+    early_state(job, 4 * aj->first_quad, early);
+    aj->early[0] = vld1q_u32(early);
+    aj->early[1] = vld1q_u32(early + 4);
+    for (int q = 0; q < 8; q++) {
+        aj->quads[q] = vld1q_u32(job->words + 4 * q);
+        aj->place[q] = vld1q_u8(job->place[q]);
     }
-    *abcd_a = vaddq_u32(*abcd_a, sa0);
-    *efgh_a = vaddq_u32(*efgh_a, sa1);
-    *abcd_b = vaddq_u32(*abcd_b, sb0);
-    *efgh_b = vaddq_u32(*efgh_b, sb1);
+    for (int i = 0; i < 64; i++) kw[i] = job->schedule[1][i] + K[i];
+    for (int q = 0; q < 16; q++) aj->second_kw[q] = vld1q_u32(kw + 4 * q);
+    const uint32_t pad[8] = {PAD8, 0, 0, 0, 0, 0, 0, PAD15};
+    aj->pad2 = vld1q_u32(pad);
+    aj->pad3 = vld1q_u32(pad + 4);
+    aj->pad_kw2 = vaddq_u32(aj->pad2, ARM_K(2));
+    aj->pad_kw3 = vaddq_u32(aj->pad3, ARM_K(3));
+    aj->pad_su0 = vsha256su0q_u32(aj->pad2, aj->pad3);
 }
 
-ARM_TARGET static inline uint32x4_t arm_load_words(const uint8_t *p) {
-    return vreinterpretq_u32_u8(vrev32q_u8(vld1q_u8(p)));
+/* Quads `from` to 15: each lane's next quad from the four before it, and its four rounds. */
+ARM_TARGET static inline void arm_scheduled(uint32x4_t abcd[], uint32x4_t efgh[], uint32x4_t w[][16], int from) {
+    for (int q = from; q < 16; q++) {
+        for (int l = 0; l < ARM_LANES; l++) {
+            w[l][q] = ARM_SCHEDULE(w[l][q - 4], w[l][q - 3], w[l][q - 2], w[l][q - 1]);
+            ARM_FOUR(l, vaddq_u32(w[l][q], ARM_K(q)));
+        }
+    }
+}
+
+/* A chunk's rounds from quad `first_quad` (0..3) on, w[l][0..3] holding lane l's words; the
+   state comes in as it is after the quads skipped. */
+ARM_TARGET static inline void arm_rounds(uint32x4_t abcd[], uint32x4_t efgh[], uint32x4_t w[][16], int first_quad) {
+    for (int q = first_quad; q < 4; q++)
+        for (int l = 0; l < ARM_LANES; l++) ARM_FOUR(l, vaddq_u32(w[l][q], ARM_K(q)));
+    arm_scheduled(abcd, efgh, w, 4);
+}
+
+/* The second hash of both lanes from their first digests (h0: ABCD, h1: EFGH), before the IV
+   is added. Quads 2 and 3 are padding: K + W ready-made, and su0 of the two is a constant. */
+ARM_TARGET static inline void arm_outer(const arm_job_t *aj, const uint32x4_t h0[], const uint32x4_t h1[],
+                                        uint32x4_t abcd[], uint32x4_t efgh[], uint32x4_t w[][16]) {
+    for (int l = 0; l < ARM_LANES; l++) {
+        w[l][0] = h0[l];
+        w[l][1] = h1[l];
+        abcd[l] = aj->iv[0];
+        efgh[l] = aj->iv[1];
+        ARM_FOUR(l, vaddq_u32(w[l][0], ARM_K(0)));
+        ARM_FOUR(l, vaddq_u32(w[l][1], ARM_K(1)));
+        ARM_FOUR(l, aj->pad_kw2);
+        ARM_FOUR(l, aj->pad_kw3);
+        w[l][4] = ARM_SCHEDULE(w[l][0], w[l][1], aj->pad2, aj->pad3);
+        ARM_FOUR(l, vaddq_u32(w[l][4], ARM_K(4)));
+        w[l][5] = ARM_SCHEDULE(w[l][1], aj->pad2, aj->pad3, w[l][4]);
+        ARM_FOUR(l, vaddq_u32(w[l][5], ARM_K(5)));
+        w[l][6] = vsha256su1q_u32(aj->pad_su0, w[l][4], w[l][5]);
+        ARM_FOUR(l, vaddq_u32(w[l][6], ARM_K(6)));
+        w[l][7] = ARM_SCHEDULE(aj->pad3, w[l][4], w[l][5], w[l][6]);
+        ARM_FOUR(l, vaddq_u32(w[l][7], ARM_K(7)));
+    }
+    arm_scheduled(abcd, efgh, w, 8);
+}
+
+/* Quad q of a lane's tail words, its nonce (least significant byte first) put in place. */
+ARM_TARGET static inline uint32x4_t arm_quad_with_nonce(const job_t *job, const arm_job_t *aj, uint8x16_t nonce, int q) {
+    if (!(job->nonce_quads & (1u << q))) return aj->quads[q];
+    return vorrq_u32(aj->quads[q], vreinterpretq_u32_u8(vqtbl1q_u8(nonce, aj->place[q])));
 }
 
 ARM_TARGET static void search_armv8(const job_t *job, uint64_t start, uint64_t end, result_t *out) {
-    uint8_t tail_a[128], tail_b[128];
-    memcpy(tail_a, job->tail, sizeof tail_a);
-    memcpy(tail_b, job->tail, sizeof tail_b);
-    const uint32x4_t mid0 = vld1q_u32(job->midstate), mid1 = vld1q_u32(job->midstate + 4);
-    const uint32x4_t iv0 = vld1q_u32(IV), iv1 = vld1q_u32(IV + 4);
-    const uint32_t pad2_words[4] = {0x80000000u, 0, 0, 0}, pad3_words[4] = {0, 0, 0, 256};
-    const uint32x4_t pad2 = vld1q_u32(pad2_words), pad3 = vld1q_u32(pad3_words);
+    arm_job_t aj;
+    arm_prepare(job, &aj);
     uint64_t nonce = start;
-    for (; end - nonce >= 2; nonce += 2) { /* not nonce + 1 < end: that wraps at 2^64 - 1 */
-        progress(nonce, start);
-        put_nonce(tail_a, job, nonce);
-        put_nonce(tail_b, job, nonce + 1);
-        uint32x4_t a0 = mid0, a1 = mid1, b0 = mid0, b1 = mid1;
-        for (int c = 0; c < job->tail_chunks; c++) {
-            const uint8_t *pa = tail_a + 64 * c, *pb = tail_b + 64 * c;
-            arm_compress2(&a0, &a1, &b0, &b1,
-                          arm_load_words(pa), arm_load_words(pa + 16), arm_load_words(pa + 32), arm_load_words(pa + 48),
-                          arm_load_words(pb), arm_load_words(pb + 16), arm_load_words(pb + 32), arm_load_words(pb + 48));
+    for (; end - nonce >= ARM_LANES; nonce += ARM_LANES) { /* not nonce + 1 < end: that wraps at 2^64 - 1 */
+        progress(nonce);
+        uint8x16_t nonces[ARM_LANES];
+        uint32x4_t w[ARM_LANES][16], abcd[ARM_LANES], efgh[ARM_LANES], h0[ARM_LANES], h1[ARM_LANES];
+        for (int l = 0; l < ARM_LANES; l++) {
+            nonces[l] = vreinterpretq_u8_u64(vcombine_u64(vcreate_u64(nonce + (uint64_t)l), vcreate_u64(0)));
+            for (int q = 0; q < 4; q++) w[l][q] = arm_quad_with_nonce(job, &aj, nonces[l], q);
+            abcd[l] = aj.early[0];
+            efgh[l] = aj.early[1];
         }
-        uint32x4_t ha0 = iv0, ha1 = iv1, hb0 = iv0, hb1 = iv1;
-        arm_compress2(&ha0, &ha1, &hb0, &hb1, a0, a1, pad2, pad3, b0, b1, pad2, pad3);
-        uint32_t first_a = vgetq_lane_u32(ha0, 0), first_b = vgetq_lane_u32(hb0, 0);
-        if (first_a > job->first_word_limit && first_b > job->first_word_limit) continue;
-        uint32_t hash_a[8], hash_b[8];
-        vst1q_u32(hash_a, ha0);
-        vst1q_u32(hash_a + 4, ha1);
-        vst1q_u32(hash_b, hb0);
-        vst1q_u32(hash_b + 4, hb1);
-        if (settle_pair(job, hash_a, hash_b, nonce, start, out)) return;
+        arm_rounds(abcd, efgh, w, aj.first_quad);
+        for (int l = 0; l < ARM_LANES; l++) {
+            h0[l] = abcd[l] = vaddq_u32(abcd[l], aj.mid[0]);
+            h1[l] = efgh[l] = vaddq_u32(efgh[l], aj.mid[1]);
+        }
+        if (job->tail_chunks == 2) {
+            if (job->second_fixed) {
+                for (int q = 0; q < 16; q++)
+                    for (int l = 0; l < ARM_LANES; l++) ARM_FOUR(l, aj.second_kw[q]);
+            } else {
+                for (int l = 0; l < ARM_LANES; l++)
+                    for (int q = 0; q < 4; q++) w[l][q] = arm_quad_with_nonce(job, &aj, nonces[l], 4 + q);
+                arm_rounds(abcd, efgh, w, 0);
+            }
+            for (int l = 0; l < ARM_LANES; l++) {
+                h0[l] = vaddq_u32(h0[l], abcd[l]);
+                h1[l] = vaddq_u32(h1[l], efgh[l]);
+            }
+        }
+        arm_outer(&aj, h0, h1, abcd, efgh, w);
+        uint32_t first[ARM_LANES];
+        int any = 0;
+        for (int l = 0; l < ARM_LANES; l++) {
+            abcd[l] = vaddq_u32(abcd[l], aj.iv[0]);
+            first[l] = vgetq_lane_u32(abcd[l], 0);
+            any |= first[l] <= job->first_word_limit;
+        }
+        if (!any) continue;
+        for (int l = 0; l < ARM_LANES; l++) {
+            if (first[l] > job->first_word_limit) continue;
+            uint32_t hash[8];
+            vst1q_u32(hash, abcd[l]);
+            vst1q_u32(hash + 4, vaddq_u32(efgh[l], aj.iv[1]));
+            if (settle(job, hash, nonce + (uint64_t)l, start, out)) return;
+        }
     }
-    finish_odd(job, start, nonce, end, out);
+    finish_tail(job, start, nonce, end, out);
 }
 
 static int cpu_has_armv8_sha2(void) { return (getauxval(AT_HWCAP) & HWCAP_SHA2) != 0; }
@@ -411,6 +763,8 @@ static int always(void) { return 1; }
 static const path_t PATHS[] = {
 #if defined(__x86_64__)
     {"sha-ni", search_sha_ni, cpu_has_sha_ni},
+    {"sha-ni-2", search_sha_ni2, cpu_has_sha_ni},
+    {"avx2", search_avx2, cpu_has_avx2},
 #endif
 #if defined(__aarch64__)
     {"armv8-sha2", search_armv8, cpu_has_armv8_sha2},
@@ -481,6 +835,37 @@ static void build_job(job_t *job, const prefix_t *prefix, int nonce_bytes, int d
     for (int i = 7; i >= 0; i--) { length[i] = (uint8_t)bits; bits >>= 8; }
     job->difficulty = difficulty;
     job->first_word_limit = difficulty >= 32 ? 0 : (uint32_t)((1ull << (32 - difficulty)) - 1);
+    /* What the paths take ready-made, none of it depending on the nonce. */
+    for (int i = 0; i < 32; i++) job->words[i] = load_be32(job->tail + 4 * i);
+    int last_byte = job->nonce_offset + nonce_bytes - 1;
+    job->nonce_word = job->nonce_offset / 4;
+    job->nonce_words = last_byte / 4 - job->nonce_word + 1;
+    job->nonce_shift = 8 * (3 - last_byte % 4);
+    job->second_fixed = job->tail_chunks == 2 && last_byte < 64;
+    for (int c = 0; c < 2; c++) {
+        uint32_t kw[64];
+        memcpy(job->schedule[c], job->words + 16 * c, 64);
+        portable_schedule(job->schedule[c], kw, 16);
+    }
+    for (int q = 0; q < 8; q++) {
+        for (int byte = 0; byte < 16; byte++) {
+            /* Word j's big-endian byte k sits at 4j + 3 - k in a register of four words. */
+            int at = 16 * q + byte, index = at - job->nonce_offset, slot = 4 * (byte / 4) + 3 - byte % 4;
+            job->place[q][slot] = 0x80;
+            if (index >= 0 && index < nonce_bytes) {
+                job->place[q][slot] = (uint8_t)(nonce_bytes - 1 - index);
+                job->nonce_quads |= 1u << q;
+            }
+        }
+    }
+    int reached[64] = {0}; /* chunk 0's words that the nonce reaches */
+    for (int i = job->nonce_word; i <= last_byte / 4 && i < 16; i++) reached[i] = 1;
+    job->schedule_from = 64;
+    for (int i = 16; i < 64; i++) {
+        reached[i] = reached[i - 2] | reached[i - 7] | reached[i - 15] | reached[i - 16];
+        if (reached[i] && job->schedule_from == 64) job->schedule_from = i;
+    }
+    early_state(job, job->nonce_word, job->early);
 }
 
 /* 0 and the value when `text` is a whole decimal number up to `limit`. Digits only: strtoull
@@ -669,7 +1054,7 @@ static void serve_line(const path_t *path, char *line, size_t length, memory_t *
         return;
     }
     result_t result = {0};
-    progress_job_id = id;
+    begin_progress(id, request.start);
     path->search(&request.job, request.start, request.end, &result);
     printf("%s ", id_text);
     print_result(&result);
@@ -698,6 +1083,7 @@ int main(int argc, char **argv) {
         const char *why = parse_job(argv + arg, NULL, &request);
         if (why) { printf("error %s\n", why); fflush(stdout); return 1; }
         result_t result = {0};
+        begin_progress(0, request.start);
         path->search(&request.job, request.start, request.end, &result);
         print_result(&result);
         return 0;

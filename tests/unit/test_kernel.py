@@ -92,7 +92,39 @@ def random_jobs(seed: int, count: int) -> Iterator[Job]:
         yield block, width, difficulty, start, start + rng.randint(1, 3000)
 
 
-PATHS_BY_ARCH = {"x86_64": ["sha-ni", "portable"], "aarch64": ["armv8-sha2", "portable"]}
+# Every path the kernel has, best first as --paths lists them: sha-ni interleaves six nonces,
+# sha-ni-2 two, and avx2 takes eight to a vector. Each leaves the last few nonces of a range
+# (fewer than it takes at a time) to the portable code.
+def tail_jobs() -> Iterator[Job]:
+    """Every count from 1 to 17 nonces, so every remainder after 2, 6 or 8 at a time, at D = 2
+    so that the answer often sits in the tail or in a lane past the first. The ranges straddle
+    2^20 (4-byte), 2^32 (8-byte), and 2^40 for a block whose nonce straddles two chunks; the
+    52-byte block's padding fills a second chunk that holds no nonce byte."""
+    for block, width, middle in ((b"tails", 4, 1 << 20), (b"tails", 8, 1 << 32), (bytes(range(61)), 8, 1 << 40), (bytes(52), 4, 3000)):
+        for count in range(1, 18):
+            for shift in (0, 3 * count + 40):
+                start = middle - count // 2 + shift
+                yield block, width, 2, start, start + count
+        # No golden nonce at all: every nonce of the tail counted.
+        yield block, width, 256, middle - 8, middle + 9
+
+
+# Every path the kernel has, best first as --paths lists them: sha-ni interleaves six nonces,
+# sha-ni-2 two, and avx2 takes eight to a vector. Each leaves the last few nonces of a range
+# (fewer than it takes at a time) to the portable code.
+def tail_jobs() -> Iterator[Job]:
+    """Every count from 1 to 17 nonces (so every remainder after 2, 6 or 8 at a time), at D = 2
+    so that the answer is often in the tail or in a lane past the first; in the 4-byte space,
+    across 2^32 in the 8-byte one, and for a block whose nonce straddles two chunks."""
+    for block, width, base in ((b"tails", 4, 1000), (b"tails", 8, (1 << 32) - 9), (bytes(range(61)), 8, 77)):
+        for count in range(1, 18):
+            for offset in (0, 5):
+                yield block, width, 2, base + 31 * count + offset, base + 31 * count + offset + count
+        # No golden nonce at all: every nonce of the tail counted.
+        yield block, width, 256, base, base + 17
+
+
+PATHS_BY_ARCH = {"x86_64": ["sha-ni", "sha-ni-2", "avx2", "portable"], "aarch64": ["armv8-sha2", "portable"]}
 CASES = [(arch, path) for arch, paths in PATHS_BY_ARCH.items() for path in paths]
 
 
@@ -116,9 +148,11 @@ def test_every_path_matches_hashlib(kernel_dir: Path, architecture: str, path: s
             assert served.search(b"x", 4, 64, 0, 3 << 20) == (None, None, 3 << 20)
         # Difficulties above 32 need the early reject's word 0 == 0 and the rest compared.
         assert served.search(b"COMSM0010cloud", 4, 33, 0, 1000) == (None, None, 1000)
-        # A two-lane loop must not step past 2^64 - 1 into nonce 0 (nor into the excluded end).
+        for job in tail_jobs():
+            assert served.search(*job) == reference(*job), job
+        # A many-lane loop must not step past 2^64 - 1 into nonce 0 (nor into the excluded end).
         block = edge_block()
-        for start in (LAST_NONCE - 2, LAST_NONCE - 3):
+        for start in range(LAST_NONCE - 17, LAST_NONCE):
             assert served.search(block, 8, 4, start, LAST_NONCE) == reference(block, 8, 4, start, LAST_NONCE)
     finally:
         served.close()
@@ -127,9 +161,13 @@ def test_every_path_matches_hashlib(kernel_dir: Path, architecture: str, path: s
 def test_this_machine_offers_the_sha_extensions_path(kernel_dir: Path) -> None:
     flags = Path("/proc/cpuinfo").read_text()
     paths = available_paths(kernel_dir, machine_architecture())
-    if machine_architecture() == "x86_64" and " sha_ni" in flags:
-        assert paths[0] == "sha-ni"
+    if machine_architecture() == "x86_64":
+        if " sha_ni" in flags:
+            assert paths[:2] == ["sha-ni", "sha-ni-2"]
+        # avx2 needs the OS to save the YMM registers too, which /proc/cpuinfo shows as avx2.
+        assert ("avx2" in paths) == (" avx2" in flags)
     assert paths[-1] == "portable"
+    assert paths == [path for path in PATHS_BY_ARCH[machine_architecture()] if path in paths]
 
 
 def test_unavailable_path_is_refused(kernel_dir: Path) -> None:

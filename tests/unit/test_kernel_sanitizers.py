@@ -15,9 +15,9 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from cnd_fab.kernels import kernel_source
+from cnd_fab.kernels import kernel_source, machine_architecture
 from remote import worker
-from tests.unit.test_kernel import random_jobs, reference
+from tests.unit.test_kernel import PATHS_BY_ARCH, random_jobs, reference, tail_jobs
 from tests.unit.test_kernel_blocks import BIG_LENGTHS, SMALL_LENGTHS, jobs, lowest
 from tests.unit.test_kernel_parser import Kernel, Session, check_parser_cases, fuzz
 from tests.unit.test_spec import LOWEST, block_of
@@ -63,7 +63,7 @@ def assert_clean(status: int, errors: str) -> None:
     assert status == 0 and not any(mark in errors for mark in REPORT_MARKS), errors[-3000:]
 
 
-@pytest.fixture(params=["sha-ni", "portable"])
+@pytest.fixture(params=PATHS_BY_ARCH[machine_architecture()])
 def served(request: pytest.FixtureRequest, sanitized: Path) -> Iterator[Kernel]:
     if request.param not in paths_of(sanitized):
         pytest.skip(f"this CPU lacks {request.param}")
@@ -103,6 +103,8 @@ def test_vectors_random_jobs_and_every_block_length_run_clean(served: Kernel) ->
         answer = search(block_of(vector), vector["nonce_bytes"], vector["difficulty"], 0, end)
         assert answer == f"{job_id} 1 {vector['nonce']} {vector['nonce'] + 1} {vector['hash']}"
     for job in random_jobs(seed=86, count=80):
+        assert search(*job) == line_of(reference(*job)), job
+    for job in tail_jobs():
         assert search(*job) == line_of(reference(*job)), job
     for job in jobs(SMALL_LENGTHS[::7] + BIG_LENGTHS):
         assert search(*job) == line_of(lowest(*job)), (len(job[0]), job[1:])
