@@ -6,6 +6,12 @@ key it generated for it. Containers carry the labels ``cnd-fab.run=<run id>``, s
 finds them even without a journal, and ``cnd-fab.controller``, which names the process that
 controls the run.
 
+Launch: every container is recorded in the run journal first, all of them, before any is
+created. Then a bounded pool of threads creates, fills and starts them at once, since each
+start mostly waits on the engine (see `launch`). A failure stops the launch only after every
+container being made has been made or refused, so that release, which finds the run's
+containers by label, finds each one.
+
 Why a controller label and not an alive-until time like EC2's tag: a container's labels
 cannot change after it is created, so a time there could never be renewed. It would either
 expire under a live run, for `teardown --expired` to take, or never expire. But these
@@ -20,6 +26,9 @@ import io
 import socket
 import tarfile
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
 from ..controller import ELSEWHERE, GONE, RUNNING, controller_state, this_controller
@@ -39,13 +48,27 @@ CONTROLLER_LABEL = "cnd-fab.controller"
 KEY_DIR = "/etc/ssh/cnd-fab"
 MAX_CONTAINERS = 64
 LOOPBACK = "127.0.0.1"
+#: Containers created and started at once. A start is mostly the engine's work (the overlay
+#: mount, namespaces, cgroups, runc), which dockerd does for several at a time; more threads
+#: than this only queue there. Each thread holds one of the client's pooled connections.
+LAUNCH_THREADS = 8
+#: Seconds each call to the engine may take (the client's socket timeout).
+ENGINE_TIMEOUT = 60
 
 
 def free_loopback_port() -> int:
     """A port nothing listens on right now; sshd binds it a moment later."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
+    return free_loopback_ports(1)[0]
+
+
+def free_loopback_ports(count: int) -> List[int]:
+    """`count` distinct ports nothing listens on right now: all are held at once while they
+    are picked, so no two of them can be the same."""
+    with ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind((LOOPBACK, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 def key_archive(host_key: KeyPair, authorized_key: str) -> bytes:
@@ -94,6 +117,17 @@ def sshd_command(port: int) -> List[str]:
     ]
 
 
+@dataclass(frozen=True)
+class ContainerPlan:
+    """One container as launch will create it: its name, sshd port, host key and CPU limit."""
+
+    index: int
+    name: str
+    port: int
+    host_key: KeyPair
+    cpus: Optional[float]
+
+
 class DockerProvider(Provider):
     """Starts SSH host containers with host networking; removes them at the end."""
 
@@ -114,7 +148,9 @@ class DockerProvider(Provider):
             import docker as docker_sdk
 
             try:
-                self._client = docker_sdk.from_env(timeout=60)
+                # Every call has a deadline (the socket timeout), and the connection pool holds
+                # one connection for each launch thread, so none is opened and thrown away.
+                self._client = docker_sdk.from_env(timeout=ENGINE_TIMEOUT, max_pool_size=max(10, LAUNCH_THREADS))
                 self._client.ping()
             except docker_sdk.errors.DockerException as error:
                 raise ProviderError(
@@ -160,45 +196,85 @@ class DockerProvider(Provider):
         return self.cpus[index] if len(self.cpus) > 1 else self.cpus[0]
 
     def launch(self, count: int, journal: RunJournal) -> List[Host]:
-        """Create and start `count` labelled containers, each with its own keys and port."""
-        import docker as docker_sdk
+        """Create and start `count` labelled containers, each with its own keys and port, up to
+        LAUNCH_THREADS at a time; the hosts come back in order (docker-1, docker-2, …).
 
+        Raises ProviderError naming the first container (in that order) that failed, once no
+        container is still being made."""
         login_key = KeyPair.generate(f"cnd-fab-{journal.run_id}")
         labels = {TOOL_LABEL: "cnd-fab", RUN_LABEL: journal.run_id, CONTROLLER_LABEL: this_controller()}
-        hosts: List[Host] = []
-        for index in range(count):
-            name = f"{journal.run_id}-{index + 1}"
-            port = free_loopback_port()
-            host_key = KeyPair.generate(name)
-            cpus = self._cpus_for(index)
-            # Recorded before it exists, so a crash between the two still leaves a trace.
-            journal.record("docker-container", name=name, port=port)
-            try:
-                container = self.client.containers.create(
-                    self.image,
-                    command=sshd_command(port),
-                    name=name,
-                    network_mode="host",
-                    labels=labels,
-                    nano_cpus=int(cpus * 1e9) if cpus else None,
-                    detach=True,
-                )
-                container.put_archive("/etc/ssh", key_archive(host_key, login_key.public_line))
-                container.start()
-            except docker_sdk.errors.DockerException as error:
-                raise ProviderError(f"docker: starting container {name} failed: {error}") from None
-            target = SshTarget(
-                name=f"docker-{index + 1}",
-                host=LOOPBACK,
-                port=port,
-                user="root",
-                login_key=login_key.key,
-                pinned_host_keys=[host_key.key],
-                arch=machine_architecture(),
-                warn=self.options.warn,
+        ports = free_loopback_ports(count)
+        names = [f"{journal.run_id}-{index + 1}" for index in range(count)]
+        plans = [
+            ContainerPlan(index + 1, name, port, KeyPair.generate(name), self._cpus_for(index))
+            for index, (name, port) in enumerate(zip(names, ports))
+        ]
+        # Every container is recorded before any exists, so a crash at any point of the
+        # launch leaves a journal naming all that may have been made.
+        for plan in plans:
+            journal.record("docker-container", name=plan.name, port=plan.port)
+        self._start_all(plans, labels, login_key.public_line)
+        return [
+            SshHost(
+                SshTarget(
+                    name=f"docker-{plan.index}",
+                    host=LOOPBACK,
+                    port=plan.port,
+                    user="root",
+                    login_key=login_key.key,
+                    pinned_host_keys=[plan.host_key.key],
+                    arch=machine_architecture(),
+                    warn=self.options.warn,
+                ),
+                journal.run_id,
+                plan.index,
+                journal,
             )
-            hosts.append(SshHost(target, journal.run_id, index + 1, journal))
-        return hosts
+            for plan in plans
+        ]
+
+    def _start_all(self, plans: List[ContainerPlan], labels: Dict[str, str], authorized_key: str) -> None:
+        """Start every planned container on a bounded pool of threads; raise the first failure
+        (in plan order) only once every container begun is made or refused."""
+        client = self.client  # connected here, once, before the threads share it
+        pool = ThreadPoolExecutor(max_workers=max(1, min(LAUNCH_THREADS, len(plans))), thread_name_prefix="docker-launch")
+        try:
+            futures = [pool.submit(self._start_container, client, plan, labels, authorized_key) for plan in plans]
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            # After a failure (or an exception in this thread) no further container is begun,
+            # and the ones being made are waited for: each call has the client's deadline.
+            # Release then finds every container that exists by its label, none still coming.
+            pool.shutdown(wait=True, cancel_futures=True)
+        failures = [error for error in (f.exception() for f in futures if not f.cancelled()) if error is not None]
+        if failures:
+            more = f" (and {len(failures) - 1} more container(s) failed)" if len(failures) > 1 else ""
+            raise ProviderError(f"{failures[0]}{more}")
+
+    def _start_container(
+        self, client: "docker_sdk.DockerClient", plan: ContainerPlan, labels: Dict[str, str], authorized_key: str
+    ) -> None:
+        """Create one container, copy its keys in, and start it (on a launch thread). Raises
+        ProviderError naming the container."""
+        import docker as docker_sdk
+        import requests
+
+        try:
+            container = client.containers.create(
+                self.image,
+                command=sshd_command(plan.port),
+                name=plan.name,
+                network_mode="host",
+                labels=labels,
+                nano_cpus=int(plan.cpus * 1e9) if plan.cpus else None,
+                detach=True,
+            )
+            container.put_archive("/etc/ssh", key_archive(plan.host_key, authorized_key))
+            container.start()
+        except docker_sdk.errors.DockerException as error:
+            raise ProviderError(f"docker: starting container {plan.name} failed: {error}") from None
+        except (requests.RequestException, OSError) as error:  # a deadline passed, or the engine went away
+            raise ProviderError(f"docker: starting container {plan.name} failed: {type(error).__name__}: {error}") from None
 
     def release(self, hosts: List[Host], journal: RunJournal) -> List[Released]:
         """Stop the workers, then remove every container labelled with the run."""
