@@ -322,6 +322,8 @@ class SshHost(Host):
         connection = self.connect()
         with self._lock:
             if self.released:
+                # Let go while connecting: this connection is nobody else's to close.
+                connection.close()
                 raise HostConnectError(f"{self.name}: the run ended before the worker started")
             self.started_worker = True  # from here on, stop_worker must clean this host
         if self.journal is not None:
@@ -354,6 +356,16 @@ class SshHost(Host):
             shlex.quote(part)
             for part in (self.target.python, f"{self.run_dir}/worker.py", "--cleanup", self.run_dir)
         )
+
+    def let_go(self) -> None:
+        """Release this host without stopping its worker remotely, because its provider removes
+        the machine with everything on it (a container): close the connection, and keep a
+        connect still in progress from starting a worker. stop_worker() may still follow."""
+        with self._lock:
+            self.released = True
+            if self.connection is not None:
+                self.connection.close()
+            self.connection = None
 
     def stop_worker(self) -> None:
         """Kill the worker's process group (TERM, then KILL) and remove the run directory."""

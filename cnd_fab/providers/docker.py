@@ -140,6 +140,8 @@ class DockerProvider(Provider):
         self.image = self.options.image or settings.image
         self.cpus = settings.cpus
         self._client: Optional["docker_sdk.DockerClient"] = None
+        #: Host name (docker-N) -> the name of the container it runs in, once launched.
+        self._container_names: Dict[str, str] = {}
 
     @property
     def client(self) -> "docker_sdk.DockerClient":
@@ -213,11 +215,12 @@ class DockerProvider(Provider):
         # launch leaves a journal naming all that may have been made.
         for plan in plans:
             journal.record("docker-container", name=plan.name, port=plan.port)
+        self._container_names = {f"docker-{plan.index}": plan.name for plan in plans}
         self._start_all(plans, labels, login_key.public_line)
         return [
             SshHost(
                 SshTarget(
-                    name=f"docker-{plan.index}",
+                    name=host_name,
                     host=LOOPBACK,
                     port=plan.port,
                     user="root",
@@ -230,14 +233,15 @@ class DockerProvider(Provider):
                 plan.index,
                 journal,
             )
-            for plan in plans
+            for host_name, plan in zip(self._container_names, plans)
         ]
 
     def _start_all(self, plans: List[ContainerPlan], labels: Dict[str, str], authorized_key: str) -> None:
         """Start every planned container on a bounded pool of threads; raise the first failure
         (in plan order) only once every container begun is made or refused."""
         client = self.client  # connected here, once, before the threads share it
-        pool = ThreadPoolExecutor(max_workers=max(1, min(LAUNCH_THREADS, len(plans))), thread_name_prefix="docker-launch")
+        threads = max(1, min(LAUNCH_THREADS, len(plans)))
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="docker-start")
         try:
             futures = [pool.submit(self._start_container, client, plan, labels, authorized_key) for plan in plans]
             wait(futures, return_when=FIRST_EXCEPTION)
@@ -274,39 +278,50 @@ class DockerProvider(Provider):
         except docker_sdk.errors.DockerException as error:
             raise ProviderError(f"docker: starting container {plan.name} failed: {error}") from None
         except (requests.RequestException, OSError) as error:  # a deadline passed, or the engine went away
-            raise ProviderError(f"docker: starting container {plan.name} failed: {type(error).__name__}: {error}") from None
+            why = f"{type(error).__name__}: {error}"
+            raise ProviderError(f"docker: starting container {plan.name} failed: {why}") from None
 
     def release(self, hosts: List[Host], journal: RunJournal) -> List[Released]:
-        """Stop the workers, then remove every container labelled with the run."""
-        stop_all(hosts)  # the containers go with whatever a failed stop left
-        return self.remove(Leftover.found(journal.run_id, self.name))
+        """Remove every container labelled with the run; stop over SSH only the workers whose
+        container could not be removed.
+
+        Removing a container kills every process in it (SIGKILL) and takes its files, so it
+        is the stop itself: a cleanup command over SSH first would only start one more Python
+        on every host. The hosts are let go first, so that no late connect starts a worker."""
+        for host in hosts:
+            if isinstance(host, SshHost):
+                host.let_go()
+        released = self.remove(Leftover.found(journal.run_id, self.name))
+        if any(item.failed for item in released):
+            # A container that stays keeps its worker hashing until teardown removes it: stop
+            # the worker of every host whose container is not confirmed removed.
+            removed = {item.resource for item in released if item.done}
+            names = self._container_names
+            stop_all([h for h in hosts if _container_resource(names.get(h.name, "?"), journal.run_id) not in removed])
+        return released
 
     def _containers(self, run_id: Optional[str] = None) -> List[Any]:
         label = f"{RUN_LABEL}={run_id}" if run_id else f"{TOOL_LABEL}=cnd-fab"
-        return list(self.client.containers.list(all=True, filters={"label": label}))
+        # A container removed while it is listed (by another teardown) is simply not there.
+        return list(self.client.containers.list(all=True, filters={"label": label}, ignore_removed=True))
 
     def remove(self, leftover: Leftover, dry_run: bool = False) -> List[Released]:
-        """Remove the run's containers, found by label (its journal may be lost)."""
+        """Remove the run's containers, found by label (its journal may be lost), LAUNCH_THREADS
+        at a time; one result per container, in the engine's order."""
         import docker as docker_sdk
 
-        released = []
         try:
             containers = self._containers(leftover.run_id)
         except docker_sdk.errors.DockerException as error:
             return [Released(f"the containers of {leftover.run_id}", False, f"docker: listing them failed: {error}")]
-        for container in containers:
-            name = f"container {container.name} ({leftover.run_id})"
-            if dry_run:
-                released.append(Released(name, True, planned=True))
-                continue
-            try:
-                container.remove(force=True)
-                released.append(Released(name, True))
-            except docker_sdk.errors.NotFound:
-                released.append(Released(name, True))
-            except docker_sdk.errors.DockerException as error:
-                released.append(Released(name, False, f"docker: {error}"))
-        return released
+        if dry_run:
+            return [Released(_container_resource(c.name, leftover.run_id), True, planned=True) for c in containers]
+        if not containers:
+            return []
+        # Leaving the pool waits for every removal begun, even when this thread is interrupted.
+        threads = min(LAUNCH_THREADS, len(containers))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="docker-remove") as pool:
+            return list(pool.map(lambda container: _remove_container(container, leftover.run_id), containers))
 
     def leftovers(self, journals: List[RunJournal], expired_only: bool = False) -> List[Leftover]:
         """Every run with a cnd-fab container on this engine, journal or not; expired when the
@@ -333,6 +348,28 @@ class DockerProvider(Provider):
             )
             for c in self._containers()
         ]
+
+
+def _container_resource(name: str, run_id: str) -> str:
+    """How a Released names a container."""
+    return f"container {name} ({run_id})"
+
+
+def _remove_container(container: Any, run_id: str) -> Released:
+    """Remove one container, killing what runs in it; never raises (on a removal thread)."""
+    import docker as docker_sdk
+    import requests
+
+    resource = _container_resource(container.name, run_id)
+    try:
+        container.remove(force=True)
+    except docker_sdk.errors.NotFound:
+        pass  # gone already: what was asked
+    except docker_sdk.errors.DockerException as error:
+        return Released(resource, False, f"docker: {error}")
+    except (requests.RequestException, OSError) as error:  # a deadline passed, or the engine went away
+        return Released(resource, False, f"docker: {type(error).__name__}: {error}")
+    return Released(resource, True)
 
 
 def _liveness(states: Set[str]) -> str:
