@@ -10,7 +10,8 @@ Launch: every container is recorded in the run journal first, all of them, befor
 created. Then a bounded pool of threads creates, fills and starts them at once, since each
 start mostly waits on the engine (see `launch`). A failure stops the launch only after every
 container being made has been made or refused, so that release, which finds the run's
-containers by label, finds each one.
+containers by label, finds each one. Release removes them on the same pool, and that removal
+is the workers' stop (see `release`).
 
 Why a controller label and not an alive-until time like EC2's tag: a container's labels
 cannot change after it is created, so a time there could never be renewed. It would either
@@ -48,9 +49,11 @@ CONTROLLER_LABEL = "cnd-fab.controller"
 KEY_DIR = "/etc/ssh/cnd-fab"
 MAX_CONTAINERS = 64
 LOOPBACK = "127.0.0.1"
-#: Containers created and started at once. A start is mostly the engine's work (the overlay
-#: mount, namespaces, cgroups, runc), which dockerd does for several at a time; more threads
-#: than this only queue there. Each thread holds one of the client's pooled connections.
+#: Containers created, started or removed at once. Each is mostly the engine's work (the
+#: overlay mount, namespaces, cgroups, runc), which dockerd does for several at a time. On the
+#: 2-core development machine 4, 8 and 16 threads all start 48 containers in about 7 s (13 to
+#: 15 CPU-seconds of the engine's), against 13 s one at a time; more cores take more threads.
+#: Each thread holds one of the client's pooled connections.
 LAUNCH_THREADS = 8
 #: Seconds each call to the engine may take (the client's socket timeout).
 ENGINE_TIMEOUT = 60
