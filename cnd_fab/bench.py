@@ -4,6 +4,9 @@
 2. the worker itself with each way of using the cores: a unit split across all cores, or
    one whole unit per core (steady rate, and how soon unit 0 is settled);
 3. a full search through the scheduler and the local provider, against the raw rate.
+
+With --provider, `run_fleet` compares that provider's fleet with the local provider: start-up,
+rate, stop, and the wall time of a whole D=30 search on each, from the launch's start.
 """
 
 from __future__ import annotations
@@ -171,9 +174,14 @@ def _processes_of(run_id: str) -> int:
     return count
 
 
+#: The lowest golden nonce of the default block at D = 30 (SPEC): the answer the timed search finds.
+D30_ANSWER = 346_714_796
+
+
 @dataclass
 class FleetFigures:
-    """Start-up, rate and stop figures of one provider's fleet."""
+    """Start-up, rate and stop figures of one provider's fleet, and its D=30 search's wall times
+    (seconds from the launch's start)."""
 
     kernel: str
     hosts: int
@@ -183,22 +191,26 @@ class FleetFigures:
     checked: int
     found_to_no_worker: Optional[float]
     found_to_released: float
+    first_joined: float
+    all_joined: float
+    answer_at: float
+    released_at: float
+    nonce: Optional[int]
 
 
 def fleet_figures(provider: Provider, count: int, seconds: float, payload: WorkerPayload) -> FleetFigures:
-    """One timed search (nothing to find) and one that finds quickly, on `provider`'s hosts."""
-    outcome, fleet, measured = measuring_search(provider, count, seconds, payload)
-    began = measured.started
-    reachable = max(host.reachable_at or began for host in measured.hosts)
-    running = max(view.running_at or reachable for view in outcome.hosts)
-    assert fleet.finished_at is not None
-    rate = outcome.checked / (fleet.finished_at - reachable)
-
+    """One search that finds the D=30 answer, then one timed search (nothing to find), on
+    `provider`'s hosts."""
     gone: List[float] = []
-    with launched(provider, count, details={"purpose": "benchmark"}) as run:
-        # D = 20: the answer (1,027,827) is settled within a couple of seconds.
-        found = FleetSearch(Problem(BLOCK, 4, 20), UnitSpace(4, 1024), run.hosts, run.run_id, payload=payload)
-        run.outcome = found.run().status
+    # Started early where that is free (local workers), as a search's are.
+    with launched(provider, count, details={"purpose": "benchmark"}, payload=payload) as run:
+        # D = 30 on the default block: seconds of work, so every host joins before the answer
+        # settles, and the wall time from the launch's start compares providers whole.
+        found = FleetSearch(
+            Problem(BLOCK, 4, 30), UnitSpace(4, 1024), run.hosts, run.run_id, payload=payload, started=run.started
+        )
+        answer = found.run()
+        run.outcome = answer.status
         assert found.finished_at is not None
 
         def watch() -> None:
@@ -210,6 +222,19 @@ def fleet_figures(provider: Provider, count: int, seconds: float, payload: Worke
         watcher.start()
     released = time.monotonic()
     watcher.join(10)
+    joined = sorted(host["joined_at"] for host in found.joblog.hosts.values() if host["joined_at"] is not None)
+    all_joined = joined[-1] if len(joined) == count else float("nan")
+
+    # The timed search runs `seconds` once its hosts are up: it allows them as long to start
+    # as the D=30 search's took, and a second more. (A fleet of 48 containers on two cores
+    # takes some 14 s; a fixed `seconds` from the launch would measure nothing.)
+    grace = 1.0 + (all_joined if len(joined) == count else found.finished_at - run.started)
+    outcome, fleet, measured = measuring_search(provider, count, seconds, payload, grace=grace)
+    began = measured.started
+    reachable = max(host.reachable_at or began for host in measured.hosts)
+    running = max(view.running_at or reachable for view in outcome.hosts)
+    assert fleet.finished_at is not None
+    rate = outcome.checked / (fleet.finished_at - reachable)
     return FleetFigures(
         kernel=outcome.hosts[0].kernel,
         hosts=count,
@@ -219,6 +244,11 @@ def fleet_figures(provider: Provider, count: int, seconds: float, payload: Worke
         checked=outcome.checked,
         found_to_no_worker=gone[0] - found.finished_at if gone else None,
         found_to_released=released - found.finished_at,
+        first_joined=joined[0] if joined else float("nan"),
+        all_joined=all_joined,
+        answer_at=found.finished_at - run.started,
+        released_at=released - run.started,
+        nonce=answer.golden.nonce if answer.golden else None,
     )
 
 
@@ -245,6 +275,27 @@ def run_fleet(provider: Provider, count: int, seconds: float, kernel: str) -> in
             f"{figures.found_to_released:.2f}s",
         )
     console.print(table)
+    wall = Table(title=f"a D=30 search of the default block (answer {D30_ANSWER:,}), seconds from the launch's start")
+    for column in (
+        "provider", "hosts", "first host joined", "every host joined", "answer settled", "hosts released",
+        "answer vs local", "released vs local",
+    ):
+        wall.add_column(column, justify="right")
+    for name, figures in (("local", local), (provider.name, fleet)):
+        wall.add_row(
+            name,
+            str(figures.hosts),
+            f"{figures.first_joined:.2f}s",
+            f"{figures.all_joined:.2f}s",
+            f"{figures.answer_at:.2f}s",
+            f"{figures.released_at:.2f}s",
+            f"{figures.answer_at / local.answer_at:.2f}×",
+            f"{figures.released_at / local.released_at:.2f}×",
+        )
+    console.print(wall)
+    for name, figures in (("local", local), (provider.name, fleet)):
+        if figures.nonce != D30_ANSWER:
+            console.print(f"warning: the {name} search answered {figures.nonce}, not {D30_ANSWER:,}", highlight=False)
     return 0
 
 

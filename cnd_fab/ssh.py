@@ -192,6 +192,8 @@ class SshHost(Host):
         self.clean_problem = ""
         self.setup_seconds = target.connect_deadline + PUSH_SECONDS
         self._lock = threading.Lock()
+        #: The connection a reader thread is opening right now, if any (see let_go).
+        self._connecting: Optional[Connection] = None
 
     # --- connecting --------------------------------------------------------------------
     def _new_connection(self, timeout: float) -> Connection:
@@ -238,6 +240,13 @@ class SshHost(Host):
                 raise HostConnectError(f"{self.name}: the run ended before the host answered")
             remaining = deadline - time.monotonic()
             connection = self._new_connection(min(10.0, max(1.0, remaining)))
+            if not cleaning:
+                # Published before it opens, so that let_go() can cut a handshake short; then
+                # looked at once more, for a host let go in between.
+                self._connecting = connection
+                if self.released:
+                    self._connecting = None
+                    raise HostConnectError(f"{self.name}: the run ended before the host answered")
             try:
                 connection.open()
                 self.connection = connection
@@ -270,6 +279,9 @@ class SshHost(Host):
             except (socket.error, EOFError, ValueError) as error:
                 connection.close()
                 last = f"{type(error).__name__}: {error}"
+            finally:
+                if not cleaning:
+                    self._connecting = None
             if time.monotonic() + delay > deadline:
                 raise HostConnectError(
                     f"{self.name} ({target.address}): not reachable over SSH within "
@@ -322,6 +334,8 @@ class SshHost(Host):
         connection = self.connect()
         with self._lock:
             if self.released:
+                # Let go while connecting: this connection is nobody else's to close.
+                connection.close()
                 raise HostConnectError(f"{self.name}: the run ended before the worker started")
             self.started_worker = True  # from here on, stop_worker must clean this host
         if self.journal is not None:
@@ -354,6 +368,21 @@ class SshHost(Host):
             shlex.quote(part)
             for part in (self.target.python, f"{self.run_dir}/worker.py", "--cleanup", self.run_dir)
         )
+
+    def let_go(self) -> None:
+        """Release this host without stopping its worker remotely, because its provider removes
+        the machine with everything on it (a container): close the connection, and keep a
+        connect still in progress from starting a worker. stop_worker() may still follow."""
+        with self._lock:
+            self.released = True
+            if self.connection is not None:
+                self.connection.close()
+            self.connection = None
+        # A handshake under way on a reader thread is cut short: its host is about to vanish,
+        # and closing it here ends it quietly, where a reset from the host would be logged.
+        connecting = self._connecting
+        if connecting is not None:
+            connecting.close()
 
     def stop_worker(self) -> None:
         """Kill the worker's process group (TERM, then KILL) and remove the run directory."""

@@ -4,10 +4,11 @@ Example: ``fab search --provider ec2 --count 4 --instance-type c7a.large --timeo
 
 Per run it creates, recording each in the journal *before* the call that creates it:
 an imported ed25519 key pair, a security group open on 22/tcp to the caller's address only,
-and N instances: from one RunInstances call (MinCount = MaxCount = N, ClientToken = run id)
-for one on-demand type, or from one instant CreateFleet call with a launch template of the
-run's for --spot or several --instance-types (see ec2_launch.py; --min-count is the least it
-goes on with). Every resource is tagged ``cnd-fab:run``; instances and volumes also carry
+and N instances: from RunInstances (MinCount = MaxCount) for one on-demand type, or from an
+instant CreateFleet with a launch template of the run's for --spot or several
+--instance-types (see ec2_launch.py; --min-count is the least it goes on with). Each call
+asks for at most LAUNCH_BATCH instances, under a ClientToken of its own: the run id for
+the first, `<run id>-b<k>` for call k. Every resource is tagged ``cnd-fab:run``; instances and volumes also carry
 ``cnd-fab:expires-at`` and ``cnd-fab:alive-until``. User-data installs a host key generated
 here, so the controller pins it and never trusts on first use, and schedules ``shutdown -P +M``:
 the instances end themselves (shutdown behaviour: terminate) if the controller dies. A live

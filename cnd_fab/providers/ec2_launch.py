@@ -14,14 +14,16 @@ from ..errors import ProviderError
 from ..journal import RunJournal
 from ..ssh import KeyPair, SshHost, SshTarget
 from .base import Host
-from .ec2_region import Ec2Region
+from .ec2_region import Ec2Region, FleetAnswer
 from .ec2_settings import (
     ALIVE_MINUTES,
     InstanceChoice,
+    LaunchBatch,
     Pool,
     cloud_config,
     explain,
     fleet_request,
+    launch_batches,
     launch_request,
     launch_template_data,
     resource_name,
@@ -80,8 +82,11 @@ class RunLaunch:
     """Creates a run's key pair, security group and instances, and waits until they run.
 
     Example: ``RunLaunch(Ec2Region(client, "eu-west-2"), journal).create(4, InstanceChoice(("c7a.large",)), ami, cidr, 20)``.
-    `instance_ids` and `launched_at` are set as soon as RunInstances or CreateFleet answers,
-    even if the wait then fails: release needs them either way."""
+    A launch of more than LAUNCH_BATCH instances takes several RunInstances or CreateFleet
+    calls, each recorded in the journal before it is made, with a ClientToken of its own (see
+    launch_batches). `instance_ids` and `launched_at` are set as soon as the first call
+    answers and grow with each later one, even if a call or the wait then fails: release
+    needs them either way."""
 
     def __init__(self, aws: Ec2Region, journal: RunJournal) -> None:
         self.aws = aws
@@ -130,6 +135,7 @@ class RunLaunch:
             action = "opening 22/tcp to the controller"
             aws.open_ssh(group_id, cidr)
 
+            batches = launch_batches(run_id, count)
             if choice.through_fleet:
                 assert pools is not None
                 journal.record("ec2-launch-template", region=region, name=name)
@@ -137,10 +143,21 @@ class RunLaunch:
                 data = launch_template_data(choice.types, ami, name, group_id, user_data, run_id, expires, alive_until)
                 template_id = aws.create_launch_template(run_id, data)
                 journal.record("ec2-launch-template", region=region, name=name, template_id=template_id)
-                journal.record("ec2-launch", region=region, client_token=run_id[:64], expires_at=expires, fleet=True)
-                action = f"launching {what} through an EC2 Fleet"
-                answer = aws.create_fleet(fleet_request(template_id, pools, count, choice.spot, run_id))
-                self._launched(answer.instance_ids)
+                answers: List[FleetAnswer] = []
+                for batch in batches:
+                    journal.record(
+                        "ec2-launch", region=region, client_token=batch.client_token, expires_at=expires, fleet=True,
+                        count=batch.count, batch=batch.number,
+                    )
+                    action = f"launching {what} through an EC2 Fleet{_call_of(batch, batches)}"
+                    request = fleet_request(template_id, pools, batch.count, choice.spot, run_id, batch.client_token)
+                    answers.append(aws.create_fleet(request))
+                    self._launched(answers[-1].instance_ids)
+                    # --min-count is over the whole launch: once the calls still to come cannot
+                    # make it up, none is made, since everything would be released anyway.
+                    if len(self.instance_ids) + sum(b.count for b in batches[batch.number + 1 :]) < least:
+                        break
+                answer = FleetAnswer.joined(answers)
                 if len(answer.instance_ids) < least:
                     raise ProviderError(
                         f"ec2 ({region}): only {len(answer.instance_ids)} of {what} launched, fewer than the "
@@ -152,12 +169,17 @@ class RunLaunch:
                         f"needs, so it goes on with them ({answer.why_short()})"
                     )
             else:
-                journal.record("ec2-launch", region=region, client_token=run_id[:64], expires_at=expires)
-                action = f"launching {what}"
-                request = launch_request(
-                    choice.types[0], count, ami, name, group_id, subnet_id, user_data, run_id, expires, alive_until
-                )
-                self._launched(aws.run_instances(request))
+                for batch in batches:
+                    journal.record(
+                        "ec2-launch", region=region, client_token=batch.client_token, expires_at=expires,
+                        count=batch.count, batch=batch.number,
+                    )
+                    action = f"launching {what}{_call_of(batch, batches)}"
+                    request = launch_request(
+                        choice.types[0], batch.count, ami, name, group_id, subnet_id, user_data, run_id, expires,
+                        alive_until, batch.client_token,
+                    )
+                    self._launched(aws.run_instances(request))
 
             action = "waiting for the instances to run"
             instances = aws.wait_running(self.instance_ids)
@@ -174,7 +196,17 @@ class RunLaunch:
         return Launched(instances, user_data, login_key, host_key)
 
     def _launched(self, instance_ids: List[str]) -> None:
-        self.instance_ids = instance_ids
-        self.launched_at = time.time()
+        """One launch call answered: its instances join the run's, and the journal has them."""
+        self.instance_ids = self.instance_ids + instance_ids
+        now = time.time()
+        if self.launched_at is None:
+            self.launched_at = now  # the run's cost counts from its first instances
         # When they were launched tells teardown how long EC2 may not show them yet.
-        self.journal.record("ec2-instances", region=self.aws.region, ids=self.instance_ids, launched_at=self.launched_at)
+        self.journal.record("ec2-instances", region=self.aws.region, ids=instance_ids, launched_at=now)
+
+
+def _call_of(batch: LaunchBatch, batches: Sequence[LaunchBatch]) -> str:
+    """' (call 2 of 3: 100 instances)' in an error line, when the launch takes several calls."""
+    if len(batches) == 1:
+        return ""
+    return f" (call {batch.number + 1} of {len(batches)}: {batch.count} instances)"

@@ -153,6 +153,11 @@ class FleetAnswer:
         ]
         return cls(ids, errors)
 
+    @classmethod
+    def joined(cls, answers: Sequence["FleetAnswer"]) -> "FleetAnswer":
+        """The answers of a launch's several calls, as one: every id, every error, in order."""
+        return cls([i for a in answers for i in a.instance_ids], [e for a in answers for e in a.errors])
+
     def why_short(self) -> str:
         """AWS's reasons, one of each code, for a person: 'InsufficientInstanceCapacity (c7a.large): …'."""
         seen: Dict[str, FleetError] = {}

@@ -29,6 +29,12 @@ DEFAULT_SSH_DEADLINE = 300.0
 UNBOUNDED_RUN_MINUTES = 60
 DEAD_MAN_MARGIN_MINUTES = 10
 MAX_INSTANCES = 256
+#: Instances asked for in one RunInstances or CreateFleet call; a larger launch is made in
+#: several calls under one run, each with its own ClientToken (see launch_batches). 100 is
+#: the size every describe, terminate and tag call of a run already uses (ec2_region).
+LAUNCH_BATCH = 100
+#: The longest ClientToken EC2 accepts.
+MAX_CLIENT_TOKEN = 64
 TOOL_TAG = "cnd-fab:tool"
 RUN_TAG = "cnd-fab:run"
 EXPIRES_TAG = "cnd-fab:expires-at"
@@ -254,11 +260,40 @@ def instance_settings(
     return settings
 
 
+@dataclass(frozen=True)
+class LaunchBatch:
+    """One launch call of a run: its place among the run's calls, its size and its ClientToken."""
+
+    number: int
+    count: int
+    client_token: str
+
+
+def batch_token(run_id: str, number: int) -> str:
+    """The ClientToken of a run's launch call `number` (0, 1, …): the run id for the first, so a
+    launch of one call is sent as it always was, then `<run id>-b<number>`. The same run asks
+    with the same tokens, so a retried call cannot launch twice; no two calls share one."""
+    if number == 0:
+        return run_id[:MAX_CLIENT_TOKEN]
+    suffix = f"-b{number}"
+    return run_id[: MAX_CLIENT_TOKEN - len(suffix)] + suffix
+
+
+def launch_batches(run_id: str, count: int) -> List[LaunchBatch]:
+    """The calls a launch of `count` instances is made in: LAUNCH_BATCH instances each, the
+    last one the rest."""
+    return [
+        LaunchBatch(number, min(LAUNCH_BATCH, count - start), batch_token(run_id, number))
+        for number, start in enumerate(range(0, count, LAUNCH_BATCH))
+    ]
+
+
 def launch_request(
     instance_type: str, count: int, ami: str, key_name: str, group_id: str, subnet_id: str, user_data: str,
-    run_id: str, expires: str, alive_until: str,
+    run_id: str, expires: str, alive_until: str, client_token: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """The RunInstances parameters: all N at once, of one type, in one subnet."""
+    """The RunInstances parameters of one call: `count` instances at once (all or none), of one
+    type, in one subnet; `client_token` by default the run id (see batch_token)."""
     request = instance_settings(ami, key_name, group_id, user_data, run_id, expires, alive_until, is_burstable(instance_type))
     request["NetworkInterfaces"][0]["SubnetId"] = subnet_id
     request.update(
@@ -266,7 +301,7 @@ def launch_request(
         MinCount=count,
         MaxCount=count,
         # The same run id gives the same token: a retried call cannot launch twice.
-        ClientToken=run_id[:64],
+        ClientToken=client_token or batch_token(run_id, 0),
     )
     return request
 
@@ -287,13 +322,16 @@ def launch_template_data(
     return data
 
 
-def fleet_request(template_id: str, pools: Sequence[Pool], count: int, spot: bool, run_id: str) -> Dict[str, Any]:
-    """The CreateFleet parameters: an instant fleet of `count` instances from the run's launch
-    template, in any of `pools` (type and subnet). Spot goes where capacity is deepest, which
-    AWS advises to make interruptions rarest; on-demand goes to the cheapest type."""
+def fleet_request(
+    template_id: str, pools: Sequence[Pool], count: int, spot: bool, run_id: str, client_token: Optional[str] = None
+) -> Dict[str, Any]:
+    """The CreateFleet parameters of one call: an instant fleet of `count` instances from the
+    run's launch template, in any of `pools` (type and subnet); `client_token` by default the
+    run id (see batch_token). Spot goes where capacity is deepest, which AWS advises to make
+    interruptions rarest; on-demand goes to the cheapest type."""
     request: Dict[str, Any] = {
         "Type": "instant",
-        "ClientToken": run_id[:64],
+        "ClientToken": client_token or batch_token(run_id, 0),
         "LaunchTemplateConfigs": [
             {
                 "LaunchTemplateSpecification": {"LaunchTemplateId": template_id, "Version": "$Latest"},

@@ -23,7 +23,7 @@ import yaml
 from cnd_fab import ssh
 from cnd_fab.errors import ProviderError
 from cnd_fab.journal import RunJournal
-from cnd_fab.providers import ProviderOptions, ec2
+from cnd_fab.providers import ProviderOptions, ec2, ec2_settings
 from cnd_fab.providers.base import Host, Leftover, Released
 from cnd_fab.providers.ec2 import Ec2Provider
 from cnd_fab.providers.ec2_settings import ALIVE_TAG, EXPIRES_TAG, RUN_TAG, TAG_TIME_FORMAT, TOOL_TAG
@@ -179,14 +179,15 @@ def canned_answer(request: Any, status: int, body: str) -> Any:
 
 
 class FailingSend:
-    """A before-send handler that answers an EC2 call with an error `times` times."""
+    """A before-send handler that answers an EC2 call with an error `times` times, after letting
+    the first `passes` calls through."""
 
-    def __init__(self, code: str, status: int, times: int) -> None:
-        self.code, self.status, self.left, self.calls = code, status, times, 0
+    def __init__(self, code: str, status: int, times: int, passes: int = 0) -> None:
+        self.code, self.status, self.left, self.calls, self.passes = code, status, times, 0, passes
 
     def __call__(self, request: Any, **kwargs: Any) -> Any:
         self.calls += 1
-        if self.left == 0:
+        if self.left == 0 or self.calls <= self.passes:
             return None
         self.left -= 1
         body = f"<Response><Errors><Error><Code>{self.code}</Code><Message>injected</Message></Error></Errors><RequestID>t</RequestID></Response>"
@@ -262,6 +263,52 @@ def test_failed_launch_is_a_clear_error_and_leaves_nothing(aws: Any, inventory: 
     released = provider.release([], journal)
     assert_all_done(released)
     assert sorted(r.resource.split()[0] for r in released) == ["key", "security"]  # no instance was made
+    assert_nothing_left(aws)
+
+
+def test_a_launch_above_the_batch_size_takes_several_calls_with_tokens_of_their_own(
+    aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ec2_settings, "LAUNCH_BATCH", 2)
+    provider = Ec2Provider(ProviderOptions(inventory=load(str(inventory)), timeout=300))
+    calls = Recorder()
+    provider.ec2.meta.events.register("provide-client-params.ec2.RunInstances", calls)
+    journal = RunJournal.start("ec2")
+    hosts = provider.launch(5, journal)
+    try:
+        run_id = journal.run_id
+        tokens = [call["ClientToken"] for call in calls.calls]
+        assert tokens == [run_id, f"{run_id}-b1", f"{run_id}-b2"]
+        assert [(call["MinCount"], call["MaxCount"]) for call in calls.calls] == [(2, 2), (2, 2), (1, 1)]
+        assert len(set(provider.instance_ids)) == 5 and [host.name for host in hosts] == provider.instance_ids
+        assert len(live_instances(aws)) == 5
+        # Each call is in the journal before it is made, and its instances as soon as it answers.
+        steps = [r for r in journal.resources if r["kind"] in ("ec2-launch", "ec2-instances")]
+        assert [r["kind"] for r in steps] == ["ec2-launch", "ec2-instances"] * 3
+        assert [r["client_token"] for r in steps[::2]] == tokens and [r["count"] for r in steps[::2]] == [2, 2, 1]
+        assert [i for r in steps[1::2] for i in r["ids"]] == provider.instance_ids
+    finally:
+        released = provider.release(hosts, journal)
+    assert_all_done(released)
+    assert sorted(r.resource for r in released) == run_resources(journal, provider.instance_ids)
+    assert_nothing_left(aws)
+
+
+def test_a_batched_launch_whose_second_call_fails_leaves_nothing(
+    aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ec2_settings, "LAUNCH_BATCH", 2)
+    provider = Ec2Provider(ProviderOptions(inventory=load(str(inventory)), timeout=300))
+    refused = FailingSend("VcpuLimitExceeded", 400, times=100, passes=1)
+    provider.ec2.meta.events.register("before-send.ec2.RunInstances", refused)
+    journal = RunJournal.start("ec2")
+    with pytest.raises(ProviderError, match=r"vCPU quota is too low for this many c7a\.large instances"):
+        provider.launch(5, journal)
+    assert refused.calls == 2  # the third call is never made
+    assert len(provider.instance_ids) == 2 and len(live_instances(aws)) == 2  # the first call's
+    released = provider.release([], journal)
+    assert_all_done(released)
+    assert sorted(r.resource for r in released) == run_resources(journal, provider.instance_ids)
     assert_nothing_left(aws)
 
 

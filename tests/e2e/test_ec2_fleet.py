@@ -18,7 +18,7 @@ import yaml
 from cnd_fab.errors import ProviderError
 from cnd_fab.inventory import load
 from cnd_fab.journal import RunJournal
-from cnd_fab.providers import ProviderOptions
+from cnd_fab.providers import ProviderOptions, ec2_settings
 from cnd_fab.providers.base import Leftover
 from cnd_fab.providers.ec2 import Ec2Provider
 from cnd_fab.providers.ec2_settings import ALIVE_TAG, RUN_TAG, TOOL_TAG
@@ -175,6 +175,51 @@ def test_a_fleet_below_min_count_releases_everything_with_one_line(aws: Any, inv
         f"(InsufficientInstanceCapacity (c7a.large): {SHORT_OF_CAPACITY}); everything is being released"
     )
     assert len(provider.instance_ids) == 1
+    assert_nothing_left(aws)
+
+
+def test_a_fleet_above_the_batch_size_counts_min_count_over_every_call(
+    aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ec2_settings, "LAUNCH_BATCH", 2)
+    provider = fleet_provider(inventory, min_count=3)
+    calls = recorded(provider, "CreateFleet")
+    CapacityLimit(1).register(provider.ec2.meta.events)  # each call launches one instance
+    journal = RunJournal.start("ec2")
+    hosts = provider.launch(5, journal)
+    try:
+        run_id = journal.run_id
+        tokens = [call["ClientToken"] for call in calls["CreateFleet"].calls]
+        assert tokens == [run_id, f"{run_id}-b1", f"{run_id}-b2"]
+        assert [call["TargetCapacitySpecification"]["TotalTargetCapacity"] for call in calls["CreateFleet"].calls] == [2, 2, 1]
+        assert len(hosts) == len(set(provider.instance_ids)) == 3 and len(live_instances(aws)) == 3
+        assert provider.notices == [
+            f"ec2 ({REGION}): 3 of 5 × c7a.large|c6a.large spot launched, at least the 3 the run needs, so it goes on "
+            f"with them (InsufficientInstanceCapacity (c7a.large): {SHORT_OF_CAPACITY})"
+        ]
+        launches = [r for r in journal.resources if r["kind"] == "ec2-launch"]
+        assert [(r["client_token"], r["count"], r["fleet"]) for r in launches] == [(t, n, True) for t, n in zip(tokens, [2, 2, 1])]
+    finally:
+        released = provider.release(hosts, journal)
+    assert_all_done(released)
+    assert_nothing_left(aws)
+
+
+def test_a_batched_fleet_stops_calling_once_min_count_is_out_of_reach(
+    aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ec2_settings, "LAUNCH_BATCH", 2)
+    provider = fleet_provider(inventory, min_count=4)
+    calls = recorded(provider, "CreateFleet")
+    CapacityLimit(1).register(provider.ec2.meta.events)
+    with pytest.raises(ProviderError) as refused:
+        with launched(provider, 5):
+            pytest.fail("a run short of its minimum must not start")
+    # After two calls, 2 launched and 1 left to ask for: 4 is out of reach, so no third call.
+    assert len(calls["CreateFleet"].calls) == 2 and len(provider.instance_ids) == 2
+    assert str(refused.value).startswith(
+        f"ec2 ({REGION}): only 2 of 5 × c7a.large|c6a.large spot launched, fewer than the 4 the run needs"
+    )
     assert_nothing_left(aws)
 
 

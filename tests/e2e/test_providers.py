@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, List
 
 import pytest
 
-from cnd_fab.journal import RunJournal
+from cnd_fab.errors import ProviderError
+from cnd_fab.journal import OPEN, RunJournal
 from cnd_fab.providers import ProviderOptions, provider_class
 from cnd_fab.providers.base import Leftover, Released
 from cnd_fab.providers.docker import DockerProvider
 from cnd_fab.providers.local import LocalHost, LocalProvider
+from cnd_fab.run import launched
 from cnd_fab.ssh import SshHost
 from cnd_fab.transport import WorkerPayload, worker, worker_file
 from tests.e2e.conftest import Testbed
@@ -62,6 +65,103 @@ def test_docker_leftovers_are_found_by_label_and_removed(docker_client: Any) -> 
     assert [item.done for item in removed] == [True, True]
     assert run_containers(docker_client, journal.run_id) == []
     assert DockerProvider().remove(found[0]) == []  # twice is fine: nothing left
+
+
+@pytest.mark.usefixtures("no_leaked_containers")
+def test_docker_launch_makes_containers_at_once_each_journalled_first_and_hosts_in_order(
+    docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docker.models.containers import ContainerCollection
+
+    provider = DockerProvider()
+    journal = RunJournal.start(provider.name)
+    create = ContainerCollection.create
+    # Two creates must be under way together to pass: a launch one container at a time would
+    # break the barrier (after its timeout, which only guards against a hang).
+    together = threading.Barrier(2, timeout=60)
+    recorded_before: List[int] = []
+
+    def create_together(self: Any, *args: Any, **kwargs: Any) -> Any:
+        recorded_before.append(sum(r["kind"] == "docker-container" for r in journal.resources))
+        if kwargs["name"].endswith(("-1", "-2")):
+            together.wait()
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContainerCollection, "create", create_together)
+    hosts = provider.launch(4, journal)
+    try:
+        assert recorded_before == [4, 4, 4, 4]  # every container in the journal before any create
+        assert [host.name for host in hosts] == ["docker-1", "docker-2", "docker-3", "docker-4"]
+        ports = {r["name"]: r["port"] for r in journal.resources if r["kind"] == "docker-container"}
+        assert len(set(ports.values())) == 4
+        for index, host in enumerate(hosts, 1):
+            assert isinstance(host, SshHost)
+            name = f"{journal.run_id}-{index}"
+            assert host.target.port == ports[name] and host.run_dir.endswith(f"{journal.run_id}-{index}")
+            command = docker_client.containers.get(name).attrs["Config"]["Cmd"]
+            assert command[command.index("-p") + 1] == str(ports[name])
+        hosts[3].start_worker(journal.run_id, PYTHON)  # its sshd has the key pinned for it
+    finally:
+        released = provider.release(hosts, journal)
+    assert [item.done for item in released] == [True] * 4
+    assert run_containers(docker_client, journal.run_id) == []
+
+
+@pytest.mark.usefixtures("no_leaked_containers")
+def test_docker_launch_that_fails_on_the_third_container_leaves_nothing(
+    docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import docker
+    from docker.models.containers import Container
+
+    put_archive = Container.put_archive
+
+    def refuse_the_third(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name.endswith("-3"):
+            raise docker.errors.APIError("injected: no room for the keys")
+        return put_archive(self, *args, **kwargs)
+
+    monkeypatch.setattr(Container, "put_archive", refuse_the_third)
+    with pytest.raises(ProviderError) as refused:
+        with launched(DockerProvider(), 6):
+            pytest.fail("a launch with a failed container must not start")
+    [journal] = RunJournal.all()
+    assert str(refused.value) == f"docker: starting container {journal.run_id}-3 failed: injected: no room for the keys"
+    # Every container was journalled, and release removed each one made, the third included.
+    assert [r["name"] for r in journal.resources] == [f"{journal.run_id}-{i}" for i in range(1, 7)]
+    assert journal.status == OPEN and "injected" in journal.details["launch_failed"]
+    assert run_containers(docker_client, journal.run_id) == []
+
+
+@pytest.mark.usefixtures("no_leaked_containers")
+def test_docker_release_stops_over_ssh_the_worker_of_a_container_it_cannot_remove(
+    docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import docker
+    from docker.models.containers import Container
+
+    provider = DockerProvider()
+    journal = RunJournal.start(provider.name)
+    hosts = provider.launch(2, journal)
+    for host in hosts:
+        host.start_worker(journal.run_id, PYTHON)
+    remove = Container.remove
+
+    def refuse_the_first(self: Any, **kwargs: Any) -> None:
+        if self.name == f"{journal.run_id}-1":
+            raise docker.errors.APIError("injected: device or resource busy")
+        remove(self, **kwargs)
+
+    monkeypatch.setattr(Container, "remove", refuse_the_first)
+    released = provider.release(hosts, journal)
+    assert sorted((item.resource, item.done) for item in released) == [
+        (f"container {journal.run_id}-1 ({journal.run_id})", False), (f"container {journal.run_id}-2 ({journal.run_id})", True)
+    ]
+    assert run_containers(docker_client, journal.run_id) == [f"{journal.run_id}-1"]
+    # The container stays (teardown retries it), but not its worker: it was stopped over SSH.
+    assert not wait_for_no_workers(journal.run_id.encode())
+    monkeypatch.undo()
+    assert [item.done for item in provider.remove(Leftover.found(journal.run_id, "docker"))] == [True]
 
 
 def test_docker_remove_that_fails_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
