@@ -41,10 +41,12 @@ def build_parser() -> OneLineParser:
         for option in options_for(name):
             flag = f"--{option.name}"
             if option.kind == FLAG:
-                task.add_argument(flag, dest=option.param, action="store_true", help=option.help)
+                task.add_argument(flag, dest=option.param, action="store_true", help=_literal(option.help))
             else:
                 # Values reach the parsers as text: their checks give the one-line errors.
-                task.add_argument(flag, dest=option.param, metavar=option.name.split("-")[-1].upper(), help=option.help)
+                task.add_argument(
+                    flag, dest=option.param, metavar=option.name.split("-")[-1].upper(), help=_literal(option.help)
+                )
     return parser
 
 
@@ -78,3 +80,8 @@ def run_program() -> NoReturn:
 
     exit_promptly(code)
     raise AssertionError("exit_promptly() returned")  # for the type checker: it never does
+
+
+def _literal(text: str) -> str:
+    """Help text as argparse prints it as written: it formats help with %, so "95%" must be "95%%"."""
+    return text.replace("%", "%%")

@@ -39,8 +39,10 @@ MAX_PREFETCH = 64
 #: chunk hand-offs cost well under 1%, short enough that the answer's lowest-first settling
 #: waits little on any one host.
 GRANT_SECONDS = 1.5
-#: While a host's rate is unknown, each grant is at most this many times its last.
+#: A grant is at most this many times the largest one its host has settled whole.
 GRANT_GROWTH = 4
+#: Grants each host holds at once: one its cores work on and the next, so they never wait.
+GRANTS_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,10 @@ class HostSession:
         grows only on evidence: to at most GRANT_GROWTH times the largest grant it has settled
         whole, so a host that settles nothing never holds more than GRANTS_AHEAD small grants."""
         proven = self.largest_settled_grant
-        grown = self.prefetch if proven == 0 else max(self.prefetch, proven * GRANT_GROWTH)
+        # The first grants together hold what HELLO asked for, as before grants: no more is
+        # under way on a new host, and so no more is thrown away above an early answer.
+        first = -(-self.prefetch // GRANTS_AHEAD)
+        grown = first if proven == 0 else max(first, proven * GRANT_GROWTH)
         units = grown
         if self.view.rate > 0:
             units = min(grown, max(1, int(self.view.rate * GRANT_SECONDS / unit_size)))

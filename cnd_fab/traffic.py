@@ -19,10 +19,8 @@ from .joblog import JobLog
 from .ledger import GoldenLedger
 from .outcome import GONE, LOST, READY, RECLAIMED, Reporter
 from .schedule import Completion, GoldenNonce, Scheduler
-from .session import HostSession, traceback_event
+from .session import GRANTS_AHEAD, HostSession, traceback_event
 
-#: Grants each host holds at once: one its cores work on and the next, so they never wait.
-GRANTS_AHEAD = 2
 READY_COUNT_SECONDS = 0.5
 from .spec import Problem, UnitSpace
 from .transport import Host, host_text

@@ -178,7 +178,8 @@ def test_lost_container_mid_run_still_gives_the_lowest(docker_client: Any, actio
     assert record["reissued"] >= 1
     assert "reissued" in run.stderr and "host lost: docker-1" in run.stderr
     if action == "pause":
-        assert "heartbeat deadline" in lost[0]["error"]
+        # A paused host goes silent and stops advancing at once: either 8 s deadline may fire first.
+        assert "heartbeat deadline" in lost[0]["error"] or "made no progress on its units for" in lost[0]["error"]
     assert not cnd_containers(docker_client)
 
 

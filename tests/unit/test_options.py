@@ -277,3 +277,14 @@ def test_cnd_fab_bad_flags_are_one_line_and_exit_2(capsys: pytest.CaptureFixture
     assert capsys.readouterr().err.strip().splitlines() == [
         "cnd-fab: unrecognized arguments: --no-such-flag (see `cnd-fab --help`)"
     ]
+
+
+@pytest.mark.parametrize("task", ["search", "calibrate", "bench", "teardown", "stats", "status"])
+def test_every_task_prints_its_help(task: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from cnd_fab.cli import main
+
+    # argparse formats help texts with %, which a literal "95%" in one once broke.
+    with pytest.raises(SystemExit) as ended:
+        main([task, "--help"])
+    assert ended.value.code == 0
+    assert f"usage: cnd-fab {task}" in capsys.readouterr().out
