@@ -94,7 +94,6 @@ class HostSession:
         #: Grants sent and not yet all settled: the unit each began with -> (lowest unsettled, last).
         self.grants: Dict[int, Tuple[int, int]] = {}
         self._begun_grants: Set[int] = set()
-        self.last_grant_units = 0
         #: Units in the largest grant it has settled whole: what its next grants may grow from.
         self.largest_settled_grant = 0
 
@@ -197,9 +196,7 @@ class HostSession:
         units = grown
         if self.view.rate > 0:
             units = min(grown, max(1, int(self.view.rate * GRANT_SECONDS / unit_size)))
-        units = max(1, min(units, fair_share, worker.MAX_COUNT))
-        self.last_grant_units = units
-        return units
+        return max(1, min(units, fair_share, worker.MAX_COUNT))
 
     def open_grant(self, first: int, last: int) -> None:
         """A grant of units `first` to `last` was sent."""

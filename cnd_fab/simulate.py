@@ -58,6 +58,10 @@ class Grant:
     #: When the simulated cores finish it (or reach the golden nonce in it).
     finish_at: float = 0.0
 
+    def stop(self, golden: int) -> int:
+        """Where its scan ends: just past `golden` if the grant holds it, else at its end."""
+        return golden + 1 if self.start <= golden < self.end else self.end
+
 
 @dataclass
 class SimulatedWorker:
@@ -86,9 +90,7 @@ class SimulatedWorker:
         front = self.grants[0]
         if front.began == 0.0:
             front.began = now
-            nonce, _ = self.golden
-            stop = nonce + 1 if front.start <= nonce < front.end else front.end
-            front.finish_at = now + (stop - front.start) / self.rate
+            front.finish_at = now + (front.stop(self.golden[0]) - front.start) / self.rate
         return front.finish_at
 
     def finish_front(self, now: float) -> None:
@@ -96,7 +98,7 @@ class SimulatedWorker:
         front = self.grants.pop(0)
         nonce, digest = self.golden
         golden = front.start <= nonce < front.end
-        stop = nonce + 1 if golden else front.end
+        stop = front.stop(nonce)
         self.checked += stop - front.start
         self.busy.append((front.began, now))
         last = self.unit_of(nonce) if golden else front.last
