@@ -17,8 +17,8 @@ from __future__ import annotations
 import csv
 import io
 from collections import deque
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 FIRST_ROWS = 1024
 LAST_ROWS = 256
@@ -36,13 +36,15 @@ UNFINISHED = "unfinished"  # in flight when the run stopped
 
 @dataclass
 class UnitRow:
-    """One unit given to one host."""
+    """One unit given to one host; in memory, also a run of `units` consecutive units given
+    to one host together (a grant), which the record shows as one row per unit."""
 
     unit: int
     host: str
     issued_at: float
     started_at: Optional[float] = None
     done_at: Optional[float] = None
+    #: Hashes of each unit of the row.
     hashes: Optional[int] = None
     result: str = UNFINISHED
     nonce: Optional[int] = None
@@ -50,9 +52,29 @@ class UnitRow:
     lost_on: Optional[str] = None
     #: For a lost row: the host the unit was reissued to.
     redone_on: Optional[str] = None
+    units: int = field(default=1, compare=False)
+
+    @property
+    def end(self) -> int:
+        """One past its last unit."""
+        return self.unit + self.units
+
+    def split_at(self, unit: int) -> "UnitRow":
+        """Cut the row before `unit`: it keeps the units below, and the rest is returned."""
+        upper = replace(self, unit=unit, units=self.end - unit)
+        self.units = unit - self.unit
+        return upper
+
+    def expanded(self) -> Iterator["UnitRow"]:
+        """One row per unit."""
+        if self.units == 1:
+            yield self
+            return
+        for unit in range(self.unit, self.end):
+            yield replace(self, unit=unit, units=1)
 
 
-ROW_COLUMNS = tuple(item.name for item in fields(UnitRow))
+ROW_COLUMNS = tuple(item.name for item in fields(UnitRow) if item.name != "units")
 #: The CSV's columns: a row's, behind its kind ("unit" or "bucket"), and a bucket's unit count.
 CSV_COLUMNS = ("kind",) + ROW_COLUMNS + ("units",)
 
@@ -64,7 +86,11 @@ HOST_STAGES = ("reachable", "opened", "joined", "lost", "stopped")
 
 @dataclass
 class JobLog:
-    """Collects the rows as the fleet loop reports what happens; to_record() makes it JSON."""
+    """Collects the rows as the fleet loop reports what happens; to_record() makes it JSON.
+
+    A grant is one row in memory until part of it is settled, lost or cancelled, when the row
+    is cut there: a fleet of a thousand hosts costs the log a few steps per grant, and only the
+    rows kept in full are ever made one per unit."""
 
     #: The run's start on the monotonic clock.
     started: float
@@ -73,9 +99,12 @@ class JobLog:
     max_reissue_rows: int = MAX_REISSUE_ROWS
     max_buckets: int = MAX_BUCKETS
     hosts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    _open: Dict[int, UnitRow] = field(default_factory=dict)
+    #: Each host's open rows (units it holds), lowest unit first.
+    _open: Dict[str, List[UnitRow]] = field(default_factory=dict)
     _first: List[UnitRow] = field(default_factory=list)
+    _first_units: int = 0
     _last: Deque[UnitRow] = field(default_factory=deque)
+    _last_units: int = 0
     _reissue: List[UnitRow] = field(default_factory=list)
     _awaiting_redo: Dict[int, UnitRow] = field(default_factory=dict)
     #: (host, bucket index) -> [units, hashes] of the rows not kept in full.
@@ -101,61 +130,100 @@ class JobLog:
 
     # --- units -------------------------------------------------------------------------
     def issued(self, unit: int, host: str, now: float) -> None:
-        """Unit `unit` was sent to `host`; a reissued unit is linked to the host that lost it."""
-        row = UnitRow(unit, host, self._at(now))
-        lost = self._awaiting_redo.pop(unit, None)
-        if lost is not None:
-            row.lost_on = lost.host
-            lost.redone_on = host
-        self._open[unit] = row
+        """Unit `unit` was sent to `host`."""
+        self.issued_run(unit, unit + 1, host, now)
+
+    def issued_run(self, start: int, end: int, host: str, now: float) -> None:
+        """Units start..end-1 were sent to `host` as one grant; a reissued unit is linked to
+        the host that lost it."""
+        at = self._at(now)
+        rows = self._open.setdefault(host, [])
+        if self._awaiting_redo and any(unit in self._awaiting_redo for unit in range(start, end)):
+            for unit in range(start, end):
+                row = UnitRow(unit, host, at)
+                lost = self._awaiting_redo.pop(unit, None)
+                if lost is not None:
+                    row.lost_on = lost.host
+                    lost.redone_on = host
+                rows.append(row)
+        else:
+            rows.append(UnitRow(start, host, at, units=end - start))
+        rows.sort(key=lambda row: row.unit)
 
     def started_units(self, host: str, units: Iterable[int], now: float) -> None:
-        """`host` reported these units in progress."""
+        """`host` reported the grants that begin with these units in progress."""
+        rows = self._open.get(host, ())
         for unit in units:
-            row = self._open.get(unit)
-            if row is not None and row.host == host and row.started_at is None:
-                row.started_at = self._at(now)
+            for row in rows:
+                if row.unit <= unit < row.end and row.started_at is None:
+                    row.started_at = self._at(now)
 
     def settled(self, unit: int, host: str, now: float, hashes: int, nonce: Optional[int], seconds: float) -> None:
         """`host` settled `unit` (the scheduler accepted its DONE, which took `seconds` there)."""
-        row = self._open.get(unit)
-        if row is None or row.host != host:
-            return
-        del self._open[unit]
-        row.done_at, row.hashes, row.nonce = self._at(now), hashes, nonce
-        if row.started_at is None:  # settled between two PROGRESS lines: the worker's own timing
-            row.started_at = max(row.issued_at, round(row.done_at - seconds, 4))
-        row.result = SETTLED if nonce is None else GOLDEN
-        self._keep(row)
+        self.settled_run(unit, unit + 1, host, now, hashes, nonce, seconds)
+
+    def settled_run(
+        self, start: int, end: int, host: str, now: float, hashes: int, nonce: Optional[int], seconds: float
+    ) -> None:
+        """`host` settled units start..end-1, each with `hashes` (the scheduler accepted its DONE;
+        each unit took `seconds` there). `nonce`: the golden nonce in the one unit settled."""
+        done_at = self._at(now)
+        for row in self._take(host, start, end):
+            row.done_at, row.hashes, row.nonce = done_at, hashes, nonce
+            if row.started_at is None:  # settled between two PROGRESS lines: the worker's own timing
+                row.started_at = max(row.issued_at, round(done_at - seconds * row.units, 4))
+            row.result = SETTLED if nonce is None else GOLDEN
+            self._keep(row)
+
+    def _take(self, host: str, start: int, end: int) -> List[UnitRow]:
+        """Cut units start..end-1 out of `host`'s open rows, and return them as rows."""
+        rows = self._open.get(host)
+        if not rows:
+            return []
+        taken: List[UnitRow] = []
+        kept: List[UnitRow] = []
+        for row in rows:
+            if row.end <= start or row.unit >= end:
+                kept.append(row)
+                continue
+            if row.unit < start:
+                kept.append(row)
+                row = row.split_at(start)
+            if row.end > end:
+                kept.append(row.split_at(end))
+            taken.append(row)
+        kept.sort(key=lambda row: row.unit)
+        self._open[host] = kept
+        return taken
 
     def host_lost(self, host: str, reissued: Iterable[int], now: float) -> None:
         """`host` was lost: its units in `reissued` await a redo, the rest were not needed."""
         waiting = set(reissued)
-        for unit, row in list(self._open.items()):
-            if row.host != host:
-                continue
-            del self._open[unit]
-            row.done_at = self._at(now)
-            if unit in waiting:
-                row.result = LOST
-                self._awaiting_redo[unit] = row
-            else:
-                row.result = CANCELLED
-            self._keep(row)
+        done_at = self._at(now)
+        for row in self._open.pop(host, []):
+            for piece in row.expanded() if waiting else (row,):
+                piece.done_at = done_at
+                if piece.unit in waiting:
+                    piece.result = LOST
+                    self._awaiting_redo[piece.unit] = piece
+                else:
+                    piece.result = CANCELLED
+                self._keep(piece)
 
-    def cancelled(self, still_held: Callable[[str, int], bool], now: float) -> None:
-        """A golden nonce cancelled units: close the rows of those their host no longer holds."""
-        for unit, row in list(self._open.items()):
-            if not still_held(row.host, unit):
-                del self._open[unit]
-                row.done_at, row.result = self._at(now), CANCELLED
+    def cancelled(self, from_unit: int, now: float) -> None:
+        """A golden nonce cancelled every unit held at or above `from_unit`: close their rows."""
+        done_at = self._at(now)
+        for host in list(self._open):
+            for row in self._take(host, from_unit, max((row.end for row in self._open[host]), default=0)):
+                row.done_at, row.result = done_at, CANCELLED
                 self._keep(row)
 
     def finish(self, now: float) -> None:
         """The run stopped: rows still in flight stay UNFINISHED, with their stop time."""
-        for row in self._open.values():
-            row.done_at = self._at(now)
-            self._keep(row)
+        for rows in self._open.values():
+            for row in rows:
+                row.done_at = self._at(now)
+                self._keep(row)
         self._open.clear()
 
     # --- bounding ----------------------------------------------------------------------
@@ -167,21 +235,34 @@ class JobLog:
                 self.dropped_rows += 1
                 self._count(row)
             return
-        if len(self._first) < self.first_rows:
+        room = self.first_rows - self._first_units
+        if room > 0:
+            rest = row.split_at(row.unit + room) if row.units > room else None
             self._first.append(row)
-            return
+            self._first_units += row.units
+            if rest is None:
+                return
+            row = rest
         if self.last_rows <= 0:
             self._count(row)
             return
-        if len(self._last) >= self.last_rows:
-            self._count(self._last.popleft())
         self._last.append(row)
+        self._last_units += row.units
+        while self._last_units > self.last_rows:
+            excess = self._last_units - self.last_rows
+            if self._last[0].units <= excess:
+                oldest = self._last.popleft()
+            else:
+                oldest = self._last[0]
+                self._last[0] = oldest.split_at(oldest.unit + excess)
+            self._last_units -= oldest.units
+            self._count(oldest)
 
     def _count(self, row: UnitRow) -> None:
         at = row.done_at if row.done_at is not None else row.issued_at
         tally = self._buckets.setdefault((row.host, int(at // self.bucket_seconds)), [0, 0])
-        tally[0] += 1
-        tally[1] += row.hashes or 0
+        tally[0] += row.units
+        tally[1] += (row.hashes or 0) * row.units
         while len(self._buckets) > self.max_buckets:
             self._widen()
 
@@ -196,8 +277,9 @@ class JobLog:
 
     # --- output ------------------------------------------------------------------------
     def rows(self) -> List[UnitRow]:
-        """Every row kept in full, in the order the units were issued."""
-        kept = self._first + list(self._last) + self._reissue + list(self._open.values())
+        """Every row kept in full, one per unit, in the order the units were issued."""
+        open_rows = [row for rows in self._open.values() for row in rows]
+        kept = [unit for row in self._first + list(self._last) + self._reissue + open_rows for unit in row.expanded()]
         return sorted(kept, key=lambda row: (row.issued_at, row.unit))
 
     def to_record(self) -> Dict[str, Any]:

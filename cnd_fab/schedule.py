@@ -5,19 +5,23 @@ for every provider and is driven step by step by the property tests. It keeps:
 
 - a counter of fresh units (units below it have been issued at least once), so 2^42 units
   cost nothing until they are reached;
-- a heap of units to reissue, always preferred to fresh ones, since a low unit left
-  unchecked holds back the lowest-nonce answer;
+- the units to reissue, always preferred to fresh ones, since a low unit left unchecked
+  holds back the lowest-nonce answer;
 - the units in flight, each held by exactly one host. A result is accepted only from the
   host that holds the unit, so a unit is counted once even if a lost host answers late;
-- the settled units, as a settled prefix plus the few settled above it, so that a resumed
+- the settled units, as a settled prefix plus the runs settled above it, so that a resumed
   search (see checkpoint.py) skips them at no cost however far the prefix reaches.
+
+Every set of units is kept as runs of consecutive units (UnitRuns). Hosts are given grants
+of tens of units and settle them a run at a time, so a fleet of a thousand hosts costs the
+scheduler a few operations per grant, not one per unit.
 """
 
 from __future__ import annotations
 
-import heapq
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from .spec import Unit, UnitSpace
 
@@ -31,41 +35,158 @@ class GoldenNonce:
     hash: str
 
 
-class SettledUnits:
-    """Settled unit indices: every unit below `prefix`, and the set of those above it.
+class UnitRuns:
+    """A set of unit indices, kept as sorted, disjoint, non-adjacent runs [start, end).
 
-    Units settle in nearly ascending order, so the set above the prefix stays about as
-    small as the number of units in flight, whatever the space's size."""
+    Every operation costs a binary search plus the runs it touches, so a set of millions of
+    units in a few runs is as cheap as a set of one."""
+
+    def __init__(self, runs: Iterable[Tuple[int, int]] = ()) -> None:
+        self._starts: List[int] = []
+        self._ends: List[int] = []
+        self.count = 0
+        for start, end in runs:
+            self.add(start, end)
+
+    def add(self, start: int, end: int) -> None:
+        """Add units start..end-1."""
+        if start >= end:
+            return
+        starts, ends = self._starts, self._ends
+        # Runs that overlap or touch [start, end) are merged into one.
+        first = bisect_left(ends, start)
+        last = bisect_right(starts, end)
+        if first < last:
+            start = min(start, starts[first])
+            end = max(end, ends[last - 1])
+            self.count -= sum(ends[i] - starts[i] for i in range(first, last))
+        starts[first:last] = [start]
+        ends[first:last] = [end]
+        self.count += end - start
+
+    def remove(self, start: int, end: int) -> List[Tuple[int, int]]:
+        """Remove units start..end-1; returns the runs that were in the set, lowest first."""
+        if start >= end:
+            return []
+        starts, ends = self._starts, self._ends
+        first = bisect_right(ends, start)
+        last = bisect_left(starts, end)
+        if first >= last:
+            return []
+        removed = [(max(start, starts[i]), min(end, ends[i])) for i in range(first, last)]
+        kept_starts: List[int] = []
+        kept_ends: List[int] = []
+        if starts[first] < start:
+            kept_starts.append(starts[first])
+            kept_ends.append(start)
+        if ends[last - 1] > end:
+            kept_starts.append(end)
+            kept_ends.append(ends[last - 1])
+        starts[first:last] = kept_starts
+        ends[first:last] = kept_ends
+        self.count -= sum(high - low for low, high in removed)
+        return removed
+
+    def run_at(self, index: int) -> Optional[Tuple[int, int]]:
+        """The run that holds `index`, or None."""
+        position = bisect_right(self._starts, index) - 1
+        if position >= 0 and index < self._ends[position]:
+            return self._starts[position], self._ends[position]
+        return None
+
+    def first(self) -> Optional[int]:
+        """The lowest unit, or None when empty."""
+        return self._starts[0] if self._starts else None
+
+    def end(self) -> int:
+        """One past the highest unit (0 when empty)."""
+        return self._ends[-1] if self._ends else 0
+
+    def next_start(self, index: int) -> Optional[int]:
+        """The lowest unit at or above `index`, or None."""
+        position = bisect_right(self._starts, index) - 1
+        if position >= 0 and index < self._ends[position]:
+            return index
+        position += 1
+        return self._starts[position] if position < len(self._starts) else None
+
+    def runs(self) -> Iterator[Tuple[int, int]]:
+        """The runs, lowest first."""
+        return zip(list(self._starts), list(self._ends))
+
+    def units(self) -> Iterator[int]:
+        """Every unit, lowest first."""
+        for start, end in self.runs():
+            yield from range(start, end)
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int) and self.run_at(index) is not None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+
+class SettledUnits:
+    """Settled unit indices: every unit below `prefix`, and the runs of those above it.
+
+    Units settle in nearly ascending order, so the runs above the prefix stay about as
+    many as the grants in flight, whatever the space's size."""
 
     def __init__(self, prefix: int = 0, above: Iterable[int] = ()) -> None:
         self.prefix = prefix
-        self._above: Set[int] = {index for index in above if index >= prefix}
+        self._above = UnitRuns()
+        for index in above:
+            if index >= prefix:
+                self._above.add(index, index + 1)
         self._advance()
 
     def _advance(self) -> None:
-        while self.prefix in self._above:
-            self._above.remove(self.prefix)
-            self.prefix += 1
+        if self._above.first() == self.prefix:
+            run = self._above.run_at(self.prefix)
+            assert run is not None
+            self._above.remove(*run)
+            self.prefix = run[1]
 
     def add(self, index: int) -> None:
         """Mark unit `index` settled."""
-        if index == self.prefix:
-            self.prefix += 1
-            self._advance()
-        elif index > self.prefix:
-            self._above.add(index)
+        self.add_run(index, index + 1)
+
+    def add_run(self, start: int, end: int) -> None:
+        """Mark units start..end-1 settled."""
+        if end <= self.prefix:
+            return
+        if start <= self.prefix:
+            self.prefix = end
+            self._above.remove(0, end)
+        else:
+            self._above.add(start, end)
+        self._advance()
 
     def drop_from(self, cutoff: int) -> None:
         """Forget the settled units at or above `cutoff`."""
         if cutoff < self.prefix:
             self.prefix = cutoff
-            self._above.clear()
+            self._above = UnitRuns()
         else:
-            self._above = {index for index in self._above if index < cutoff}
+            self._above.remove(cutoff, max(cutoff + 1, self._above.end()))
+
+    def next_unsettled(self, index: int) -> int:
+        """The lowest unsettled unit at or above `index`."""
+        if index < self.prefix:
+            index = self.prefix
+        run = self._above.run_at(index)
+        return run[1] if run is not None else index
+
+    def next_settled(self, index: int) -> Optional[int]:
+        """The lowest settled unit at or above `index`, or None."""
+        return index if index < self.prefix else self._above.next_start(index)
 
     def above_sorted(self) -> Tuple[int, ...]:
         """The settled units above the prefix, ascending."""
-        return tuple(sorted(self._above))
+        return tuple(self._above.units())
 
     def __contains__(self, index: int) -> bool:
         return index < self.prefix or index in self._above
@@ -99,10 +220,9 @@ class Scheduler:
         not settled yet."""
         self.space = space
         self.first_found_wins = first_found_wins
-        self._retry: List[int] = []
-        self._retry_set: Set[int] = set()
-        self._holder: Dict[int, str] = {}
-        self._held: Dict[str, Set[int]] = {}
+        self._retry = UnitRuns()
+        self._held: Dict[str, UnitRuns] = {}
+        self._in_flight = 0
         # Units with an index at or above the cutoff are never issued: they cannot hold
         # the answer. It falls to u + 1 once unit u is settled with a golden nonce.
         self._cutoff = space.count
@@ -116,53 +236,52 @@ class Scheduler:
             self._done.drop_from(self._cutoff)
             if known.unit in self._done or first_found_wins:
                 self.best = known
-        self._next_fresh = self._done.prefix
-        self._skip_settled()
+        self._next_fresh = self._done.next_unsettled(0)
 
     # --- hosts -------------------------------------------------------------------------
     def add_host(self, host: str) -> None:
         """Make a host known, holding nothing."""
-        self._held.setdefault(host, set())
+        self._held.setdefault(host, UnitRuns())
 
     def held_by(self, host: str) -> Set[int]:
         """The units a host holds now (a copy)."""
-        return set(self._held.get(host, ()))
+        held = self._held.get(host)
+        return set(held.units()) if held is not None else set()
 
     def held_count(self, host: str) -> int:
         """How many units a host holds now, without copying them."""
-        return len(self._held.get(host, ()))
+        held = self._held.get(host)
+        return held.count if held is not None else 0
 
     def holds(self, host: str, index: int) -> bool:
         """True while `host` holds unit `index`."""
-        return self._holder.get(index) == host
+        held = self._held.get(host)
+        return held is not None and index in held
 
     def host_lost(self, host: str) -> List[int]:
         """Forget a host; its units go back to be reissued, lowest first. Returns them."""
-        units = sorted(self._held.pop(host, set()))
-        for index in units:
-            del self._holder[index]
-            self._requeue(index)
-        return [index for index in units if index < self._cutoff]
-
-    def _requeue(self, index: int) -> None:
-        if index < self._cutoff and index not in self._retry_set:
-            heapq.heappush(self._retry, index)
-            self._retry_set.add(index)
-            self.reissued += 1
+        held = self._held.pop(host, None)
+        if held is None:
+            return []
+        self._in_flight -= held.count
+        reissued: List[int] = []
+        for start, end in held.runs():
+            end = min(end, self._cutoff)
+            if start < end:
+                self._retry.add(start, end)
+                self.reissued += end - start
+                reissued.extend(range(start, end))
+        return reissued
 
     # --- issuing -----------------------------------------------------------------------
     def take(self, host: str, wanted: int) -> List[Unit]:
-        """Give `host` up to `wanted` more units, lowest unsettled first."""
-        if host not in self._held:
-            raise KeyError(f"unknown host {host!r}")
+        """Give `host` up to `wanted` more units, lowest unsettled first, one at a time."""
         given: List[Unit] = []
-        while len(given) < wanted and not self.finished:
-            index = self._next_index()
-            if index is None:
+        while len(given) < wanted:
+            run = self.take_run(host, 1)
+            if not run:
                 break
-            self._holder[index] = host
-            self._held[host].add(index)
-            given.append(self.space.unit(index))
+            given.append(self.space.unit(run[0]))
         return given
 
     def take_run(self, host: str, most: int) -> range:
@@ -170,71 +289,74 @@ class Scheduler:
         one. It ends early where the next unit is not free (held, settled or cut off), so a
         grant is always one unbroken nonce range. Lowest-first order is kept: a grant never
         skips a lower free unit."""
-        if host not in self._held:
+        held = self._held.get(host)
+        if held is None:
             raise KeyError(f"unknown host {host!r}")
         if most < 1 or self.finished:
             return range(0)
-        first = self._next_index()
-        if first is None:
+        start = self._retry.first()
+        if start is not None:
+            run = self._retry.run_at(start)
+            assert run is not None
+            end = min(run[1], start + most)
+            self._retry.remove(start, end)
+            # Units to reissue always lie below the fresh counter; a grant that takes the
+            # last of them may go on into fresh units when they follow without a gap.
+            if end == self._next_fresh and end - start < most:
+                end = self._take_fresh(start + most)
+        elif self._next_fresh < self._cutoff:
+            start = self._next_fresh
+            end = self._take_fresh(start + most)
+        else:
             return range(0)
-        indices = [first]
-        while len(indices) < most:
-            following = indices[-1] + 1
-            if following >= self._cutoff:
-                break
-            if self._retry and self._retry[0] == following:
-                heapq.heappop(self._retry)
-                self._retry_set.discard(following)
-            elif self._next_fresh == following:
-                self._next_fresh += 1
-                self._skip_settled()
-            else:
-                break
-            indices.append(following)
-        held = self._held[host]
-        for index in indices:
-            self._holder[index] = host
-        held.update(indices)
-        return range(first, first + len(indices))
+        held.add(start, end)
+        self._in_flight += end - start
+        return range(start, end)
+
+    def _take_fresh(self, most_end: int) -> int:
+        """Move the fresh counter up to `most_end` at most, stopping before the cutoff and
+        before a settled unit; returns where the taken run ends."""
+        start = self._next_fresh
+        end = min(most_end, self._cutoff)
+        settled = self._done.next_settled(start)
+        if settled is not None:
+            end = min(end, settled)
+        self._next_fresh = self._done.next_unsettled(end)
+        return max(start, end)
 
     def units_left(self) -> int:
         """Units below the cutoff not yet issued or waiting to be reissued (settled ones ahead
         of the fresh counter included, so it errs high): what grants may still share out."""
         return max(0, self._cutoff - self._next_fresh) + len(self._retry)
 
-    def _next_index(self) -> Optional[int]:
-        while self._retry:
-            index = heapq.heappop(self._retry)
-            self._retry_set.discard(index)
-            if index < self._cutoff:
-                return index
-        if self._next_fresh < self._cutoff:
-            self._next_fresh += 1
-            index = self._next_fresh - 1
-            self._skip_settled()
-            return index
-        return None
-
-    def _skip_settled(self) -> None:
-        while self._next_fresh < self._cutoff and self._next_fresh in self._done:
-            self._next_fresh += 1
-
     # --- results -----------------------------------------------------------------------
     def complete(self, host: str, index: int, golden: Optional[GoldenNonce]) -> Completion:
         """A host settled a unit: whole if golden is None, else up to its lowest golden nonce."""
-        if self._holder.get(index) != host:
-            return Completion(accepted=False)
-        del self._holder[index]
-        self._held[host].discard(index)
-        if index < self._cutoff:
-            self._done.add(index)
-        if golden is None:
-            return Completion(accepted=True)
-        return self._record_golden(golden)
+        return self.complete_run(host, index, 1, golden)[1]
+
+    def complete_run(
+        self, host: str, first: int, count: int, golden: Optional[GoldenNonce]
+    ) -> Tuple[List[Tuple[int, int]], Completion]:
+        """A host settled units first..first+count-1: every one whole, except the last up to
+        `golden` when it is given. Only the units it holds are accepted; returns them as runs
+        [start, end), and what the golden nonce (if its unit was accepted) asks of the fleet."""
+        held = self._held.get(host)
+        if held is None:
+            return [], Completion(accepted=False)
+        accepted = held.remove(first, first + count)
+        if not accepted:
+            return [], Completion(accepted=False)
+        for start, end in accepted:
+            self._in_flight -= end - start
+            self._done.add_run(start, min(end, self._cutoff))
+        last = first + count - 1
+        if golden is None or accepted[-1][1] <= last:
+            return accepted, Completion(accepted=True)
+        return accepted, self._record_golden(golden)
 
     def found(self, host: str, golden: GoldenNonce) -> Completion:
         """A golden nonce seen before its unit settled; it ends the run only in --any mode."""
-        if not self.first_found_wins or self._holder.get(golden.unit) != host:
+        if not self.first_found_wins or not self.holds(host, golden.unit):
             return Completion(accepted=False)
         return self._record_golden(golden)
 
@@ -244,19 +366,21 @@ class Scheduler:
         self.best = golden
         self._cutoff = golden.unit + 1
         self._done.drop_from(self._cutoff)
-        cancelled: Dict[str, None] = {}
-        for index, holder in list(self._holder.items()):
-            if index >= self._cutoff or self.first_found_wins:
-                del self._holder[index]
-                self._held[holder].discard(index)
-                cancelled[holder] = None
-        return Completion(accepted=True, cancel_hosts=list(cancelled), above=golden.unit)
+        self._retry.remove(self._cutoff, max(self._cutoff + 1, self._retry.end()))
+        dropped_from = 0 if self.first_found_wins else self._cutoff
+        cancelled: List[str] = []
+        for holder, held in self._held.items():
+            dropped = held.remove(dropped_from, max(dropped_from + 1, held.end()))
+            if dropped:
+                self._in_flight -= sum(end - start for start, end in dropped)
+                cancelled.append(holder)
+        return Completion(accepted=True, cancel_hosts=cancelled, above=golden.unit)
 
     # --- state -------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
         """Units held by some host now."""
-        return len(self._holder)
+        return self._in_flight
 
     @property
     def cutoff(self) -> int:
@@ -268,11 +392,7 @@ class Scheduler:
         """True once the answer is settled (or, with --any, found)."""
         if self.first_found_wins and self.best is not None:
             return True
-        return (
-            self._next_fresh >= self._cutoff
-            and not self._holder
-            and not any(index < self._cutoff for index in self._retry)
-        )
+        return self._next_fresh >= self._cutoff and not self._in_flight and not self._retry
 
     def settled_units(self) -> SettledUnits:
         """The settled units below the cutoff (the scheduler's own: do not change them)."""

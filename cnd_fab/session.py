@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from remote import worker
 
@@ -93,7 +93,6 @@ class HostSession:
         self.write_failure: Optional[str] = None
         #: Grants sent and not yet all settled: the unit each began with -> (lowest unsettled, last).
         self.grants: Dict[int, Tuple[int, int]] = {}
-        self._begun_grants: Set[int] = set()
         #: Units in the largest grant it has settled whole: what its next grants may grow from.
         self.largest_settled_grant = 0
 
@@ -216,17 +215,7 @@ class HostSession:
         for key, (lowest, last) in list(self.grants.items()):
             if lowest > last or not holds(lowest):
                 del self.grants[key]
-                self._begun_grants.discard(key)
         return len(self.grants)
-
-    def grant_units_in_flight(self, firsts: Iterable[int]) -> Iterator[int]:
-        """The units of the grants a PROGRESS lists (by their lowest unit) as begun, each grant
-        once: its units all begin together, as far as the controller can tell."""
-        wanted = set(firsts)
-        for key, (lowest, last) in self.grants.items():
-            if lowest in wanted and key not in self._begun_grants:
-                self._begun_grants.add(key)
-                yield from range(lowest, last + 1)
 
     def count_progress(self, hashes: int) -> Optional[str]:
         """A cumulative hash count arrived: update the smoothed rate and the total.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from remote import worker
 
@@ -24,6 +24,18 @@ from .session import GRANTS_AHEAD, HostSession, traceback_event
 READY_COUNT_SECONDS = 0.5
 from .spec import Problem, UnitSpace
 from .transport import Host, host_text
+
+
+def runs_text(units: List[int]) -> str:
+    """Ascending unit numbers as runs: "3, 7-9, 12"."""
+    pieces: List[str] = []
+    start = previous = units[0]
+    for unit in units[1:] + [-1]:
+        if unit != previous + 1:
+            pieces.append(str(start) if start == previous else f"{start}-{previous}")
+            start = unit
+        previous = unit
+    return ", ".join(pieces)
 
 
 class HostTraffic:
@@ -68,7 +80,7 @@ class HostTraffic:
                 now = time.monotonic()
                 if session.view.running_at is None:
                     session.view.running_at = now
-                self.joblog.started_units(session.name, session.grant_units_in_flight(message.units), now)
+                self.joblog.started_units(session.name, message.units, now)
         elif isinstance(message, worker.Found):
             if self.ledger.repeated(message):
                 return
@@ -111,20 +123,25 @@ class HostTraffic:
             golden = GoldenNonce(last, done.nonce, done.hash)
             if not self._verified(session, golden):
                 return
-        # Each unit of the grant is settled on its own, so the accounting stays exact per unit.
-        now = time.monotonic()
-        size = self.space.unit_size
-        seconds = done.seconds / done.units
-        accepted = accepted_hashes = 0
-        for index in range(done.unit, last + 1):
-            completion = self.scheduler.complete(session.name, index, golden if index == last else None)
-            if completion.accepted:
-                hashes = size if index < last else done.hashes - size * (done.units - 1)
-                accepted, accepted_hashes = accepted + 1, accepted_hashes + hashes
-                self.joblog.settled(index, session.name, now, hashes, done.nonce if index == last else None, seconds)
-                self._apply(completion)
+        # Only the units this host holds are accepted; each one stays settled exactly once.
+        accepted, completion = self.scheduler.complete_run(session.name, done.unit, done.units, golden)
         if accepted:
-            session.count_unit(accepted_hashes, accepted)
+            now = time.monotonic()
+            size = self.space.unit_size
+            seconds = done.seconds / done.units
+            last_hashes = done.hashes - size * (done.units - 1)
+            accepted_hashes = 0
+            for start, end in accepted:
+                if end > last:  # the DONE's last unit: short when it holds the golden nonce
+                    if end - 1 > start:
+                        self.joblog.settled_run(start, end - 1, session.name, now, size, None, seconds)
+                    self.joblog.settled_run(last, end, session.name, now, last_hashes, done.nonce, seconds)
+                    accepted_hashes += size * (end - 1 - start) + last_hashes
+                else:
+                    self.joblog.settled_run(start, end, session.name, now, size, None, seconds)
+                    accepted_hashes += size * (end - start)
+            session.count_unit(accepted_hashes, sum(end - start for start, end in accepted))
+            self._apply(completion)
         session.settled_in_grant(done.unit, done.units)
         # Settling frees no unit for another host (only a loss does), so only this one is topped up.
         self._fill(session)
@@ -143,7 +160,8 @@ class HostTraffic:
     def _apply(self, completion: Completion) -> None:
         """Tell the hosts a golden nonce cancelled to drop their units above it."""
         if completion.accepted and completion.above is not None:
-            self.joblog.cancelled(self.scheduler.holds, time.monotonic())
+            scheduler = self.scheduler
+            self.joblog.cancelled(0 if scheduler.first_found_wins else scheduler.cutoff, time.monotonic())
             for name in completion.cancel_hosts:
                 self._send(self.sessions[name], worker.Cancel(above=completion.above))
 
@@ -161,8 +179,7 @@ class HostTraffic:
             session.note_issued(last.end - first.start, idle=idle)
             session.open_grant(first.index, last.index)
             now = time.monotonic()
-            for index in indices:
-                self.joblog.issued(index, name, now)
+            self.joblog.issued_run(indices.start, indices.stop, name, now)
             if session.view.first_unit_at is None:
                 session.view.first_unit_at = now
             problem = self.problem
@@ -210,7 +227,7 @@ class HostTraffic:
         self.joblog.host_lost(view.name, reissued, now)
         self.reporter.event(f"host {state}: {view.error}")
         if reissued:
-            self.reporter.event(f"units {', '.join(map(str, reissued))} reissued")
+            self.reporter.event(f"units {runs_text(reissued)} reissued")
         # Killing a lost host's worker may block (a paused host answers nothing), so it
         # happens off the loop; the run's release makes sure of it either way.
         if self.on_lost is not None:

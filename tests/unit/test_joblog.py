@@ -63,3 +63,24 @@ def test_a_unit_settled_by_a_host_that_no_longer_holds_it_is_not_logged() -> Non
         ("h1", LOST, None, "h2"),
         ("h2", SETTLED, "h1", None),
     ]
+
+
+def test_grant_rows_are_cut_where_they_settle_and_shown_one_per_unit() -> None:
+    log = JobLog(START, first_rows=3, last_rows=4, max_buckets=64)
+    log.issued_run(0, 10, "h1", START + 1)
+    log.started_units("h1", [0], START + 1.5)
+    log.settled_run(0, 6, "h1", START + 2, 100, None, 0.1)  # the first six of the grant
+    log.settled_run(6, 7, "h1", START + 3, 40, 642, 0.1)  # a golden nonce in unit 6
+    log.cancelled(7, START + 3)  # 7..9 were above it
+    record = log.to_record()
+    rows = rows_of(record)
+    # Units 0-2 are the first rows kept; of the rest, the last four units closed (6-9) are
+    # kept too, and 3-5 are counted in a bucket.
+    assert [row["unit"] for row in rows] == [0, 1, 2, 6, 7, 8, 9]
+    assert [(row["unit"], row["result"], row["hashes"]) for row in rows if row["unit"] in (0, 6, 9)] == [
+        (0, SETTLED, 100),
+        (6, GOLDEN, 40),
+        (9, "cancelled", None),
+    ]
+    assert all(row["started_at"] == 1.5 for row in rows if row["unit"] < 6)
+    assert [(bucket["host"], bucket["units"], bucket["hashes"]) for bucket in record["buckets"]] == [("h1", 3, 300)]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnd_fab.schedule import GoldenNonce, Scheduler
+from cnd_fab.schedule import GoldenNonce, Scheduler, SettledUnits
 from cnd_fab.spec import UnitSpace
 
 
@@ -239,3 +239,59 @@ def test_golden_cancels_units_above_and_waits_for_those_below() -> None:
     scheduler.complete("a", 1, None)
     assert scheduler.finished and scheduler.best is not None
     assert scheduler.nonces_settled == unit2.start + 8
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 60), st.integers(0, 12)), max_size=40))
+def test_unit_runs_behave_as_a_set_of_units(steps: List[Tuple[bool, int, int]]) -> None:
+    from cnd_fab.schedule import UnitRuns
+
+    runs, model = UnitRuns(), set()
+    for adding, start, length in steps:
+        span = set(range(start, start + length))
+        if adding:
+            runs.add(start, start + length)
+            model |= span
+        else:
+            removed = runs.remove(start, start + length)
+            assert [unit for low, high in removed for unit in range(low, high)] == sorted(model & span)
+            model -= span
+        pieces = list(runs.runs())
+        # Disjoint, sorted and never touching: one run per stretch of consecutive units.
+        assert all(high < low for (_, high), (low, _) in zip(pieces, pieces[1:]))
+        assert list(runs.units()) == sorted(model) and len(runs) == len(model)
+        for probe in range(0, 75):
+            assert (probe in runs) == (probe in model)
+            following = [unit for unit in sorted(model) if unit >= probe]
+            assert runs.next_start(probe) == (following[0] if following else None)
+
+
+def test_settled_units_jump_over_runs_and_keep_the_prefix() -> None:
+    from cnd_fab.schedule import SettledUnits
+
+    settled = SettledUnits(2, [5, 6, 9])
+    assert settled.prefix == 2 and settled.next_unsettled(0) == 2 and settled.next_unsettled(5) == 7
+    assert settled.next_settled(3) == 5 and settled.next_settled(10) is None
+    settled.add_run(2, 5)
+    assert settled.prefix == 7 and settled.above_sorted() == (9,)
+    settled.add_run(7, 12)
+    assert settled.prefix == 12 and len(settled) == 12 and settled.above_sorted() == ()
+    settled.drop_from(4)
+    assert settled.prefix == 4 and 5 not in settled
+
+
+def test_a_grant_runs_from_reissued_units_into_fresh_ones_and_stops_at_a_settled_unit() -> None:
+    scheduler = Scheduler(UnitSpace(4, 64))
+    for host in "abc":
+        scheduler.add_host(host)
+    assert scheduler.take_run("a", 4) == range(0, 4)
+    assert scheduler.take_run("b", 4) == range(4, 8)
+    scheduler.complete_run("a", 0, 2, None)
+    scheduler.host_lost("b")
+    # 4..7 wait to be reissued and are followed by fresh 8.., so one grant takes both.
+    assert scheduler.take_run("c", 6) == range(4, 10)
+    scheduler.host_lost("a")
+    assert scheduler.take_run("c", 6) == range(2, 4)  # 4.. is held: the grant stops there
+    resumed = Scheduler(UnitSpace(4, 64), settled=SettledUnits(0, [3, 4]))
+    resumed.add_host("a")
+    assert resumed.take_run("a", 8) == range(0, 3) and resumed.take_run("a", 8) == range(5, 13)
