@@ -1,7 +1,8 @@
 """Runs one search over a fleet: one loop that owns the schedule, one session per host.
 
-Concurrency: every host's reader thread (see session.py) only puts decoded messages on one
-queue. The loop below is the only code that touches the scheduler, sends units or decides
+Concurrency: this loop reads every host's channel itself (poller.py); a host whose channel
+cannot be polled has a reader thread of its own (session.py), which only hands decoded
+messages in. The loop below is the only code that touches the scheduler, sends units or decides
 a host is lost, so no state is shared between threads except that queue and the stop event.
 
 A host is lost when its worker reports ERROR, closes its stdout, sends a line the codec
@@ -12,13 +13,16 @@ TCP would notice.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import FleetLostError
+from remote import worker
+
 from .joblog import JobLog
+from .poller import HostInbox
 from .traffic import HostTraffic
 from .outcome import (
     FOUND_STATUS,
@@ -60,20 +64,32 @@ OVERDUE_CHECK_SECONDS = 0.1
 #: The longest the loop handles messages before it looks at the clock, the stop event and the
 #: deadlines again: a host that floods it cannot keep --timeout or Ctrl-C from taking effect.
 DRAIN_SECONDS = 0.05
-#: Messages read but not yet handled. When this many wait, the readers wait too, so a
-#: flooding host fills its own pipe instead of the controller's memory.
-MAX_QUEUED_EVENTS = 4096
 #: A host holding units must settle one within this many times the time the fleet's median
 #: host takes for as many units as it holds (and never less than the heartbeat deadline).
 SETTLE_MARGIN = 20.0
 #: How often the run's settled work is handed to `checkpoint` (and at every ending). A killed
 #: controller loses at most this much settled work; a flush costs well under a millisecond.
 CHECKPOINT_SECONDS = 2.0
+#: Heartbeats a second the whole fleet may send: a larger fleet's hosts each beat less often.
+FLEET_HEARTBEATS_PER_SECOND = 500
+#: The longest gap between heartbeats a fleet asks for, and at most this share of the deadline.
+MAX_HEARTBEAT_SECONDS = 2.0
+HEARTBEATS_PER_DEADLINE = 4
 #: A run's ending when the loop raised (every host lost, or a bug): resumable like any other.
 FAILED_STATUS = "failed"
 
 #: checkpoint(scheduler, lowest verified golden nonce, status): keeps what is settled so far.
 Checkpointer = Callable[[Scheduler, Optional[GoldenNonce], str], None]
+
+
+def heartbeat_for(hosts: int, heartbeat_timeout: float) -> Optional[float]:
+    """Seconds between each worker's heartbeats for a fleet of `hosts`: the worker's own
+    default (None) up to FLEET_HEARTBEATS_PER_SECOND / 2 hosts, then longer, so that a
+    thousand hosts do not keep the controller busy with heartbeats alone."""
+    seconds = hosts / FLEET_HEARTBEATS_PER_SECOND
+    if seconds <= worker.HEARTBEAT_SECONDS:
+        return None
+    return round(max(worker.HEARTBEAT_SECONDS, min(seconds, MAX_HEARTBEAT_SECONDS, heartbeat_timeout / HEARTBEATS_PER_DEADLINE)), 2)
 
 
 class FleetSearch:
@@ -100,6 +116,8 @@ class FleetSearch:
         """`scheduler`: one that starts from a checkpoint (see checkpoint.py), else a fresh one.
         `checkpoint` is called every CHECKPOINT_SECONDS while the search runs and once at its end."""
         self.payload = payload
+        if payload.heartbeat is None:
+            self.payload = replace(payload, heartbeat=heartbeat_for(len(hosts), heartbeat_timeout))
         self.problem = problem
         self.space = space
         self.run_id = run_id
@@ -110,7 +128,7 @@ class FleetSearch:
         self.reporter = reporter or Reporter()
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: Dict[str, HostSession] = {host.name: HostSession(host) for host in hosts}
-        self.events: "queue.Queue[Tuple[str, HostEvent]]" = queue.Queue(maxsize=MAX_QUEUED_EVENTS)
+        self.inbox = HostInbox()
         # Wall time counts from the caller's start (the launch included), like the deadline.
         self.started = time.monotonic() if started is None else started
         self.joblog = JobLog(self.started)
@@ -121,7 +139,7 @@ class FleetSearch:
     def run(self) -> SearchOutcome:
         """Search until the answer is settled, the deadline passes or `stop` is set."""
         for session in self.sessions.values():
-            session.start_reader(self.run_id, self.payload, self.events)
+            session.start_reader(self.run_id, self.payload, self.inbox)
         last_update = last_overdue_check = 0.0
         last_checkpoint = time.monotonic()
         status: Optional[str] = None
@@ -132,14 +150,13 @@ class FleetSearch:
                     break
                 now = time.monotonic()
                 wait = 0.1 if self.deadline is None else max(0.0, min(0.1, self.deadline - now))
-                try:
-                    self._handle(*self.events.get(timeout=wait))
-                    # Drain what else has arrived before redrawing, within a budget.
-                    budget = time.monotonic() + DRAIN_SECONDS
-                    while time.monotonic() < budget:
-                        self._handle(*self.events.get_nowait())
-                except queue.Empty:
-                    pass
+                arrived = self.inbox.wait(wait)
+                # Take what else has arrived before redrawing, within a budget.
+                budget = time.monotonic() + DRAIN_SECONDS
+                while arrived:
+                    for name, event in arrived:
+                        self._handle(name, event)
+                    arrived = self.inbox.wait(0) if time.monotonic() < budget else []
                 now = time.monotonic()
                 # Deadlines are seconds long: looking at every host after every message would
                 # cost a large fleet more than the messages themselves.
@@ -155,6 +172,7 @@ class FleetSearch:
         finally:
             self.finished_at = time.monotonic()
             self._stop_all()
+            self.inbox.close()
             self._log_ending(self.finished_at)
             if self.checkpoint is not None:
                 self.checkpoint(self.scheduler, self.lowest_known(), status or FAILED_STATUS)
@@ -210,7 +228,7 @@ class FleetSearch:
 
     def _stop_all(self) -> None:
         """Send STOP everywhere, then wait briefly for each worker's final count."""
-        stop_sessions(list(self.sessions.values()), self.events, FINAL_COUNT_WAIT)
+        stop_sessions(list(self.sessions.values()), self.inbox, FINAL_COUNT_WAIT)
 
     # --- views -------------------------------------------------------------------------
     def checked(self) -> int:

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
 
 from remote import worker
 
@@ -27,6 +27,9 @@ from .errors import CndError
 from .outcome import READY, STARTING, STOPPED, HostView
 from .spec import UnitSpace
 from .transport import Host, WorkerChannel, WorkerPayload, host_text
+
+if TYPE_CHECKING:
+    from .poller import HostInbox
 
 RATE_SMOOTHING = 0.3
 #: Lines waiting for a host's stdin; a host that lets this many pile up is not reading.
@@ -102,33 +105,47 @@ class HostSession:
         return self.view.name
 
     # --- the reader thread ---------------------------------------------------------------
-    def start_reader(self, run_id: str, payload: WorkerPayload, events: "queue.Queue[Tuple[str, HostEvent]]") -> None:
-        """Start the worker and read its lines on a thread of their own."""
+    def start_reader(
+        self,
+        run_id: str,
+        payload: WorkerPayload,
+        inbox: "HostInbox",
+    ) -> None:
+        """Start the worker on a thread of its own. The fleet's loop then reads its lines
+        through `inbox` when the channel can be polled, else that same thread reads them."""
         threading.Thread(
-            target=self._read_worker_lines, args=(run_id, payload, events), name=f"host-{self.name}", daemon=True
+            target=self._read_worker_lines, args=(run_id, payload, inbox), name=f"host-{self.name}", daemon=True
         ).start()
 
-    def _read_worker_lines(self, run_id: str, payload: WorkerPayload, events: "queue.Queue[Tuple[str, HostEvent]]") -> None:
+    def _read_worker_lines(
+        self,
+        run_id: str,
+        payload: WorkerPayload,
+        inbox: "HostInbox",
+    ) -> None:
         try:
             channel = self.host.start_worker(run_id, payload)
             self.opened_at = time.monotonic()
             self.channel = channel
             threading.Thread(target=self._write_lines, args=(channel,), name=f"host-{self.name}-writer", daemon=True).start()
-            events.put((self.name, WorkerOpened()))
+            inbox.put(self.name, WorkerOpened())
+            if channel.fileno() is not None:
+                inbox.add_channel(self.name, channel)
+                return
             while True:
                 # One more than the codec takes: an over-long line is refused, never buffered whole.
                 line = channel.read_line(worker.MAX_LINE_CHARS + 1)
                 if not line:
-                    events.put((self.name, WorkerClosed()))
+                    inbox.put(self.name, WorkerClosed())
                     return
                 if line.strip():
-                    events.put((self.name, worker.decode_to_controller(line)))
+                    inbox.put(self.name, worker.decode_to_controller(line))
         except worker.ProtocolError as error:
-            events.put((self.name, HostFailed(f"worker sent a bad line: {error}")))
+            inbox.put(self.name, HostFailed(f"worker sent a bad line: {error}"))
         except CndError as error:
-            events.put((self.name, HostFailed(str(error))))
+            inbox.put(self.name, HostFailed(str(error)))
         except Exception as error:  # anything else on a host's thread is that host's failure
-            events.put((self.name, HostFailed(f"{type(error).__name__}: {error}")))
+            inbox.put(self.name, HostFailed(f"{type(error).__name__}: {error}"))
 
     def _write_lines(self, channel: WorkerChannel) -> None:
         """The writer thread: the only place a write to this host may block."""
@@ -315,7 +332,7 @@ def traceback_event(name: str, traceback: str) -> str:
     return f"{name} remote traceback:\n" + "\n".join(f"  | {line}" for line in lines)
 
 
-def stop_sessions(sessions: List[HostSession], events: "queue.Queue[Tuple[str, HostEvent]]", wait: float) -> None:
+def stop_sessions(sessions: List[HostSession], inbox: "HostInbox", wait: float) -> None:
     """Send STOP to every ready worker, then wait up to `wait` seconds for their exact final
     counts (a PROGRESS marked final), so a stopped run reports what was really checked."""
     by_name = {session.name: session for session in sessions}
@@ -327,18 +344,15 @@ def stop_sessions(sessions: List[HostSession], events: "queue.Queue[Tuple[str, H
             session.view.state = STOPPED
     deadline = time.monotonic() + wait
     while waiting and time.monotonic() < deadline:
-        try:
-            name, event = events.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        if name not in waiting:
-            continue
-        if isinstance(event, worker.Progress):
-            if by_name[name].count_progress(event.hashes) is not None:
-                waiting.discard(name)  # a lie is not waited for; the fleet already counted the truth
-            elif event.final:
+        for name, event in inbox.wait(max(0.0, deadline - time.monotonic())):
+            if name not in waiting:
+                continue
+            if isinstance(event, worker.Progress):
+                if by_name[name].count_progress(event.hashes) is not None:
+                    waiting.discard(name)  # a lie is not waited for; the fleet already counted the truth
+                elif event.final:
+                    waiting.discard(name)
+            elif isinstance(event, (WorkerClosed, HostFailed)):
                 waiting.discard(name)
-        elif isinstance(event, (WorkerClosed, HostFailed)):
-            waiting.discard(name)
     for session in sessions:
         session.close()

@@ -2,7 +2,7 @@
 
 The fleet loop, scheduler, sessions (one reader and one writer thread each), codec and line
 framing are the real ones; only the workers are simulated. Each simulated worker follows the
-protocol exactly: HELLO, a PROGRESS every HEARTBEAT_SECONDS, one DONE per grant, FOUND and
+protocol exactly: HELLO, a PROGRESS every heartbeat the controller asks for, one DONE per grant, FOUND and
 CANCEL and STOP as a real worker answers them. It "hashes" R nonces a second by waiting for
 the time a grant would take, on one clock thread shared by every host, so the figures measure
 the controller and not the simulation.
@@ -30,7 +30,6 @@ from remote import worker
 from .spec import Problem, UnitSpace, default_units
 from .transport import Host, WorkerChannel, WorkerPayload
 
-HEARTBEAT_SECONDS = worker.HEARTBEAT_SECONDS
 #: Low enough that a golden nonce is found with hashlib in milliseconds.
 PLANTED_DIFFICULTY = 12
 SIMULATED_CORES = 8
@@ -72,6 +71,7 @@ class SimulatedWorker:
     unit_size: int
     golden: Tuple[int, str]
     channel: "SimulatedChannel"
+    heartbeat: float
     grants: List[Grant] = field(default_factory=list)
     checked: int = 0
     #: When its cores worked on grants, and when it first got one (for the idle share).
@@ -142,15 +142,21 @@ class SimulatedWorker:
 
 class SimulatedChannel(WorkerChannel):
     """The line channel of one simulated worker: lines the controller writes go to the clock
-    thread; lines the worker says wait in a queue for the session's reader thread."""
+    thread; lines the worker says go through a real pipe, read like any host's channel."""
 
     def __init__(self, clock: "SimulationClock", name: str) -> None:
         self.clock = clock
         self.name = name
-        self.lines: "queue.Queue[str]" = queue.Queue()
+        self._read_end, self._write_end = os.pipe()
+        os.set_blocking(self._read_end, False)
+        self._closed = False
+        # The clock thread says lines and closes on STOP; the controller closes when it lets go.
+        self._lock = threading.Lock()
 
     def say(self, message: worker.ToController) -> None:
-        self.lines.put(worker.encode(message) + "\n")
+        with self._lock:
+            if not self._closed:
+                os.write(self._write_end, (worker.encode(message) + "\n").encode())
 
     def send_line(self, line: str) -> None:
         began = time.thread_time()
@@ -159,11 +165,29 @@ class SimulatedChannel(WorkerChannel):
         self.clock.add_simulation_cpu(time.thread_time() - began)
         self.written_at = time.monotonic()
 
+    def fileno(self) -> Optional[int]:
+        return self._read_end
+
+    def read_available(self, limit: int) -> Optional[bytes]:
+        try:
+            return os.read(self._read_end, limit)
+        except BlockingIOError:
+            return None
+
     def read_line(self, limit: int) -> str:
-        return self.lines.get()
+        raise NotImplementedError("read through fileno()")
 
     def close(self) -> None:
-        self.lines.put("")
+        """The worker's stdout ends: it has said its last line."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._write_end)
+
+    def release(self) -> None:
+        """Close the controller's end too, once the run is over."""
+        self.close()
+        os.close(self._read_end)
 
 
 class SimulatedHost(Host):
@@ -177,7 +201,7 @@ class SimulatedHost(Host):
 
     def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
         self.reachable_at = time.monotonic()
-        return self.clock.open(self.name)
+        return self.clock.open(self.name, payload.heartbeat or worker.HEARTBEAT_SECONDS)
 
     def stop_worker(self) -> None:
         self.clock.post(self.name, worker.Stop())
@@ -211,9 +235,9 @@ class SimulationClock:
         with self._cpu_lock:
             return self._cpu
 
-    def open(self, name: str) -> SimulatedChannel:
+    def open(self, name: str, heartbeat: float) -> SimulatedChannel:
         channel = SimulatedChannel(self, name)
-        self._inbox.put(("open", (name, channel)))
+        self._inbox.put(("open", (name, channel, heartbeat)))
         return channel
 
     def post(self, name: str, message: Any) -> None:
@@ -247,15 +271,15 @@ class SimulationClock:
     def _handle(self, name: str, message: Any) -> None:
         now = time.monotonic()
         if name == "open":
-            host, channel = message
-            self.workers[host] = SimulatedWorker(host, self.rate, self.unit_size, self.golden, channel)
+            host, channel, heartbeat = message
+            self.workers[host] = SimulatedWorker(host, self.rate, self.unit_size, self.golden, channel, heartbeat)
             channel.say(
                 worker.Hello(
                     version=worker.PROTOCOL_VERSION, cores=SIMULATED_CORES, kernel="simulated", kernel_note=None,
                     mode=worker.SPLIT, prefetch=3, pid=os.getpid(), pgid=os.getpgid(0), python="simulated", host=host,
                 )
             )
-            self._timer(now + HEARTBEAT_SECONDS, host, "beat")
+            self._timer(now + heartbeat, host, "beat")
             return
         found = self.workers.get(name)
         if found is None or found.stopped_at is not None:
@@ -289,7 +313,7 @@ class SimulationClock:
             return
         if what == "beat":
             simulated.channel.say(simulated.progress(now))
-            self._timer(now + HEARTBEAT_SECONDS, name, "beat")
+            self._timer(now + simulated.heartbeat, name, "beat")
         elif simulated.grants and simulated.grants[0].began and simulated.grants[0].finish_at <= now:
             nonce = self.golden[0]
             front = simulated.grants[0]
@@ -340,6 +364,8 @@ def simulate(hosts: int, host_rate: float, seconds: float) -> SimulationFigures:
         cpu_after, simulated_after = time.process_time(), clock.simulation_cpu
         time.sleep(0.2)  # the last STOPs reach the clock thread
         clock.close()
+        for simulated in clock.workers.values():
+            simulated.channel.release()
     settled = fleet.finished_at or time.monotonic()
     workers = list(clock.workers.values())
     stops = [w.stopped_at for w in workers if w.stopped_at is not None]

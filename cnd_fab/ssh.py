@@ -160,6 +160,21 @@ class SshChannel(WorkerChannel):
         except (OSError, EOFError, paramiko.SSHException):
             return ""
 
+    def fileno(self) -> Optional[int]:
+        """paramiko's readiness pipe for the channel's stdout."""
+        return self.channel.fileno()
+
+    def read_available(self, limit: int) -> Optional[bytes]:
+        """What has arrived on the channel's stdout; b'' once the worker closed it."""
+        try:
+            if self.channel.recv_ready():
+                return bytes(self.channel.recv(limit))
+            if self.channel.eof_received or self.channel.closed:
+                return b""
+            return None
+        except (OSError, EOFError, paramiko.SSHException):
+            return b""
+
     def close(self) -> None:
         """Close the worker's stdin and the channel."""
         try:

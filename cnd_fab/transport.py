@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -39,6 +40,8 @@ class WorkerPayload:
     #: The instance metadata service a spot host's worker watches for interruption notices
     #: (http://169.254.169.254 on EC2; a loopback stand-in in tests). None: no watching.
     metadata_url: Optional[str] = None
+    #: Seconds between the worker's PROGRESS lines; None: the worker's own default.
+    heartbeat: Optional[float] = None
 
     def worker_args(self, kernel_dir: Optional[str]) -> List[str]:
         """The worker's command-line flags for this payload, with the kernels in `kernel_dir`."""
@@ -49,6 +52,8 @@ class WorkerPayload:
             args += ["--kernel-path", self.kernel_path]
         if self.metadata_url:
             args += ["--metadata-url", self.metadata_url]
+        if self.heartbeat is not None:
+            args += ["--heartbeat", f"{self.heartbeat:g}"]
         return args
 
 
@@ -86,6 +91,18 @@ class WorkerChannel(ABC):
     @abstractmethod
     def close(self) -> None:
         """Close the worker's stdin, so it exits by itself, and release the channel."""
+
+    def fileno(self) -> Optional[int]:
+        """A descriptor that turns readable when read_available() has something to give, so
+        that one thread can wait on every channel (poller.py); None when the channel can only
+        be read by blocking in read_line(), on a thread of its own."""
+        return None
+
+    def read_available(self, limit: int) -> Optional[bytes]:
+        """Up to `limit` bytes the worker has sent, without blocking: None when there is
+        nothing yet, b'' once it closed its stdout. Called only after fileno() turned readable,
+        and never together with read_line()."""
+        raise NotImplementedError
 
     def stderr_tail(self) -> str:
         """The last lines the worker wrote to stderr, for error messages."""
@@ -126,6 +143,17 @@ class PipeChannel(WorkerChannel):
     def read_line(self, limit: int) -> str:
         """One line of the worker's stdout, at most `limit` bytes of it; '' once it is closed."""
         return self._stdout.readline(limit).decode("utf-8", "replace")
+
+    def fileno(self) -> Optional[int]:
+        """The worker's stdout."""
+        return self._stdout.fileno()
+
+    def read_available(self, limit: int) -> Optional[bytes]:
+        """What the worker's stdout holds, read past Python's buffer (read_line() is not used)."""
+        try:
+            return os.read(self._stdout.fileno(), limit)
+        except BlockingIOError:
+            return None
 
     def close(self) -> None:
         """Close the worker's stdin, so it exits by itself."""

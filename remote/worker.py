@@ -430,6 +430,9 @@ KERNEL_NAME = "python-hashlib"
 NATIVE_PREFIX = "native:"
 KERNEL_BINARY_PREFIX = "sha256d-"
 HEARTBEAT_SECONDS = 0.5
+# The controller may ask a large fleet's workers to beat less often (--heartbeat): a thousand
+# hosts at two lines a second would keep it busy with heartbeats alone.
+HEARTBEAT_RANGE = (0.05, 10.0)
 # Chunks are the pieces a unit is cut into for the cores: about a quarter of a second of
 # work each (2^18 nonces in Python, 2^22 in the native kernel), so cancellation and
 # progress stay prompt while the per-chunk overhead (a queue hop, and for the kernel a pipe
@@ -1108,10 +1111,12 @@ class Worker(object):
     """The main process: reads the protocol, feeds the cores, replaces dead ones, writes results."""
 
     def __init__(
-        self, processes, mode, chunk_nonces, kernel_argv=None, kernel_name=KERNEL_NAME, kernel_note=None, out=None, metadata_url=None
+        self, processes, mode, chunk_nonces, kernel_argv=None, kernel_name=KERNEL_NAME, kernel_note=None, out=None, metadata_url=None,
+        heartbeat=HEARTBEAT_SECONDS,
     ):
         import multiprocessing
 
+        self.heartbeat = heartbeat
         self.kernel_name = kernel_name
         self.kernel_note = kernel_note
         self.kernel_argv = kernel_argv
@@ -1210,7 +1215,7 @@ class Worker(object):
                     if os.getppid() != parent:
                         return 1
                     self.send(self.progress())
-                    next_beat = time.monotonic() + HEARTBEAT_SECONDS
+                    next_beat = time.monotonic() + self.heartbeat
         finally:
             self.shutdown()
 
@@ -1349,6 +1354,7 @@ def parse_args(argv):
     parser.add_argument("--own-session", action="store_true", help="lead a new session, so one kill ends every core")
     parser.add_argument("--pidfile", default="", help="write the session's process group id here")
     parser.add_argument("--cleanup", default="", metavar="RUN_DIR", help="kill the worker of RUN_DIR, then remove it")
+    parser.add_argument("--heartbeat", type=heartbeat_seconds, default=HEARTBEAT_SECONDS, help="seconds between PROGRESS lines")
     parser.add_argument("--metadata-url", default="", help="watch this instance metadata service for spot interruptions")
     return parser.parse_args(argv)
 
@@ -1485,6 +1491,14 @@ def cleanup(run_dir, grace=1.0):
     return status
 
 
+def heartbeat_seconds(text):
+    """--heartbeat's value: seconds within HEARTBEAT_RANGE."""
+    seconds = float(text)
+    if not HEARTBEAT_RANGE[0] <= seconds <= HEARTBEAT_RANGE[1]:
+        raise ValueError("heartbeat of %r seconds is outside %r" % (text, HEARTBEAT_RANGE))
+    return seconds
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.cleanup:
@@ -1505,7 +1519,10 @@ def main(argv=None):
         kernel_argv, kernel_name, kernel_note = select_kernel(args.kernel_dir, args.kernel, args.kernel_path)
         chunk = args.chunk_nonces or (NATIVE_CHUNK_NONCES if kernel_argv else DEFAULT_CHUNK_NONCES)
         metadata_url = metadata_base(args.metadata_url) if args.metadata_url else None
-        worker = Worker(processes, args.mode, max(1, chunk), kernel_argv, kernel_name, kernel_note, metadata_url=metadata_url)
+        worker = Worker(
+            processes, args.mode, max(1, chunk), kernel_argv, kernel_name, kernel_note, metadata_url=metadata_url,
+            heartbeat=args.heartbeat,
+        )
         return worker.run()
     except SystemExit:
         raise
