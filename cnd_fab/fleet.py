@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .errors import FleetLostError
 from remote import worker
@@ -61,6 +61,8 @@ HELLO_TIMEOUT = 30.0
 FINAL_COUNT_WAIT = 0.5
 REDRAW_SECONDS = 0.2
 OVERDUE_CHECK_SECONDS = 0.1
+#: Hosts a fleet may have before it checks their deadlines less often than OVERDUE_CHECK_SECONDS.
+OVERDUE_CHECK_HOSTS = 200
 #: The longest the loop handles messages before it looks at the clock, the stop event and the
 #: deadlines again: a host that floods it cannot keep --timeout or Ctrl-C from taking effect.
 DRAIN_SECONDS = 0.05
@@ -127,13 +129,18 @@ class FleetSearch:
         self.stop = stop or threading.Event()
         self.reporter = reporter or Reporter()
         self.heartbeat_timeout = heartbeat_timeout
-        self.sessions: Dict[str, HostSession] = {host.name: HostSession(host) for host in hosts}
+        #: Hosts with lines the loop could not write yet (see HostSession.flush).
+        self.backlog: Set[str] = set()
+        self.sessions: Dict[str, HostSession] = {host.name: HostSession(host, self.backlog) for host in hosts}
         self.inbox = HostInbox()
         # Wall time counts from the caller's start (the launch included), like the deadline.
         self.started = time.monotonic() if started is None else started
         self.joblog = JobLog(self.started)
         self.traffic = HostTraffic(problem, space, self.scheduler, self.sessions, self.reporter, self.joblog, on_lost)
         self.finished_at: Optional[float] = None
+        # Deadlines are seconds long, and looking at every host costs a large fleet: it looks
+        # less often, never less than once a second.
+        self.overdue_check_seconds = min(1.0, OVERDUE_CHECK_SECONDS * max(1.0, len(hosts) / OVERDUE_CHECK_HOSTS))
 
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -157,10 +164,12 @@ class FleetSearch:
                     for name, event in arrived:
                         self._handle(name, event)
                     arrived = self.inbox.wait(0) if time.monotonic() < budget else []
+                for name in list(self.backlog):
+                    self._flush(self.sessions[name])
                 now = time.monotonic()
                 # Deadlines are seconds long: looking at every host after every message would
                 # cost a large fleet more than the messages themselves.
-                if now - last_overdue_check >= OVERDUE_CHECK_SECONDS:
+                if now - last_overdue_check >= self.overdue_check_seconds:
                     self._lose_overdue(now)
                     last_overdue_check = now
                 if now - last_update >= REDRAW_SECONDS:
@@ -218,6 +227,13 @@ class FleetSearch:
             raise
         except Exception as error:  # whatever a host's message triggers, it costs that host alone
             self.traffic.lose(session, f"its message could not be handled: {type(error).__name__}: {error}")
+
+    def _flush(self, session: HostSession) -> None:
+        failure = session.flush() if session.view.state not in GONE else None
+        if failure is not None:
+            self.traffic.lose(session, failure)
+        elif session.view.state in GONE:
+            self.backlog.discard(session.name)
 
     def _log_ending(self, now: float) -> None:
         self.joblog.finish(now)

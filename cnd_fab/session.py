@@ -5,10 +5,13 @@ A host is untrusted: every line it sends is decoded by the worker's own codec, a
 codec cannot know (how many nonces a host could have hashed, whether it keeps making progress,
 whether it reads its input) is checked here. A host that breaks a rule is given up alone.
 
-Concurrency: each session owns one reader thread. It starts the worker (which may mean a
-slow SSH connect and push), then only reads lines, decodes them and puts them on the fleet's
-one event queue. It also owns one writer thread, fed through a bounded outbox, so that the
-fleet's loop never blocks on a host that does not read its stdin. Everything else here is
+Concurrency: each session owns one set-up thread. It starts the worker (which may mean a
+slow SSH connect and push), and hands the channel to the fleet's loop, which reads it
+(poller.py); a channel that cannot be polled is read on that thread, which then only reads
+lines, decodes them and hands them in. A channel that can be written without blocking (a
+pipe) is written by the loop itself, and what the worker does not take yet waits for the
+loop's next turn; any other channel has a writer thread, fed through a bounded outbox, so that
+the fleet's loop never blocks on a host that does not read its stdin. Everything else here is
 called from the fleet's loop alone, so a session's fields are never written by two threads,
 except the writer's two progress stamps, which the loop only reads.
 """
@@ -17,9 +20,10 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from remote import worker
 
@@ -71,8 +75,11 @@ HostEvent = Union[WorkerOpened, WorkerClosed, HostFailed, worker.ToController]
 class HostSession:
     """The controller's side of one host: what it holds, when it was last heard, its rate."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, backlog: Optional[Set[str]] = None) -> None:
+        """`backlog`: the fleet's names of hosts with lines still to write (see flush())."""
         self.host = host
+        self.backlog: Set[str] = set() if backlog is None else backlog
+        self._unsent: Deque[bytes] = deque()
         self.view = HostView(host.name)
         self.channel: Optional[WorkerChannel] = None
         #: Units this host wants queued so its cores never wait (from its HELLO).
@@ -91,7 +98,8 @@ class HostSession:
         self._settled_units = 0
         self._working_seconds = 0.0
         self._outbox: "queue.Queue[Optional[str]]" = queue.Queue(maxsize=OUTBOX_LIMIT)
-        #: Set by the writer thread: since when one write has been blocked, and why writing failed.
+        #: Since when one write has been blocked, and why writing failed (set by the writer
+        #: thread, or by flush()).
         self.writing_since: Optional[float] = None
         self.write_failure: Optional[str] = None
         #: Grants sent and not yet all settled: the unit each began with -> (lowest unsettled, last).
@@ -127,7 +135,8 @@ class HostSession:
             channel = self.host.start_worker(run_id, payload)
             self.opened_at = time.monotonic()
             self.channel = channel
-            threading.Thread(target=self._write_lines, args=(channel,), name=f"host-{self.name}-writer", daemon=True).start()
+            if not channel.sends_without_blocking:
+                threading.Thread(target=self._write_lines, args=(channel,), name=f"host-{self.name}-writer", daemon=True).start()
             inbox.put(self.name, WorkerOpened())
             if channel.fileno() is not None:
                 inbox.add_channel(self.name, channel)
@@ -163,16 +172,46 @@ class HostSession:
 
     # --- called from the fleet's loop --------------------------------------------------
     def send(self, message: worker.ToWorker) -> Optional[str]:
-        """Queue one message for the writer thread; returns why it cannot be sent, or None."""
-        if self.channel is None or self.view.state != READY:
+        """Write one message, or queue it for the writer thread; returns why it cannot be
+        sent, or None."""
+        channel = self.channel
+        if channel is None or self.view.state != READY:
             return "the worker is not ready"
         if self.write_failure is not None:
             return self.write_failure
-        try:
-            self._outbox.put_nowait(worker.encode(message))
-            return None
-        except queue.Full:
+        if not channel.sends_without_blocking:
+            try:
+                self._outbox.put_nowait(worker.encode(message))
+                return None
+            except queue.Full:
+                return f"not reading its input ({OUTBOX_LIMIT} messages waiting)"
+        if len(self._unsent) >= OUTBOX_LIMIT:
             return f"not reading its input ({OUTBOX_LIMIT} messages waiting)"
+        self._unsent.append((worker.encode(message) + "\n").encode())
+        return self.flush()
+
+    def flush(self) -> Optional[str]:
+        """Write what the worker takes now of the lines not yet written (a channel the loop
+        writes itself); returns why writing failed, or None. Lines left over wait in
+        `backlog` for the loop's next turn."""
+        channel = self.channel
+        assert channel is not None
+        try:
+            while self._unsent:
+                data = self._unsent[0]
+                sent = channel.send_nowait(data)
+                if sent < len(data):
+                    self._unsent[0] = data[sent:]
+                    if self.writing_since is None:
+                        self.writing_since = time.monotonic()
+                    self.backlog.add(self.name)
+                    return None
+                self._unsent.popleft()
+        except OSError as error:
+            self.write_failure = f"write to the worker failed: {error}"
+        self.writing_since = None
+        self.backlog.discard(self.name)
+        return self.write_failure
 
     def joined(self, hello: worker.Hello) -> Optional[str]:
         """The worker said HELLO: take its cores, kernel and prefetch. Returns why it cannot
@@ -343,7 +382,10 @@ def stop_sessions(sessions: List[HostSession], inbox: "HostInbox", wait: float) 
         if session.view.state in (READY, STARTING):
             session.view.state = STOPPED
     deadline = time.monotonic() + wait
+    backlog = sessions[0].backlog if sessions else set()
     while waiting and time.monotonic() < deadline:
+        for name in list(backlog):
+            by_name[name].flush()
         for name, event in inbox.wait(max(0.0, deadline - time.monotonic())):
             if name not in waiting:
                 continue

@@ -1,11 +1,13 @@
 """`fab bench --simulate N --host-rate R`: the real controller against N simulated hosts.
 
-The fleet loop, scheduler, sessions (one reader and one writer thread each), codec and line
-framing are the real ones; only the workers are simulated. Each simulated worker follows the
-protocol exactly: HELLO, a PROGRESS every heartbeat the controller asks for, one DONE per grant, FOUND and
-CANCEL and STOP as a real worker answers them. It "hashes" R nonces a second by waiting for
-the time a grant would take, on one clock thread shared by every host, so the figures measure
-the controller and not the simulation.
+The fleet loop, scheduler, sessions, codec and line framing are the real ones; only the
+workers are simulated, and in a process of their own, so that neither their CPU nor their
+threads weigh on the controller's process, whose CPU is what the figures give. Each simulated
+worker follows the protocol exactly: HELLO, a PROGRESS every heartbeat the controller asks
+for, one DONE per grant, FOUND and CANCEL and STOP as a real worker answers them. It "hashes"
+R nonces a second by waiting for the time a grant would take. Each host's lines come through
+a pipe of its own, read by the controller like any host's channel; what the controller sends
+goes to the simulation through one shared pipe.
 
 The run searches an 8-byte space at a low difficulty with a golden nonce planted where the
 fleet reaches it after about `seconds`: the lowest nonce at or above that point that is truly
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import multiprocessing
 import os
-import queue
+import resource
+import selectors
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,12 +31,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from remote import worker
 
+from .errors import CndError
 from .spec import Problem, UnitSpace, default_units
 from .transport import Host, WorkerChannel, WorkerPayload
 
 #: Low enough that a golden nonce is found with hashlib in milliseconds.
 PLANTED_DIFFICULTY = 12
 SIMULATED_CORES = 8
+#: Open files the controller's process needs besides two per simulated host.
+SPARE_FILES = 256
 
 
 def planted_golden(block: bytes, difficulty: int, nonce_bytes: int, at_least: int) -> Tuple[int, str]:
@@ -63,6 +70,16 @@ class Grant:
 
 
 @dataclass
+class WorkerTimes:
+    """What one simulated worker's cores did, for the idle share."""
+
+    #: When its cores worked on grants, and when it first got one.
+    busy: List[Tuple[float, float]] = field(default_factory=list)
+    first_work_at: Optional[float] = None
+    stopped_at: Optional[float] = None
+
+
+@dataclass
 class SimulatedWorker:
     """One host's worker: its grants in order, its hash count, what it has told the controller."""
 
@@ -70,15 +87,24 @@ class SimulatedWorker:
     rate: float
     unit_size: int
     golden: Tuple[int, str]
-    channel: "SimulatedChannel"
+    stdout: int
     heartbeat: float
     grants: List[Grant] = field(default_factory=list)
     checked: int = 0
-    #: When its cores worked on grants, and when it first got one (for the idle share).
-    busy: List[Tuple[float, float]] = field(default_factory=list)
-    first_work_at: Optional[float] = None
-    stopped_at: Optional[float] = None
+    times: WorkerTimes = field(default_factory=WorkerTimes)
     cancel_above: int = (1 << 64) - 1
+    closed: bool = False
+
+    def say(self, message: worker.ToController) -> None:
+        """One protocol line on its stdout (the controller's end of the pipe reads it)."""
+        if not self.closed:
+            os.write(self.stdout, (worker.encode(message) + "\n").encode())
+
+    def close(self) -> None:
+        """Its stdout ends: the worker exited."""
+        if not self.closed:
+            self.closed = True
+            os.close(self.stdout)
 
     def unit_of(self, nonce: int) -> int:
         return nonce // self.unit_size
@@ -100,11 +126,11 @@ class SimulatedWorker:
         golden = front.start <= nonce < front.end
         stop = front.stop(nonce)
         self.checked += stop - front.start
-        self.busy.append((front.began, now))
+        self.times.busy.append((front.began, now))
         last = self.unit_of(nonce) if golden else front.last
         if golden:
-            self.channel.say(worker.Found(unit=last, nonce=nonce, hash=digest))
-        self.channel.say(
+            self.say(worker.Found(unit=last, nonce=nonce, hash=digest))
+        self.say(
             worker.Done(
                 unit=front.first,
                 hashes=stop - front.start,
@@ -129,8 +155,15 @@ class SimulatedWorker:
                     grant.finish_at = min(grant.finish_at, grant.began + (bound - grant.start) / self.rate)
             kept.append(grant)
         if self.grants and self.grants[0].began and (not kept or kept[0] is not self.grants[0]):
-            self.busy.append((self.grants[0].began, now))  # the grant in progress was dropped whole
+            self.times.busy.append((self.grants[0].began, now))  # the grant in progress was dropped whole
         self.grants = kept
+
+    def stop(self, now: float) -> None:
+        """Its cores stop: what was under way counts as busy until now."""
+        self.times.stopped_at = now
+        if self.grants and self.grants[0].began:
+            self.times.busy.append((self.grants[0].began, now))
+        self.grants = []
 
     def progress(self, now: float, final: bool = False) -> worker.Progress:
         running = 0
@@ -141,36 +174,29 @@ class SimulatedWorker:
 
 
 class SimulatedChannel(WorkerChannel):
-    """The line channel of one simulated worker: lines the controller writes go to the clock
-    thread; lines the worker says go through a real pipe, read like any host's channel."""
+    """The controller's end of one simulated worker: its own pipe to read, the shared one to write."""
 
-    def __init__(self, clock: "SimulationClock", name: str) -> None:
-        self.clock = clock
+    sends_without_blocking = True
+
+    def __init__(self, fleet: "SimulatedFleet", name: str, stdout: int) -> None:
+        self.fleet = fleet
         self.name = name
-        self._read_end, self._write_end = os.pipe()
-        os.set_blocking(self._read_end, False)
-        self._closed = False
-        # The clock thread says lines and closes on STOP; the controller closes when it lets go.
-        self._lock = threading.Lock()
-
-    def say(self, message: worker.ToController) -> None:
-        with self._lock:
-            if not self._closed:
-                os.write(self._write_end, (worker.encode(message) + "\n").encode())
+        self.stdout = stdout
 
     def send_line(self, line: str) -> None:
-        began = time.thread_time()
-        message = worker.decode_to_worker(line)
-        self.clock.post(self.name, message)
-        self.clock.add_simulation_cpu(time.thread_time() - began)
+        self.fleet.command(self.name, "line", line)
         self.written_at = time.monotonic()
 
+    def send_nowait(self, data: bytes) -> int:
+        self.send_line(data.decode().rstrip("\n"))
+        return len(data)
+
     def fileno(self) -> Optional[int]:
-        return self._read_end
+        return self.stdout
 
     def read_available(self, limit: int) -> Optional[bytes]:
         try:
-            return os.read(self._read_end, limit)
+            return os.read(self.stdout, limit)
         except BlockingIOError:
             return None
 
@@ -178,16 +204,8 @@ class SimulatedChannel(WorkerChannel):
         raise NotImplementedError("read through fileno()")
 
     def close(self) -> None:
-        """The worker's stdout ends: it has said its last line."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                os.close(self._write_end)
-
-    def release(self) -> None:
-        """Close the controller's end too, once the run is over."""
-        self.close()
-        os.close(self._read_end)
+        """Close the worker's stdin: it exits, and its stdout ends."""
+        self.fleet.command(self.name, "close")
 
 
 class SimulatedHost(Host):
@@ -195,110 +213,166 @@ class SimulatedHost(Host):
 
     setup_seconds = 60.0
 
-    def __init__(self, clock: "SimulationClock", name: str) -> None:
-        self.clock = clock
+    def __init__(self, fleet: "SimulatedFleet", name: str) -> None:
+        self.fleet = fleet
         self.name = name
 
     def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
         self.reachable_at = time.monotonic()
-        return self.clock.open(self.name, payload.heartbeat or worker.HEARTBEAT_SECONDS)
+        self.fleet.command(self.name, "open", f"{payload.heartbeat or worker.HEARTBEAT_SECONDS:g}")
+        return SimulatedChannel(self.fleet, self.name, self.fleet.stdouts[self.name])
 
     def stop_worker(self) -> None:
-        self.clock.post(self.name, worker.Stop())
+        self.fleet.command(self.name, "kill")
+
+
+def ensure_open_files(needed: int) -> None:
+    """Raise this process's open-file limit to `needed` if it is lower, or say why it cannot be."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
+    except (ValueError, OSError):
+        raise CndError(
+            f"a simulated fleet this large needs {needed:,} open files, and this process may open {hard:,} "
+            "(raise `ulimit -n`)"
+        ) from None
+
+
+class SimulatedFleet:
+    """The controller's side of the simulated hosts: the process that runs them, a pipe per
+    host for what its worker says, and one shared pipe for what the controller sends."""
+
+    def __init__(self, names: List[str], rate: float, unit_size: int, golden: Tuple[int, str]) -> None:
+        ensure_open_files(2 * len(names) + SPARE_FILES)
+        commands_read, self._commands = os.pipe()
+        pipes = {name: os.pipe() for name in names}
+        context = multiprocessing.get_context("fork")
+        self._results, results_end = context.Pipe(duplex=False)
+        stdouts = {name: write_end for name, (_, write_end) in pipes.items()}
+        self.process = context.Process(
+            target=run_simulated_hosts,
+            args=(rate, unit_size, golden, commands_read, stdouts, results_end),
+            name="simulated-hosts",
+            daemon=True,
+        )
+        self.process.start()
+        os.close(commands_read)
+        results_end.close()
+        for _, write_end in pipes.values():
+            os.close(write_end)
+        self.stdouts = {name: read_end for name, (read_end, _) in pipes.items()}
+        for read_end in self.stdouts.values():
+            os.set_blocking(read_end, False)
+        self._lock = threading.Lock()
+
+    def command(self, name: str, kind: str, text: str = "") -> None:
+        """Tell the simulation about host `name`: open, line (what the controller wrote), close, kill."""
+        data = f"{name}\t{kind}\t{text}\n".encode()
+        with self._lock:
+            if self._commands >= 0:
+                os.write(self._commands, data)
+
+    def finish(self) -> Tuple[Dict[str, WorkerTimes], Optional[float]]:
+        """End the simulation: each worker's times, and when the golden nonce was reached."""
+        self.command("", "end")
+        results: Tuple[Dict[str, WorkerTimes], Optional[float]] = ({}, None)
+        if self._results.poll(30.0):
+            results = self._results.recv()
+        self.process.join(5.0)
+        if self.process.is_alive():
+            self.process.kill()
+        with self._lock:
+            os.close(self._commands)
+            self._commands = -1
+        for read_end in self.stdouts.values():
+            os.close(read_end)
+        self._results.close()
+        return results
+
+
+def run_simulated_hosts(
+    rate: float, unit_size: int, golden: Tuple[int, str], commands: int, stdouts: Dict[str, int], results: Any
+) -> None:
+    """The simulation process: every simulated worker, on one clock, until "end"."""
+    clock = SimulationClock(rate, unit_size, golden, stdouts)
+    clock.run(commands)
+    results.send(({name: simulated.times for name, simulated in clock.workers.items()}, clock.found_at))
+    results.close()
 
 
 class SimulationClock:
-    """The one thread that runs every simulated worker: their grants' ends and heartbeats."""
+    """Runs every simulated worker: the controller's commands, their grants' ends, heartbeats."""
 
-    def __init__(self, rate: float, unit_size: int, golden: Tuple[int, str]) -> None:
+    def __init__(self, rate: float, unit_size: int, golden: Tuple[int, str], stdouts: Dict[str, int]) -> None:
         self.rate = rate
         self.unit_size = unit_size
         self.golden = golden
+        self.stdouts = stdouts
         self.workers: Dict[str, SimulatedWorker] = {}
-        self._inbox: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
         self._timers: List[Tuple[float, int, str, str]] = []
         self._sequence = itertools.count()
-        self._cpu = 0.0
-        self._cpu_lock = threading.Lock()
-        self._done = threading.Event()
         self.found_at: Optional[float] = None
-        self.thread = threading.Thread(target=self._run, name="simulation-clock", daemon=True)
-        self.thread.start()
 
-    def add_simulation_cpu(self, seconds: float) -> None:
-        with self._cpu_lock:
-            self._cpu += seconds
-
-    @property
-    def simulation_cpu(self) -> float:
-        """CPU seconds spent simulating workers, on any thread: not the controller's."""
-        with self._cpu_lock:
-            return self._cpu
-
-    def open(self, name: str, heartbeat: float) -> SimulatedChannel:
-        channel = SimulatedChannel(self, name)
-        self._inbox.put(("open", (name, channel, heartbeat)))
-        return channel
-
-    def post(self, name: str, message: Any) -> None:
-        self._inbox.put((name, message))
-
-    def close(self) -> None:
-        self._done.set()
-        self._inbox.put(("", None))
-        self.thread.join(5.0)
-
-    def _timer(self, when: float, name: str, what: str) -> None:
-        heapq.heappush(self._timers, (when, next(self._sequence), name, what))
-
-    def _run(self) -> None:
-        while not self._done.is_set():
+    def run(self, commands: int) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(commands, selectors.EVENT_READ)
+        pending = b""
+        while True:
             timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 0.5
-            try:
-                name, message = self._inbox.get(timeout=timeout)
-                began = time.thread_time()
-                self._handle(name, message)
-                self.add_simulation_cpu(time.thread_time() - began)
-            except queue.Empty:
-                pass
-            began = time.thread_time()
+            if selector.select(timeout):
+                data = os.read(commands, 1 << 16)
+                if not data:
+                    return
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    name, kind, text = line.decode().split("\t", 2)
+                    if kind == "end":
+                        return
+                    self._command(name, kind, text)
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 _, _, name, what = heapq.heappop(self._timers)
                 self._fire(name, what, now)
-            self.add_simulation_cpu(time.thread_time() - began)
 
-    def _handle(self, name: str, message: Any) -> None:
+    def _timer(self, when: float, name: str, what: str) -> None:
+        heapq.heappush(self._timers, (when, next(self._sequence), name, what))
+
+    def _command(self, name: str, kind: str, text: str) -> None:
         now = time.monotonic()
-        if name == "open":
-            host, channel, heartbeat = message
-            self.workers[host] = SimulatedWorker(host, self.rate, self.unit_size, self.golden, channel, heartbeat)
-            channel.say(
+        if kind == "open":
+            simulated = SimulatedWorker(name, self.rate, self.unit_size, self.golden, self.stdouts[name], float(text))
+            self.workers[name] = simulated
+            simulated.say(
                 worker.Hello(
                     version=worker.PROTOCOL_VERSION, cores=SIMULATED_CORES, kernel="simulated", kernel_note=None,
-                    mode=worker.SPLIT, prefetch=3, pid=os.getpid(), pgid=os.getpgid(0), python="simulated", host=host,
+                    mode=worker.SPLIT, prefetch=3, pid=os.getpid(), pgid=os.getpgid(0), python="simulated", host=name,
                 )
             )
-            self._timer(now + heartbeat, host, "beat")
+            self._timer(now + simulated.heartbeat, name, "beat")
             return
         found = self.workers.get(name)
-        if found is None or found.stopped_at is not None:
+        if found is None or found.closed:
             return
         simulated = found
+        if kind in ("close", "kill"):
+            simulated.stop(now)
+            simulated.close()
+            return
+        message = worker.decode_to_worker(text)
         if isinstance(message, worker.Work):
             if message.unit > simulated.cancel_above:
                 return
             simulated.grants.append(Grant(message.unit, message.unit + message.units - 1, message.start, message.end))
-            if simulated.first_work_at is None:
-                simulated.first_work_at = now
+            if simulated.times.first_work_at is None:
+                simulated.times.first_work_at = now
         elif isinstance(message, worker.Cancel):
             simulated.cancel(message.above, now)
         elif isinstance(message, worker.Stop):
-            simulated.stopped_at = now
-            if simulated.grants and simulated.grants[0].began:
-                simulated.busy.append((simulated.grants[0].began, now))
-            simulated.channel.say(simulated.progress(now, final=True))
-            simulated.channel.close()
+            simulated.stop(now)
+            simulated.say(simulated.progress(now, final=True))
+            simulated.close()
             return
         self._advance(simulated, now)
 
@@ -309,10 +383,10 @@ class SimulationClock:
 
     def _fire(self, name: str, what: str, now: float) -> None:
         simulated = self.workers[name]
-        if simulated.stopped_at is not None:
+        if simulated.closed:
             return
         if what == "beat":
-            simulated.channel.say(simulated.progress(now))
+            simulated.say(simulated.progress(now))
             self._timer(now + simulated.heartbeat, name, "beat")
         elif simulated.grants and simulated.grants[0].began and simulated.grants[0].finish_at <= now:
             nonce = self.golden[0]
@@ -351,25 +425,24 @@ def simulate(hosts: int, host_rate: float, seconds: float) -> SimulationFigures:
     space = UnitSpace(8, default_units(8))
     block = b"COMSM0010cloud"
     golden = planted_golden(block, PLANTED_DIFFICULTY, 8, int(hosts * host_rate * seconds))
-    clock = SimulationClock(host_rate, space.unit_size, golden)
-    fleet_hosts: List[Host] = [SimulatedHost(clock, f"sim-{index + 1}") for index in range(hosts)]
+    names = [f"sim-{index + 1}" for index in range(hosts)]
+    simulation = SimulatedFleet(names, host_rate, space.unit_size, golden)
+    fleet_hosts: List[Host] = [SimulatedHost(simulation, name) for name in names]
     # A controller that cannot keep up still ends, its status then "timeout".
     deadline = time.monotonic() + 10 * seconds + 60
-    fleet = FleetSearch(Problem(block, 8, PLANTED_DIFFICULTY), space, fleet_hosts, "simulation", deadline=deadline)
-    cpu_before, simulated_before = time.process_time(), clock.simulation_cpu
-    started = time.monotonic()
     try:
+        fleet = FleetSearch(Problem(block, 8, PLANTED_DIFFICULTY), space, fleet_hosts, "simulation", deadline=deadline)
+        cpu_before = time.process_time()
+        started = time.monotonic()
         outcome = fleet.run()
+        cpu_after = time.process_time()
+        time.sleep(0.2)  # the last STOPs reach the simulation
     finally:
-        cpu_after, simulated_after = time.process_time(), clock.simulation_cpu
-        time.sleep(0.2)  # the last STOPs reach the clock thread
-        clock.close()
-        for simulated in clock.workers.values():
-            simulated.channel.release()
+        times, found_at = simulation.finish()
     settled = fleet.finished_at or time.monotonic()
-    workers = list(clock.workers.values())
+    workers = list(times.values())
     stops = [w.stopped_at for w in workers if w.stopped_at is not None]
-    found = clock.found_at or settled
+    found = found_at or settled
 
     def idle_share(until: float) -> float:
         spans = busy = 0.0
@@ -384,7 +457,7 @@ def simulate(hosts: int, host_rate: float, seconds: float) -> SimulationFigures:
         hosts=hosts,
         host_rate=host_rate,
         seconds=settled - started,
-        controller_cpu=(cpu_after - cpu_before) - (simulated_after - simulated_before),
+        controller_cpu=cpu_after - cpu_before,
         idle_until_found=idle_share(found),
         idle_until_settled=idle_share(settled),
         stop_spread=(max(stops) - settled) if stops else float("nan"),

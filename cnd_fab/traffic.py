@@ -132,7 +132,8 @@ class HostTraffic:
             last_hashes = done.hashes - size * (done.units - 1)
             accepted_hashes = 0
             for start, end in accepted:
-                if end > last:  # the DONE's last unit: short when it holds the golden nonce
+                if end > last and (done.nonce is not None or last_hashes != size):
+                    # The DONE's last unit is short: it holds the golden nonce, or ends the space.
                     if end - 1 > start:
                         self.joblog.settled_run(start, end - 1, session.name, now, size, None, seconds)
                     self.joblog.settled_run(last, end, session.name, now, last_hashes, done.nonce, seconds)

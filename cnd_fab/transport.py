@@ -78,10 +78,18 @@ class WorkerChannel(ABC):
     #: When the worker last took a piece of a line (monotonic clock): a write that is slow
     #: but moving is a slow link, not a host that refuses to read.
     written_at: float = 0.0
+    #: True when send_nowait() works: the fleet's loop then writes to the worker itself,
+    #: with no writer thread (see session.py).
+    sends_without_blocking: bool = False
 
     @abstractmethod
     def send_line(self, line: str) -> None:
         """Write one protocol line; raises OSError when the worker is gone."""
+
+    def send_nowait(self, data: bytes) -> int:
+        """Write as much of `data` as the worker takes now, without blocking; returns how many
+        bytes that was. Raises OSError when the worker is gone. Never used with send_line()."""
+        raise NotImplementedError
 
     @abstractmethod
     def read_line(self, limit: int) -> str:
@@ -112,6 +120,8 @@ class WorkerChannel(ABC):
 class PipeChannel(WorkerChannel):
     """A worker running as a local subprocess, over its pipes."""
 
+    sends_without_blocking = True
+
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdin is not None and process.stdout is not None
         self.process = process
@@ -139,6 +149,19 @@ class PipeChannel(WorkerChannel):
                 self._stdin.write(data[offset : offset + WRITE_PIECE])
                 self._stdin.flush()
                 self.written_at = time.monotonic()
+
+    def send_nowait(self, data: bytes) -> int:
+        """Write to the worker's stdin past Python's buffer, as much as the pipe takes now."""
+        with self._write_lock:
+            descriptor = self._stdin.fileno()
+            if os.get_blocking(descriptor):
+                os.set_blocking(descriptor, False)
+            try:
+                sent = os.write(descriptor, data)
+            except BlockingIOError:
+                return 0
+            self.written_at = time.monotonic()
+            return sent
 
     def read_line(self, limit: int) -> str:
         """One line of the worker's stdout, at most `limit` bytes of it; '' once it is closed."""
