@@ -19,7 +19,7 @@ import io
 from collections import deque
 from copy import copy
 from dataclasses import dataclass, field, fields
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 FIRST_ROWS = 1024
 LAST_ROWS = 256
@@ -113,6 +113,7 @@ class JobLog:
     _awaiting_redo: Dict[int, UnitRow] = field(default_factory=dict)
     #: (host, bucket index) -> [units, hashes] of the rows not kept in full.
     _buckets: Dict[Tuple[str, int], List[int]] = field(default_factory=dict)
+    _bucket_hosts: Set[str] = field(default_factory=set)
     bucket_seconds: float = FIRST_BUCKET_SECONDS
     dropped_rows: int = 0
 
@@ -267,7 +268,10 @@ class JobLog:
         tally = self._buckets.setdefault((row.host, int(at // self.bucket_seconds)), [0, 0])
         tally[0] += row.units
         tally[1] += (row.hashes or 0) * row.units
-        while len(self._buckets) > self.max_buckets:
+        self._bucket_hosts.add(row.host)
+        # Widening merges time, never hosts: a fleet of more hosts than max_buckets keeps two
+        # buckets a host, as its record keeps a line a host anyway.
+        while len(self._buckets) > max(self.max_buckets, 2 * len(self._bucket_hosts)):
             self._widen()
 
     def _widen(self) -> None:

@@ -7,7 +7,7 @@ be piped. Events go through the console above the live area so they never tear i
 from __future__ import annotations
 
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -15,9 +15,17 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .outcome import HostView, Reporter, SearchOutcome, Snapshot
+from .outcome import LOST, READY, RECLAIMED, STARTING, STOPPED, HostView, Reporter, SearchOutcome, Snapshot
 
 PLAIN_EVERY_SECONDS = 3.0
+#: Hosts the display shows a row each; a larger fleet is shown in groups: a row per state,
+#: then the slowest ready hosts and the last ones lost, so a thousand hosts fit a terminal.
+HOST_ROWS = 20
+SLOWEST_SHOWN = 3
+LOST_SHOWN = 5
+#: The order states are shown in, and their colours.
+STATE_ORDER = (READY, STARTING, STOPPED, RECLAIMED, LOST)
+STATE_STYLES = {LOST: "red", RECLAIMED: "yellow", READY: "green"}
 
 
 def human_rate(rate: float) -> str:
@@ -106,7 +114,10 @@ class LiveReporter(Reporter):
 
 
 def host_table(hosts: List[HostView], final: bool = False) -> Table:
-    """One row per host: live figures, or the summary with errors when `final`."""
+    """One row per host: live figures, or the summary with errors when `final`; a fleet of
+    more than HOST_ROWS hosts is shown in groups (fleet_table)."""
+    if len(hosts) > HOST_ROWS:
+        return fleet_table(hosts, final)
     table = Table(title="hosts" if final else None, expand=False)
     table.add_column("host")
     table.add_column("state")
@@ -117,7 +128,7 @@ def host_table(hosts: List[HostView], final: bool = False) -> Table:
     table.add_column("hashes", justify="right")
     table.add_column("error" if final else "last heartbeat", max_width=70, overflow="ellipsis")
     for host in hosts:
-        style = {"lost": "red", "reclaimed": "yellow", "ready": "green"}.get(host.state, "")
+        style = STATE_STYLES.get(host.state, "")
         # Text, never markup: a host's kernel name and error are whatever it sent.
         table.add_row(
             Text(host.name),
@@ -129,6 +140,56 @@ def host_table(hosts: List[HostView], final: bool = False) -> Table:
             f"{host.hashes:,}",
             Text(host.error) if final else _ago(host.last_heard),
         )
+    return table
+
+
+def fleet_table(hosts: List[HostView], final: bool = False) -> Table:
+    """A large fleet in a few rows: one per state with its totals, then the SLOWEST_SHOWN
+    slowest ready hosts, then the last LOST_SHOWN hosts lost with their errors."""
+    table = Table(title=f"{len(hosts):,} hosts" if final else None, expand=False)
+    table.add_column("hosts")
+    table.add_column("state")
+    table.add_column("cores", justify="right")
+    table.add_column("rate", justify="right")
+    table.add_column("units", justify="right")
+    table.add_column("hashes", justify="right")
+    table.add_column("error" if final else "note", max_width=70, overflow="ellipsis")
+
+    def rate_of(host: HostView) -> float:
+        return average_rate(host) if final else host.rate
+
+    by_state: Dict[str, List[HostView]] = {}
+    for host in hosts:
+        by_state.setdefault(host.state, []).append(host)
+    for state in sorted(by_state, key=lambda name: STATE_ORDER.index(name) if name in STATE_ORDER else len(STATE_ORDER)):
+        group = by_state[state]
+        heard = [host.last_heard for host in group if host.last_heard is not None]
+        note = f"quietest heard {_ago(min(heard))}" if heard and state == READY and not final else ""
+        table.add_row(
+            f"{len(group):,}",
+            Text(state, style=STATE_STYLES.get(state, "")),
+            f"{sum(host.cores for host in group):,}",
+            human_rate(sum(rate_of(host) for host in group)),
+            f"{sum(host.units_done for host in group):,}",
+            f"{sum(host.hashes for host in group):,}",
+            note,
+        )
+    working = sorted((host for host in by_state.get(READY, []) if rate_of(host) > 0), key=rate_of)
+    for host in working[:SLOWEST_SHOWN]:
+        table.add_row(
+            Text(host.name), Text("slowest", style="dim"), str(host.cores or "-"), human_rate(rate_of(host)),
+            str(host.units_done), f"{host.hashes:,}", _ago(host.last_heard) if not final else "",
+        )
+    lost = [host for host in hosts if host.state in (LOST, RECLAIMED)]
+    for host in lost[-LOST_SHOWN:]:
+        # Text, never markup: a host's error is whatever it sent.
+        table.add_row(
+            Text(host.name), Text(host.state, style=STATE_STYLES[host.state]), str(host.cores or "-"),
+            human_rate(rate_of(host)), str(host.units_done), f"{host.hashes:,}", Text(host.error),
+        )
+    if len(lost) > LOST_SHOWN:
+        table.add_row("", Text(f"{len(lost) - LOST_SHOWN:,} more lost", style="red"), "", "", "", "",
+                      "every host is in the run record (fab stats RUN_ID)")
     return table
 
 

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import resource
 import selectors
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,8 +39,10 @@ from .transport import Host, WorkerChannel, WorkerPayload
 #: Low enough that a golden nonce is found with hashlib in milliseconds.
 PLANTED_DIFFICULTY = 12
 SIMULATED_CORES = 8
-#: Open files the controller's process needs besides two per simulated host.
+#: Open files each process needs besides one per simulated host.
 SPARE_FILES = 256
+#: Pipe ends handed from the simulation to the controller in one message (SCM_MAX_FD is 253).
+HANDOVER_BATCH = 200
 
 
 def planted_golden(block: bytes, difficulty: int, nonce_bytes: int, at_least: int) -> Tuple[int, str]:
@@ -245,26 +248,34 @@ class SimulatedFleet:
     host for what its worker says, and one shared pipe for what the controller sends."""
 
     def __init__(self, names: List[str], rate: float, unit_size: int, golden: Tuple[int, str]) -> None:
-        ensure_open_files(2 * len(names) + SPARE_FILES)
+        ensure_open_files(len(names) + SPARE_FILES)
         commands_read, self._commands = os.pipe()
-        pipes = {name: os.pipe() for name in names}
+        handover, handover_end = socket.socketpair()
         context = multiprocessing.get_context("fork")
         self._results, results_end = context.Pipe(duplex=False)
-        stdouts = {name: write_end for name, (_, write_end) in pipes.items()}
         self.process = context.Process(
             target=run_simulated_hosts,
-            args=(rate, unit_size, golden, commands_read, stdouts, results_end),
+            args=(names, rate, unit_size, golden, commands_read, handover_end, results_end),
             name="simulated-hosts",
             daemon=True,
         )
         self.process.start()
         os.close(commands_read)
         results_end.close()
-        for _, write_end in pipes.values():
-            os.close(write_end)
-        self.stdouts = {name: read_end for name, (read_end, _) in pipes.items()}
-        for read_end in self.stdouts.values():
-            os.set_blocking(read_end, False)
+        handover_end.close()
+        # The simulation makes each host's pipe and hands its read end over, so that neither
+        # process holds both ends of ten thousand pipes.
+        self.stdouts: Dict[str, int] = {}
+        with handover:
+            handover.settimeout(60.0)
+            for batch in range(0, len(names), HANDOVER_BATCH):
+                wanted = names[batch : batch + HANDOVER_BATCH]
+                _, descriptors, _, _ = socket.recv_fds(handover, 1, len(wanted))
+                if len(descriptors) != len(wanted):
+                    raise CndError("the simulated hosts could not be started")
+                for name, read_end in zip(wanted, descriptors):
+                    os.set_blocking(read_end, False)
+                    self.stdouts[name] = read_end
         self._lock = threading.Lock()
 
     def command(self, name: str, kind: str, text: str = "") -> None:
@@ -293,9 +304,22 @@ class SimulatedFleet:
 
 
 def run_simulated_hosts(
-    rate: float, unit_size: int, golden: Tuple[int, str], commands: int, stdouts: Dict[str, int], results: Any
+    names: List[str], rate: float, unit_size: int, golden: Tuple[int, str], commands: int, handover: socket.socket,
+    results: Any,
 ) -> None:
-    """The simulation process: every simulated worker, on one clock, until "end"."""
+    """The simulation process: makes every host's pipe, then runs every simulated worker on one
+    clock until "end"."""
+    ensure_open_files(len(names) + SPARE_FILES)
+    stdouts: Dict[str, int] = {}
+    with handover:
+        for batch in range(0, len(names), HANDOVER_BATCH):
+            read_ends = []
+            for name in names[batch : batch + HANDOVER_BATCH]:
+                read_end, stdouts[name] = os.pipe()
+                read_ends.append(read_end)
+            socket.send_fds(handover, [b"."], read_ends)
+            for read_end in read_ends:
+                os.close(read_end)
     clock = SimulationClock(rate, unit_size, golden, stdouts)
     clock.run(commands)
     results.send(({name: simulated.times for name, simulated in clock.workers.items()}, clock.found_at))

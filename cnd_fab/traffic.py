@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set
 
 from remote import worker
 
@@ -66,6 +66,9 @@ class HostTraffic:
         self._ready_count = 1
         self._ready_counted_at = float("-inf")
         self._block_hex = problem.block.hex()
+        #: Ready hosts that asked for more than the scheduler had free: the only ones a lost
+        #: host's units can go to at once (the rest get theirs as they settle).
+        self._hungry: Set[str] = set()
 
     def on_message(self, session: HostSession, message: worker.ToController) -> None:
         """Check one decoded message from `session`'s worker and act on it."""
@@ -175,6 +178,7 @@ class HostTraffic:
             fair_share = max(1, scheduler.units_left() // (2 * self._ready_hosts()))
             indices = scheduler.take_run(name, session.grant_units(self.space.unit_size, fair_share))
             if not indices:
+                self._hungry.add(name)
                 return
             first, last = self.space.unit(indices[0]), self.space.unit(indices[-1])
             session.note_issued(last.end - first.start, idle=idle)
@@ -201,8 +205,10 @@ class HostTraffic:
         return self._ready_count
 
     def fill_all(self) -> None:
-        """Top up every ready host to its prefetch."""
-        for session in self.sessions.values():
+        """Top up every ready host that went without for want of free units."""
+        hungry, self._hungry = self._hungry, set()
+        for name in hungry:
+            session = self.sessions[name]
             if session.view.state == READY:
                 self._fill(session)
 
@@ -229,11 +235,11 @@ class HostTraffic:
         self.reporter.event(f"host {state}: {view.error}")
         if reissued:
             self.reporter.event(f"units {runs_text(reissued)} reissued")
+            self.fill_all()
         # Killing a lost host's worker may block (a paused host answers nothing), so it
         # happens off the loop; the run's release makes sure of it either way.
         if self.on_lost is not None:
             threading.Thread(target=self.on_lost, args=(session.host,), daemon=True).start()
-        self.fill_all()
 
     def log_setup(self, session: HostSession) -> None:
         """Log the host's start-up stages for the timeline: reachable, worker opened, joined."""

@@ -84,3 +84,14 @@ def test_grant_rows_are_cut_where_they_settle_and_shown_one_per_unit() -> None:
     ]
     assert all(row["started_at"] == 1.5 for row in rows if row["unit"] < 6)
     assert [(bucket["host"], bucket["units"], bucket["hashes"]) for bucket in record["buckets"]] == [("h1", 3, 300)]
+
+
+def test_more_hosts_than_buckets_keep_two_buckets_a_host_and_never_loop() -> None:
+    log = JobLog(START, first_rows=0, last_rows=0, max_buckets=8)
+    for index in range(100):
+        for step in range(3):
+            log.issued(index * 3 + step, f"h{index}", START + step * 5)
+            log.settled(index * 3 + step, f"h{index}", START + step * 5 + 1, 10, None, 0.1)
+    record = log.to_record()
+    assert len(record["buckets"]) <= 200 and sum(bucket["units"] for bucket in record["buckets"]) == 300
+    assert {bucket["host"] for bucket in record["buckets"]} == {f"h{index}" for index in range(100)}
