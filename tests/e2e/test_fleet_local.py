@@ -19,6 +19,7 @@ from cnd_fab.journal import RunJournal
 from cnd_fab.providers.base import Host
 from cnd_fab.providers.local import LocalHost, LocalProvider
 from cnd_fab.spec import Problem, UnitSpace
+from cnd_fab.transport import WorkerChannel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_leaked_workers")]
 
@@ -142,7 +143,7 @@ def test_a_wrong_golden_claim_loses_the_host(local_fleet: Tuple[LocalProvider, R
     assert search.scheduler.best is None
 
 
-class ScriptedChannel:
+class ScriptedChannel(WorkerChannel):
     def __init__(self, lines: List[str]) -> None:
         self.lines = lines
 
