@@ -6,26 +6,33 @@ The model, stated so it can be checked:
   x is geometric: P(x >= a) = (1 - p)^a;
 - every host hashes at the same rate r from its startup s on (measured by `fab calibrate`,
   or a built-in default);
-- units go out lowest first, `prefetch` per host, exactly as the scheduler hands them out:
-  host i starts with units k*i .. k*i + k - 1 and works through its queue in index order, so
-  unit k*i + j runs in wave j, and unit k*N + m (m >= 0) runs in wave k + floor(m / N);
-- a unit is hashed in index order inside (the worker splits it across the host's cores
-  lowest chunk first), so a golden nonce at offset o of a unit that starts at time t0 is seen
-  at t0 + (o + 1) / r;
+- units go out lowest first in grants of consecutive units, exactly as the fleet hands them
+  out (schedule.grant_size): every host holds GRANTS_AHEAD grants. Its first two, given at
+  its HELLO, share its `prefetch`; each later one is given when a grant settles, grown up to
+  GRANT_GROWTH times the largest settled so far and capped at GRANT_SECONDS of its work and
+  at its share of what is left. Identical hosts run in step, so the grants form rounds: in
+  round k every host runs a grant of s_k units, host i the i-th lowest; rounds 0 and 1 are
+  the first two grants, host i holding units 2i*s_0 .. 2(i+1)*s_0 - 1;
+- a grant is hashed in index order (the worker cuts it into chunks across its cores, lowest
+  first), so a golden nonce at offset o of a grant that starts at time t0 is seen at
+  t0 + (o + 1) / r;
 - with the lowest-nonce rule, the answer is settled only when every unit below its unit is
-  done too, so of the N units in one wave only the lowest settles while it is hashed, the
-  others when the wave ends; with --any, the first golden nonce any host sees ends the run.
+  done too: of a round's grants only the lowest settles while it is hashed (once every
+  earlier round is done), the others when the round ends; with --any, the first golden nonce
+  any host sees ends the run.
 
-P(settled by T) sums, over the units, the chance that the first golden nonce falls in the
-part of that unit that is settled by T. Blocks of N units run in the same wave, so each
-block is one closed-form geometric sum, and the sum stops where the remaining probability
-is negligible or the space ends.
+P(settled by T) sums, over the rounds, the chance that the first golden nonce falls in the
+part of that round that is settled by T. Once grants stop growing, the whole rounds that end
+before T are one contiguous range, so they sum in closed form, however many there are; the
+sum stops where the remaining probability is negligible or the space ends.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from .schedule import GRANTS_AHEAD, grant_size
 
 NEGLIGIBLE = 1e-15
 
@@ -46,6 +53,7 @@ class FleetModel:
     difficulty: int
     space: int
     unit_size: int
+    #: Units each host's HELLO asks to hold: its first grants share them.
     prefetch: int
     first_found_wins: bool
 
@@ -71,38 +79,60 @@ class FleetModel:
             return 0.0
         if self.first_found_wins:
             return self.chance_in(0, min(self.space, hosts * host.rate * working))
-        unit_seconds = self.unit_size / host.rate
-        units = self.space // self.unit_size
-        k = self.prefetch
-        total = 0.0
-        lower_done = 0.0  # waves until every unit below the current one is done
-        for unit in range(min(k * hosts, units)):
-            wave = unit % k
-            began = wave * unit_seconds
-            if lower_done * unit_seconds <= working:
-                total += self.chance_in(unit * self.unit_size, min(self.unit_size, (working - began) * host.rate))
-            lower_done = max(lower_done, wave + 1)
-        # Whole waves that end before the deadline settle all their units: together they
-        # are one contiguous range, so they sum in closed form, however many there are.
-        block = 0
-        if units > k * hosts:
-            block = int(min(max(0.0, math.floor(working / unit_seconds) - k), (units - k * hosts) // hosts))
-            total += self.chance_in(k * hosts * self.unit_size, block * hosts * self.unit_size)
-        while True:
-            first = k * hosts + block * hosts
-            began = (k + block) * unit_seconds
-            if first >= units or began >= working:
+        return self._lowest_first(hosts, host.rate, working)
+
+    def _lowest_first(self, hosts: int, rate: float, working: float) -> float:
+        """P(settled within `working` seconds of hashing) with the lowest-nonce rule."""
+        size = self.unit_size
+        units = self.space // size
+        unit_seconds = size / rate
+
+        def settled_while_hashed(first: int, grant: int, began: float) -> float:
+            return self.chance_in(first * size, min(grant * size, (working - began) * rate))
+
+        # Rounds 0 and 1: every host's first two grants, given together at its HELLO (when
+        # one host is counted ready, so its fair share is half the space).
+        grant = grant_size(self.prefetch, 0, rate, size, max(1, units // GRANTS_AHEAD))
+        first_two = min(units, GRANTS_AHEAD * hosts * grant)
+        round_ends = (grant * unit_seconds, 2 * grant * unit_seconds)
+        if round_ends[1] <= working:
+            total = self.chance_in(0, first_two * size)
+        else:
+            total = settled_while_hashed(0, grant, 0.0)
+            if round_ends[0] <= working and grant < units:
+                total += settled_while_hashed(grant, min(grant, units - grant), round_ends[0])
+            return min(1.0, total)
+        # Later rounds: a host's next grant is given when its grant before last settles, and
+        # runs when its last one ends.
+        sizes = [grant, grant]
+        first, ended = first_two, round_ends[1]
+        while first < units:
+            fair_share = max(1, (units - first) // (GRANTS_AHEAD * hosts))
+            grant = grant_size(self.prefetch, max(sizes[:-1]), rate, size, fair_share)
+            if grant == sizes[-1] == sizes[-2]:
+                # Grants stopped growing: whole rounds of this size until T, while the share
+                # left stays above it, sum in closed form.
+                rounds = min(
+                    int((working - ended) // (grant * unit_seconds)),
+                    max(0, (units - first - GRANTS_AHEAD * hosts * grant) // (hosts * grant)),
+                )
+                if rounds > 0:
+                    total += self.chance_in(first * size, rounds * hosts * grant * size)
+                    first += rounds * hosts * grant
+                    ended += rounds * grant * unit_seconds
+                    continue
+            in_round = min(hosts * grant, units - first)
+            if ended + grant * unit_seconds <= working:
+                total += self.chance_in(first * size, in_round * size)
+            else:
+                if ended < working:
+                    total += settled_while_hashed(first, min(grant, in_round), ended)
                 break
-            count = min(hosts, units - first)
-            # The wave's lowest unit settles as it is hashed; the others only when the whole
-            # wave is done, since a unit is settled only with every unit below it.
-            remaining = math.exp(first * self.unit_size * self.log_q)
-            total += remaining * -math.expm1(min(self.unit_size, (working - began) * host.rate) * self.log_q)
-            if count > 1 and (k + block + 1) * unit_seconds <= working:
-                total += self.chance_in((first + 1) * self.unit_size, (count - 1) * self.unit_size)
-            if remaining < NEGLIGIBLE:
+            sizes.append(grant)
+            first += in_round
+            ended += grant * unit_seconds
+            if math.exp(first * size * self.log_q) < NEGLIGIBLE:
                 break
-            block += 1
         return min(1.0, total)
 
 

@@ -30,6 +30,7 @@ def plan_fleet(
     the unsettled nonces, or, when a golden nonce is known, those up to its unit's end."""
     from .calibration import host_model
     from .model import FleetModel, describe, smallest_fleet
+    from remote import worker
 
     assert request.within is not None and request.confidence is not None
     problem = request.problem
@@ -41,7 +42,7 @@ def plan_fleet(
         difficulty=problem.difficulty,
         space=max(request.space.unit_size, space - settled),
         unit_size=request.space.unit_size,
-        prefetch=2,
+        prefetch=worker.split_prefetch(provider.cores_per_host()),
         first_found_wins=request.first_found_wins,
     )
     plan = smallest_fleet(model, host, request.within, request.confidence, provider.max_hosts())

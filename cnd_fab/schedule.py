@@ -23,7 +23,35 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+from remote import worker
+
 from .spec import Unit, UnitSpace
+
+#: A grant is about this many seconds of its host's work: long enough that messages and
+#: chunk hand-offs cost well under 1%, short enough that the answer's lowest-first settling
+#: waits little on any one host.
+GRANT_SECONDS = 1.5
+#: A grant is at most this many times the largest one its host has settled whole.
+GRANT_GROWTH = 4
+#: Grants each host holds at once: one its cores work on and the next, so they never wait.
+GRANTS_AHEAD = 2
+
+
+def grant_size(prefetch: int, largest_settled: int, rate: float, unit_size: int, fair_share: int) -> int:
+    """How many units a host's next grant holds: about GRANT_SECONDS of its work at its
+    measured `rate` (0: not measured yet), and no more than `fair_share`. It starts at the
+    `prefetch` its HELLO asked for, split over the first GRANTS_AHEAD grants, and grows only on
+    evidence: to at most GRANT_GROWTH times the `largest_settled` grant it has settled whole,
+    so a host that settles nothing never holds more than GRANTS_AHEAD small grants. The fleet
+    (traffic.py) and the --within model (model.py) both size grants with this."""
+    # The first grants together hold what HELLO asked for, as before grants: no more is
+    # under way on a new host, and so no more is thrown away above an early answer.
+    first = -(-prefetch // GRANTS_AHEAD)
+    grown = first if largest_settled == 0 else max(first, largest_settled * GRANT_GROWTH)
+    units = grown
+    if rate > 0:
+        units = min(grown, max(1, int(rate * GRANT_SECONDS / unit_size)))
+    return max(1, min(units, fair_share, worker.MAX_COUNT))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""One host for the length of a search: its worker channel, reader and writer threads,
-heartbeat, progress checks and rate.
+"""One host for the length of a search: its worker channel, set-up and writes, heartbeat,
+progress checks, grants and rate.
 
 A host is untrusted: every line it sends is decoded by the worker's own codec, and what the
 codec cannot know (how many nonces a host could have hashed, whether it keeps making progress,
@@ -29,6 +29,7 @@ from remote import worker
 
 from .errors import CndError
 from .outcome import READY, STARTING, STOPPED, HostView
+from .schedule import GRANTS_AHEAD, grant_size
 from .spec import UnitSpace
 from .transport import Host, WorkerChannel, WorkerPayload, host_text
 
@@ -42,16 +43,6 @@ OUTBOX_LIMIT = 256
 #: so that one host cannot hold every unit of the run.
 MAX_PREFETCH_PER_CORE = 4
 MAX_PREFETCH = 64
-#: A grant is about this many seconds of its host's work: long enough that messages and
-#: chunk hand-offs cost well under 1%, short enough that the answer's lowest-first settling
-#: waits little on any one host.
-GRANT_SECONDS = 1.5
-#: A grant is at most this many times the largest one its host has settled whole.
-GRANT_GROWTH = 4
-#: Grants each host holds at once: one its cores work on and the next, so they never wait.
-GRANTS_AHEAD = 2
-
-
 @dataclass(frozen=True)
 class WorkerOpened:
     """The worker's channel exists: the HELLO deadline starts now."""
@@ -239,19 +230,8 @@ class HostSession:
         return None
 
     def grant_units(self, unit_size: int, fair_share: int) -> int:
-        """How many units the next grant to this host holds: about GRANT_SECONDS of its work at
-        its measured rate, and no more than `fair_share`. It starts at its HELLO's prefetch and
-        grows only on evidence: to at most GRANT_GROWTH times the largest grant it has settled
-        whole, so a host that settles nothing never holds more than GRANTS_AHEAD small grants."""
-        proven = self.largest_settled_grant
-        # The first grants together hold what HELLO asked for, as before grants: no more is
-        # under way on a new host, and so no more is thrown away above an early answer.
-        first = -(-self.prefetch // GRANTS_AHEAD)
-        grown = first if proven == 0 else max(first, proven * GRANT_GROWTH)
-        units = grown
-        if self.view.rate > 0:
-            units = min(grown, max(1, int(self.view.rate * GRANT_SECONDS / unit_size)))
-        return max(1, min(units, fair_share, worker.MAX_COUNT))
+        """How many units the next grant to this host holds (see schedule.grant_size)."""
+        return grant_size(self.prefetch, self.largest_settled_grant, self.view.rate, unit_size, fair_share)
 
     def open_grant(self, first: int, last: int) -> None:
         """A grant of units `first` to `last` was sent."""

@@ -18,8 +18,8 @@ from remote import worker
 from .joblog import JobLog
 from .ledger import GoldenLedger
 from .outcome import GONE, LOST, READY, RECLAIMED, Reporter
-from .schedule import Completion, GoldenNonce, Scheduler
-from .session import GRANTS_AHEAD, HostSession, traceback_event
+from .schedule import GRANTS_AHEAD, Completion, GoldenNonce, Scheduler
+from .session import HostSession, traceback_event
 
 READY_COUNT_SECONDS = 0.5
 from .spec import Problem, UnitSpace

@@ -1107,6 +1107,11 @@ class CoreDeaths(object):
             )
 
 
+def split_prefetch(processes):
+    """HELLO's prefetch when every unit is split across the cores (the --within model uses it)."""
+    return 2 + processes // 8
+
+
 class Worker(object):
     """The main process: reads the protocol, feeds the cores, replaces dead ones, writes results."""
 
@@ -1166,7 +1171,7 @@ class Worker(object):
         """Units the controller should keep queued here so no core waits between units."""
         if self.mode == WHOLE:
             return self.processes + 1
-        return 2 + self.processes // 8
+        return split_prefetch(self.processes)
 
     def run(self):
         self.send(
