@@ -30,7 +30,7 @@ from .spec import Unit, UnitSpace
 #: A grant is about this many seconds of its host's work: long enough that messages and
 #: chunk hand-offs cost well under 1%, short enough that the answer's lowest-first settling
 #: waits little on any one host.
-GRANT_SECONDS = 1.5
+GRANT_SECONDS = 2.0
 #: A grant is at most this many times the largest one its host has settled whole.
 GRANT_GROWTH = 4
 #: Grants each host holds at once: one its cores work on and the next, so they never wait.

@@ -220,13 +220,17 @@ class HostSession:
         """Why a DONE cannot be true (units outside the space, more hashes than they hold, a
         golden nonce outside its last unit), or None."""
         last = done.unit + done.units - 1
-        named, holds = (f"unit {last}", "the unit holds") if done.units == 1 else (f"units {done.unit} to {last}", "they hold")
+
+        def named() -> str:
+            return f"unit {last}" if done.units == 1 else f"units {done.unit} to {last}"
+
         if last >= space.count:
-            return f"DONE for {named}, but the space has {space.count} units"
-        if done.hashes > space.unit(last).end - space.unit(done.unit).start:
-            return f"DONE for {named} claims {done.hashes:,} hashes, more than {holds}"
+            return f"DONE for {named()}, but the space has {space.count} units"
+        if done.hashes > done.units * space.unit_size:
+            holds = "the unit holds" if done.units == 1 else "they hold"
+            return f"DONE for {named()} claims {done.hashes:,} hashes, more than {holds}"
         if done.nonce is not None and space.unit_of(done.nonce) != last:
-            return f"DONE for {named} gives golden nonce {done.nonce}, which is not in unit {last}"
+            return f"DONE for {named()} gives golden nonce {done.nonce}, which is not in unit {last}"
         return None
 
     def grant_units(self, unit_size: int, fair_share: int) -> int:

@@ -21,9 +21,12 @@ from .outcome import GONE, LOST, READY, RECLAIMED, Reporter
 from .schedule import GRANTS_AHEAD, Completion, GoldenNonce, Scheduler
 from .session import HostSession, traceback_event
 
-READY_COUNT_SECONDS = 0.5
 from .spec import Problem, UnitSpace
 from .transport import Host, host_text
+
+READY_COUNT_SECONDS = 0.5
+#: Fleets up to this size are told each host's join; a larger one, every tenth of the fleet.
+JOINS_TOLD_ONE_BY_ONE = 20
 
 
 def runs_text(units: List[int]) -> str:
@@ -69,6 +72,7 @@ class HostTraffic:
         #: Ready hosts that asked for more than the scheduler had free: the only ones a lost
         #: host's units can go to at once (the rest get theirs as they settle).
         self._hungry: Set[str] = set()
+        self._joined = 0
 
     def on_message(self, session: HostSession, message: worker.ToController) -> None:
         """Check one decoded message from `session`'s worker and act on it."""
@@ -109,8 +113,13 @@ class HostTraffic:
             return
         self.scheduler.add_host(session.name)
         self.log_setup(session)
-        note = f" ({host_text(hello.kernel_note)})" if hello.kernel_note else ""
-        self.reporter.event(f"{session.name} joined: {hello.cores} cores, kernel {session.view.kernel}{note}")
+        self._joined += 1
+        fleet = len(self.sessions)
+        # A large fleet's joins are told in tenths, not a line a host.
+        if fleet <= JOINS_TOLD_ONE_BY_ONE or self._joined in (1, fleet) or self._joined % (fleet // 10) == 0:
+            note = f" ({host_text(hello.kernel_note)})" if hello.kernel_note else ""
+            told = f"{session.name} joined: {hello.cores} cores, kernel {session.view.kernel}{note}"
+            self.reporter.event(told if fleet <= JOINS_TOLD_ONE_BY_ONE else f"{told} ({self._joined:,} of {fleet:,} hosts)")
         self._fill(session)
 
     def _done(self, session: HostSession, done: worker.Done) -> None:
@@ -180,16 +189,17 @@ class HostTraffic:
             if not indices:
                 self._hungry.add(name)
                 return
-            first, last = self.space.unit(indices[0]), self.space.unit(indices[-1])
-            session.note_issued(last.end - first.start, idle=idle)
-            session.open_grant(first.index, last.index)
+            size = self.space.unit_size
+            start, end = indices.start * size, indices.stop * size
+            session.note_issued(end - start, idle=idle)
+            session.open_grant(indices.start, indices.stop - 1)
             now = time.monotonic()
             self.joblog.issued_run(indices.start, indices.stop, name, now)
             if session.view.first_unit_at is None:
                 session.view.first_unit_at = now
             problem = self.problem
             work = worker.Work(
-                first.index, first.start, last.end, self._block_hex, problem.nonce_bytes, problem.difficulty, len(indices)
+                indices.start, start, end, self._block_hex, problem.nonce_bytes, problem.difficulty, len(indices)
             )
             self.grants_sent += 1
             if not self._send(session, work):

@@ -41,3 +41,54 @@ def test_a_large_fleet_asks_its_workers_for_fewer_heartbeats_and_checks_deadline
         assert small.payload.heartbeat is None and small.overdue_check_seconds == 0.1
     finally:
         simulation.finish()
+
+
+def test_a_large_fleet_is_told_joining_in_tenths_and_a_small_one_host_by_host() -> None:
+    from typing import List
+
+    from cnd_fab.outcome import Reporter
+    from cnd_fab.transport import WorkerChannel
+
+    class Told(Reporter):
+        def __init__(self) -> None:
+            self.lines: List[str] = []
+
+        def event(self, text: str) -> None:
+            self.lines.append(text)
+
+    class Takes(WorkerChannel):
+        sends_without_blocking = True
+
+        def send_nowait(self, data: bytes) -> int:
+            return len(data)
+
+        def send_line(self, line: str) -> None:
+            raise AssertionError
+
+        def read_line(self, limit: int) -> str:
+            return ""
+
+        def close(self) -> None:
+            pass
+
+    block = b"COMSM0010cloud"
+    for count, expected in ((20, 20), (100, 11)):
+        names = [f"sim-{index}" for index in range(count)]
+        simulation = SimulatedFleet(names, 1e6, 1 << 22, planted_golden(block, 12, 8, 0))
+        try:
+            told = Told()
+            hosts = [SimulatedHost(simulation, name) for name in names]
+            search = FleetSearch(Problem(block, 8, 12), UnitSpace(8, 1 << 42), hosts, "run", reporter=told)
+            for session in search.sessions.values():
+                session.channel = Takes()
+                hello = worker.Hello(
+                    version=worker.PROTOCOL_VERSION, cores=8, kernel="native:sha-ni", kernel_note=None, mode=worker.SPLIT,
+                    prefetch=3, pid=1, pgid=1, python="3.11", host=session.name,
+                )
+                search.traffic.on_message(session, hello)
+            joins = [line for line in told.lines if " joined: " in line]
+            assert len(joins) == expected, joins
+            if count > 20:
+                assert joins[0].endswith("(1 of 100 hosts)") and joins[-1].endswith("(100 of 100 hosts)")
+        finally:
+            simulation.finish()
