@@ -29,6 +29,7 @@ def plan_fleet(
     nonce beyond settled work follows the same odds, so the model is that of a smaller space:
     the unsettled nonces, or, when a golden nonce is known, those up to its unit's end."""
     from .calibration import host_model
+    from .checks import check_open_files
     from .model import FleetModel, describe, smallest_fleet
     from remote import worker
 
@@ -65,6 +66,7 @@ def plan_fleet(
                 "or --best-effort)"
             )
     provider.check(plan.hosts)
+    check_open_files(plan.hosts)
     return plan.hosts, request.timeout if request.timeout is not None else request.within
 
 

@@ -22,7 +22,6 @@ import heapq
 import itertools
 import multiprocessing
 import os
-import resource
 import selectors
 import socket
 import threading
@@ -32,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from remote import worker
 
+from .checks import SPARE_FILES, ensure_open_files
 from .errors import CndError
 from .spec import Problem, UnitSpace, default_units
 from .transport import Host, WorkerChannel, WorkerPayload
@@ -39,8 +39,6 @@ from .transport import Host, WorkerChannel, WorkerPayload
 #: Low enough that a golden nonce is found with hashlib in milliseconds.
 PLANTED_DIFFICULTY = 12
 SIMULATED_CORES = 8
-#: Open files each process needs besides one per simulated host.
-SPARE_FILES = 256
 #: Pipe ends handed from the simulation to the controller in one message (SCM_MAX_FD is 253).
 HANDOVER_BATCH = 200
 
@@ -229,26 +227,12 @@ class SimulatedHost(Host):
         self.fleet.command(self.name, "kill")
 
 
-def ensure_open_files(needed: int) -> None:
-    """Raise this process's open-file limit to `needed` if it is lower, or say why it cannot be."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
-    except (ValueError, OSError):
-        raise CndError(
-            f"a simulated fleet this large needs {needed:,} open files, and this process may open {hard:,} "
-            "(raise `ulimit -n`)"
-        ) from None
-
-
 class SimulatedFleet:
     """The controller's side of the simulated hosts: the process that runs them, a pipe per
     host for what its worker says, and one shared pipe for what the controller sends."""
 
     def __init__(self, names: List[str], rate: float, unit_size: int, golden: Tuple[int, str]) -> None:
-        ensure_open_files(len(names) + SPARE_FILES)
+        ensure_open_files(len(names) + SPARE_FILES, f"a simulated fleet of {len(names):,} hosts")
         commands_read, self._commands = os.pipe()
         handover, handover_end = socket.socketpair()
         context = multiprocessing.get_context("fork")
@@ -309,7 +293,7 @@ def run_simulated_hosts(
 ) -> None:
     """The simulation process: makes every host's pipe, then runs every simulated worker on one
     clock until "end"."""
-    ensure_open_files(len(names) + SPARE_FILES)
+    ensure_open_files(len(names) + SPARE_FILES, f"a simulated fleet of {len(names):,} hosts")
     stdouts: Dict[str, int] = {}
     with handover:
         for batch in range(0, len(names), HANDOVER_BATCH):

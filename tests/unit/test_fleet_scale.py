@@ -92,3 +92,22 @@ def test_a_large_fleet_is_told_joining_in_tenths_and_a_small_one_host_by_host() 
                 assert joins[0].endswith("(1 of 100 hosts)") and joins[-1].endswith("(100 of 100 hosts)")
         finally:
             simulation.finish()
+
+
+def test_a_fleet_gets_the_open_files_it_needs_or_a_clear_refusal_before_launch() -> None:
+    import resource
+
+    from cnd_fab.checks import FILES_PER_HOST, SPARE_FILES, check_open_files
+    from cnd_fab.errors import InputError
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
+        check_open_files(200)  # the soft limit is raised as far as needed, no privilege needed
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= FILES_PER_HOST * 200 + SPARE_FILES
+        if hard != resource.RLIM_INFINITY:
+            too_many = hard // FILES_PER_HOST + 1
+            with pytest.raises(InputError, match=f"a fleet of {too_many:,} hosts needs .* open files.*nothing was launched"):
+                check_open_files(too_many)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
