@@ -39,7 +39,8 @@ class Checkpoint:
     space: UnitSpace
     first_found_wins: bool
     settled_prefix: int = 0
-    settled_above: Tuple[int, ...] = ()
+    #: The runs of settled units above the prefix, [start, end), ascending.
+    settled_runs: Tuple[Tuple[int, int], ...] = ()
     golden: Tuple[GoldenNonce, ...] = ()
     #: RUNNING_STATUS while the run goes on; then its outcome (found, none, timeout, interrupted, failed).
     status: str = RUNNING_STATUS
@@ -54,7 +55,7 @@ class Checkpoint:
     # --- what it says ------------------------------------------------------------------
     def settled(self) -> SettledUnits:
         """The settled units, as the scheduler keeps them."""
-        return SettledUnits(self.settled_prefix, self.settled_above)
+        return SettledUnits(self.settled_prefix, runs=self.settled_runs)
 
     def lowest(self) -> Optional[GoldenNonce]:
         """The lowest verified golden nonce seen, settled or not."""
@@ -62,7 +63,7 @@ class Checkpoint:
 
     def units_settled(self) -> int:
         """How many units are settled."""
-        return self.settled_prefix + len(self.settled_above)
+        return self.settled_prefix + sum(end - start for start, end in self.settled_runs)
 
     def nonces_settled(self) -> int:
         """Nonces proven checked: the settled units, the answer's own only up to the answer."""
@@ -91,7 +92,9 @@ class Checkpoint:
             "units": self.space.count,
             "any": self.first_found_wins,
             "settled_prefix": self.settled_prefix,
-            "settled_above": list(self.settled_above),
+            # A run of one unit is its number, a longer one [start, end): a thousand hosts leave
+            # a thousand runs above the prefix, not a hundred thousand numbers.
+            "settled_above": [start if end == start + 1 else [start, end] for start, end in self.settled_runs],
             "golden": [{"unit": g.unit, "nonce": g.nonce, "hash": g.hash} for g in self.golden],
             "status": self.status,
             "nonces_settled_before": self.nonces_settled_before,
@@ -114,13 +117,9 @@ class Checkpoint:
         if not 0 < space.count <= space.space or space.count & (space.count - 1):
             raise ValueError("units is not a power of two that fits the space")
         prefix = _whole(data, "settled_prefix")
-        above = data.get("settled_above")
-        if not isinstance(above, list) or not all(type(index) is int for index in above):
-            raise ValueError("settled_above is not a list of unit numbers")
-        if not 0 <= prefix <= space.count or any(not prefix < index < space.count for index in above):
+        if not 0 <= prefix <= space.count:
             raise ValueError("a settled unit is outside the space")
-        if above != sorted(set(above)):
-            raise ValueError("settled_above is not strictly increasing")
+        runs = _settled_runs(data.get("settled_above"), prefix, space)
         golden = tuple(_golden(item, problem, space) for item in _list(data, "golden"))
         if list(golden) != sorted(golden, key=lambda g: g.nonce) or len({g.nonce for g in golden}) != len(golden):
             raise ValueError("golden nonces are not distinct and lowest first")
@@ -140,7 +139,7 @@ class Checkpoint:
             space,
             data["any"],
             prefix,
-            tuple(above),
+            runs,
             golden,
             data["status"],
             _whole(data, "nonces_settled_before"),
@@ -182,6 +181,27 @@ def _golden(item: Any, problem: Problem, space: UnitSpace) -> GoldenNonce:
     return GoldenNonce(unit, nonce, digest)
 
 
+def _settled_runs(above: Any, prefix: int, space: UnitSpace) -> Tuple[Tuple[int, int], ...]:
+    """The stored runs above the prefix: unit numbers, or [start, end) pairs, ascending and
+    disjoint, each above the prefix and inside the space. Raises ValueError."""
+    if not isinstance(above, list):
+        raise ValueError("settled_above is not a list of unit numbers")
+    runs: List[Tuple[int, int]] = []
+    for item in above:
+        if type(item) is int:
+            start, end = item, item + 1
+        elif isinstance(item, list) and len(item) == 2 and all(type(bound) is int for bound in item):
+            start, end = item
+        else:
+            raise ValueError("settled_above is not a list of unit numbers")
+        if not prefix < start < end <= space.count:
+            raise ValueError("a settled unit is outside the space")
+        if runs and start < runs[-1][1]:
+            raise ValueError("settled_above is not strictly increasing")
+        runs.append((start, end))
+    return tuple(runs)
+
+
 def checkpoint_of(
     scheduler: Scheduler,
     candidate: Optional[GoldenNonce],
@@ -199,7 +219,7 @@ def checkpoint_of(
     return replace(
         base,
         settled_prefix=settled.prefix,
-        settled_above=settled.above_sorted(),
+        settled_runs=settled.above_runs(),
         golden=lowest,
         status=status,
         saved_at=time.time(),

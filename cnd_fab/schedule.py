@@ -163,12 +163,15 @@ class SettledUnits:
     Units settle in nearly ascending order, so the runs above the prefix stay about as
     many as the grants in flight, whatever the space's size."""
 
-    def __init__(self, prefix: int = 0, above: Iterable[int] = ()) -> None:
+    def __init__(self, prefix: int = 0, above: Iterable[int] = (), runs: Iterable[Tuple[int, int]] = ()) -> None:
+        """`above`: settled units above the prefix; `runs`: the same as runs [start, end)."""
         self.prefix = prefix
         self._above = UnitRuns()
         for index in above:
             if index >= prefix:
                 self._above.add(index, index + 1)
+        for start, end in runs:
+            self._above.add(max(start, prefix), end)
         self._advance()
 
     def _advance(self) -> None:
@@ -211,6 +214,10 @@ class SettledUnits:
     def next_settled(self, index: int) -> Optional[int]:
         """The lowest settled unit at or above `index`, or None."""
         return index if index < self.prefix else self._above.next_start(index)
+
+    def above_runs(self) -> Tuple[Tuple[int, int], ...]:
+        """The runs of settled units above the prefix, [start, end), ascending."""
+        return tuple(self._above.runs())
 
     def above_sorted(self) -> Tuple[int, ...]:
         """The settled units above the prefix, ascending."""

@@ -180,7 +180,7 @@ def test_an_eight_byte_run_resumes_past_unit_2_20(private_state: Path) -> None:
     problem = Problem(BLOCK, 8, 8)
     space = UnitSpace(8, 1 << 42)
     first = (1 << 20) + 3
-    stopped = Checkpoint(problem, space, False, settled_prefix=first, settled_above=(first + 2,), status="interrupted")
+    stopped = Checkpoint(problem, space, False, settled_prefix=first, settled_runs=((first + 2, first + 3),), status="interrupted")
     write_journal(private_state, "cnd-20260101-000000-dddddd", stopped.to_json())
     record = search_json("--resume", "cnd-20260101-000000-dddddd")
     unit = space.unit(first)

@@ -77,7 +77,7 @@ def test_a_settled_known_golden_nonce_is_the_answer_at_once() -> None:
 
 def test_eight_byte_checkpoints_past_unit_2_20_cost_nothing_to_resume() -> None:
     space = UnitSpace(8, 1 << 42)
-    checkpoint = Checkpoint(Problem(BLOCK, 8, 40), space, False, settled_prefix=(1 << 20) + 5, settled_above=((1 << 20) + 9,))
+    checkpoint = Checkpoint(Problem(BLOCK, 8, 40), space, False, settled_prefix=(1 << 20) + 5, settled_runs=(((1 << 20) + 9, (1 << 20) + 10),))
     scheduler = Checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json()))).scheduler()
     scheduler.add_host("h")
     assert [unit.index for unit in scheduler.take("h", 4)] == [(1 << 20) + offset for offset in (5, 6, 7, 8)]
@@ -106,7 +106,7 @@ def test_checkpoint_round_trip_and_what_it_keeps() -> None:
 
 
 def _stored(**changes: Any) -> Dict[str, Any]:
-    data = Checkpoint(PROBLEM, SPACE, False, 2, (5, 9), (LOWEST_D8,)).to_json()
+    data = Checkpoint(PROBLEM, SPACE, False, 2, ((5, 6), (9, 10)), (LOWEST_D8,)).to_json()
     data.update(changes)
     return data
 
@@ -122,6 +122,10 @@ def _stored(**changes: Any) -> Dict[str, Any]:
         lambda data: _stored(settled_above=[1]),  # inside the prefix
         lambda data: _stored(settled_above=[SPACE.count]),
         lambda data: _stored(settled_above="5,9"),
+        lambda data: _stored(settled_above=[[5, 9], 7]),  # overlapping runs
+        lambda data: _stored(settled_above=[[9, 9]]),  # an empty run
+        lambda data: _stored(settled_above=[[5, 9, 10]]),
+        lambda data: _stored(settled_above=[[5, SPACE.count + 1]]),
         lambda data: _stored(units=1000),
         lambda data: _stored(difficulty=0),
         lambda data: _stored(nonce_bytes=5),
@@ -143,4 +147,8 @@ def test_a_corrupted_checkpoint_is_refused(corrupt: Callable[[Dict[str, Any]], A
 
 
 def test_an_intact_checkpoint_is_accepted() -> None:
-    assert Checkpoint.from_json(_stored()).settled_above == (5, 9)
+    assert Checkpoint.from_json(_stored()).settled_runs == ((5, 6), (9, 10))
+    # Runs of units are stored as [start, end), single units as their number (as before runs).
+    stored = _stored(settled_above=[5, [7, 12], 20])
+    assert Checkpoint.from_json(stored).settled_runs == ((5, 6), (7, 12), (20, 21))
+    assert Checkpoint.from_json(stored).units_settled() == 2 + 1 + 5 + 1
