@@ -34,7 +34,7 @@ from remote import worker
 from .checks import SPARE_FILES, ensure_open_files
 from .errors import CndError
 from .spec import Problem, UnitSpace, default_units
-from .transport import Host, WorkerChannel, WorkerPayload
+from .transport import Host, WorkerChannel, WorkerPayload, read_ready
 
 #: Low enough that a golden nonce is found with hashlib in milliseconds.
 PLANTED_DIFFICULTY = 12
@@ -196,10 +196,7 @@ class SimulatedChannel(WorkerChannel):
         return self.stdout
 
     def read_available(self, limit: int) -> Optional[bytes]:
-        try:
-            return os.read(self.stdout, limit)
-        except BlockingIOError:
-            return None
+        return read_ready(self.stdout, limit)
 
     def read_line(self, limit: int) -> str:
         raise NotImplementedError("read through fileno()")

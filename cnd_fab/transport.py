@@ -14,7 +14,7 @@ from typing import IO, List, Optional
 
 from remote import worker
 
-__all__ = ["worker", "host_text", "worker_source", "WorkerChannel", "PipeChannel", "Host", "WorkerPayload"]
+__all__ = ["worker", "host_text", "worker_source", "read_ready", "WorkerChannel", "PipeChannel", "Host", "WorkerPayload"]
 
 
 #: Characters a host's text may not bring to the terminal: C0 and C1 controls but newline.
@@ -65,6 +65,14 @@ def worker_file() -> Path:
 def worker_source() -> bytes:
     """The worker file's bytes, as pushed to SSH hosts."""
     return worker_file().read_bytes()
+
+
+def read_ready(descriptor: int, limit: int) -> Optional[bytes]:
+    """Up to `limit` bytes a pipe holds now: None when it holds none yet, b'' at its end."""
+    try:
+        return os.read(descriptor, limit)
+    except BlockingIOError:
+        return None
 
 
 #: Writes go out in pieces of this size, so a long line on a slow link still shows progress.
@@ -173,10 +181,7 @@ class PipeChannel(WorkerChannel):
 
     def read_available(self, limit: int) -> Optional[bytes]:
         """What the worker's stdout holds, read past Python's buffer (read_line() is not used)."""
-        try:
-            return os.read(self._stdout.fileno(), limit)
-        except BlockingIOError:
-            return None
+        return read_ready(self._stdout.fileno(), limit)
 
     def close(self) -> None:
         """Close the worker's stdin, so it exits by itself."""

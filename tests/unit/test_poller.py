@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 from cnd_fab.outcome import READY
 from cnd_fab.poller import LINE_LIMIT, HostEvents, HostInbox
 from cnd_fab.session import HostFailed, HostSession, WorkerClosed, WorkerOpened
-from cnd_fab.transport import Host, WorkerChannel, WorkerPayload
+from cnd_fab.transport import Host, WorkerChannel, WorkerPayload, read_ready
 from remote import worker
 
 
@@ -34,10 +34,7 @@ class PipeEnd(WorkerChannel):
         return self.read_end
 
     def read_available(self, limit: int) -> Optional[bytes]:
-        try:
-            return os.read(self.read_end, limit)
-        except BlockingIOError:
-            return None
+        return read_ready(self.read_end, limit)
 
     def close(self) -> None:
         os.close(self.write_end)
