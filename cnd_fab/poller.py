@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import selectors
+import threading
 from typing import Dict, List, Tuple
 
 from remote import worker
@@ -44,6 +45,9 @@ class HostInbox:
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._joining: "queue.SimpleQueue[Tuple[str, WorkerChannel]]" = queue.SimpleQueue()
         self._partial: Dict[int, bytearray] = {}
+        # A set-up thread may hand an event in after close(): it must never write to the
+        # closed wake pipe's number, which the process may have given to another file.
+        self._wake_lock = threading.Lock()
 
     # --- any thread ----------------------------------------------------------------------
     def put(self, name: str, event: HostEvent) -> None:
@@ -57,16 +61,21 @@ class HostInbox:
         self._wake()
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b".")
-        except OSError:
-            pass  # the pipe is full, so the loop is awake anyway; or it is closed
+        with self._wake_lock:
+            if self._wake_write < 0:
+                return
+            try:
+                os.write(self._wake_write, b".")
+            except OSError:
+                pass  # the pipe is full, so the loop is awake anyway
 
     # --- the fleet's loop ----------------------------------------------------------------
     def wait(self, timeout: float) -> HostEvents:
         """What has arrived, waiting up to `timeout` seconds for something."""
         events: HostEvents = []
         for key, _ in self._selector.select(0 if not self._queue.empty() else timeout):
+            if len(events) >= MAX_QUEUED_EVENTS:
+                break  # the channels left are still ready at the next call
             if key.data is None:
                 self._take_joining()
             else:
@@ -79,9 +88,11 @@ class HostInbox:
 
     def close(self) -> None:
         """Stop reading; the channels themselves are closed by their sessions."""
-        self._selector.close()
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        with self._wake_lock:
+            self._selector.close()
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            self._wake_write = -1
 
     def _take_joining(self) -> None:
         try:

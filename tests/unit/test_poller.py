@@ -174,3 +174,20 @@ def test_a_worker_that_reads_nothing_is_refused_more_lines_and_a_broken_one_fail
     broken.gone = True
     assert session.flush() == "write to the worker failed: broken pipe" and backlog == set()
     assert session.send(worker.Stop()) == "write to the worker failed: broken pipe"
+
+
+def test_an_event_handed_in_after_close_writes_to_no_file() -> None:
+    inbox = HostInbox()
+    inbox.close()
+    reused_read, reused_write = os.pipe()  # likely given the wake pipe's old numbers
+    try:
+        inbox.put("late", WorkerClosed())
+        os.set_blocking(reused_read, False)
+        try:
+            leaked = os.read(reused_read, 16)
+        except BlockingIOError:
+            leaked = b""
+        assert leaked == b""
+    finally:
+        os.close(reused_read)
+        os.close(reused_write)
