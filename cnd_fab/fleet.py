@@ -229,11 +229,12 @@ class FleetSearch:
             self.traffic.lose(session, f"its message could not be handled: {type(error).__name__}: {error}")
 
     def _flush(self, session: HostSession) -> None:
-        failure = session.flush() if session.view.state not in GONE else None
+        if session.view.state in GONE:
+            self.backlog.discard(session.name)
+            return
+        failure = session.flush()
         if failure is not None:
             self.traffic.lose(session, failure)
-        elif session.view.state in GONE:
-            self.backlog.discard(session.name)
 
     def _log_ending(self, now: float) -> None:
         self.joblog.finish(now)

@@ -219,10 +219,6 @@ class SettledUnits:
         """The runs of settled units above the prefix, [start, end), ascending."""
         return tuple(self._above.runs())
 
-    def above_sorted(self) -> Tuple[int, ...]:
-        """The settled units above the prefix, ascending."""
-        return tuple(self._above.units())
-
     def __contains__(self, index: int) -> bool:
         return index < self.prefix or index in self._above
 

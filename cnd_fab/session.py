@@ -43,6 +43,8 @@ OUTBOX_LIMIT = 256
 #: so that one host cannot hold every unit of the run.
 MAX_PREFETCH_PER_CORE = 4
 MAX_PREFETCH = 64
+
+
 @dataclass(frozen=True)
 class WorkerOpened:
     """The worker's channel exists: the HELLO deadline starts now."""

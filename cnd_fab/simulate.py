@@ -22,6 +22,7 @@ import heapq
 import itertools
 import multiprocessing
 import os
+import select
 import selectors
 import socket
 import threading
@@ -39,6 +40,8 @@ from .transport import Host, WorkerChannel, WorkerPayload, read_ready
 #: Low enough that a golden nonce is found with hashlib in milliseconds.
 PLANTED_DIFFICULTY = 12
 SIMULATED_CORES = 8
+#: How long a command waits for room in the simulation's pipe before it counts as stuck.
+COMMAND_SECONDS = 10.0
 #: Pipe ends handed from the simulation to the controller in one message (SCM_MAX_FD is 253).
 HANDOVER_BATCH = 200
 
@@ -185,11 +188,14 @@ class SimulatedChannel(WorkerChannel):
         self.stdout = stdout
 
     def send_line(self, line: str) -> None:
-        self.fleet.command(self.name, "line", line)
+        if not self.fleet.command(self.name, "line", line):
+            raise OSError(f"the simulated hosts took no line for {COMMAND_SECONDS:g}s")
         self.written_at = time.monotonic()
 
     def send_nowait(self, data: bytes) -> int:
-        self.send_line(data.decode().rstrip("\n"))
+        if not self.fleet.command(self.name, "line", data.decode().rstrip("\n"), wait=0):
+            return 0
+        self.written_at = time.monotonic()
         return len(data)
 
     def fileno(self) -> Optional[int]:
@@ -217,7 +223,8 @@ class SimulatedHost(Host):
 
     def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
         self.reachable_at = time.monotonic()
-        self.fleet.command(self.name, "open", f"{payload.heartbeat or worker.HEARTBEAT_SECONDS:g}")
+        if not self.fleet.command(self.name, "open", f"{payload.heartbeat or worker.HEARTBEAT_SECONDS:g}"):
+            raise CndError(f"{self.name}: the simulated hosts took no command for {COMMAND_SECONDS:g}s")
         return SimulatedChannel(self.fleet, self.name, self.fleet.stdouts[self.name])
 
     def stop_worker(self) -> None:
@@ -231,6 +238,7 @@ class SimulatedFleet:
     def __init__(self, names: List[str], rate: float, unit_size: int, golden: Tuple[int, str]) -> None:
         ensure_open_files(len(names) + SPARE_FILES, f"a simulated fleet of {len(names):,} hosts")
         commands_read, self._commands = os.pipe()
+        os.set_blocking(self._commands, False)
         handover, handover_end = socket.socketpair()
         context = multiprocessing.get_context("fork")
         self._results, results_end = context.Pipe(duplex=False)
@@ -259,12 +267,26 @@ class SimulatedFleet:
                     self.stdouts[name] = read_end
         self._lock = threading.Lock()
 
-    def command(self, name: str, kind: str, text: str = "") -> None:
-        """Tell the simulation about host `name`: open, line (what the controller wrote), close, kill."""
+    def command(self, name: str, kind: str, text: str = "", wait: float = COMMAND_SECONDS) -> bool:
+        """Tell the simulation about host `name`: open, line (what the controller wrote), close,
+        kill. Returns False when its pipe had no room within `wait` seconds (0: only now)."""
         data = f"{name}\t{kind}\t{text}\n".encode()
-        with self._lock:
-            if self._commands >= 0:
-                os.write(self._commands, data)
+        # One write of at most PIPE_BUF bytes goes into a pipe whole or not at all, so hosts'
+        # commands never interleave in the one pipe they share.
+        assert len(data) <= select.PIPE_BUF, "the simulation's lines are short"
+        give_up = time.monotonic() + wait
+        while True:
+            with self._lock:
+                if self._commands < 0:
+                    return True  # the simulation is over: nothing is listening
+                try:
+                    os.write(self._commands, data)
+                    return True
+                except BlockingIOError:
+                    pass
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(0.001)
 
     def finish(self) -> Tuple[Dict[str, WorkerTimes], Optional[float]]:
         """End the simulation: each worker's times, and when the golden nonce was reached."""

@@ -20,7 +20,6 @@ from .ledger import GoldenLedger
 from .outcome import GONE, LOST, READY, RECLAIMED, Reporter
 from .schedule import GRANTS_AHEAD, Completion, GoldenNonce, Scheduler
 from .session import HostSession, traceback_event
-
 from .spec import Problem, UnitSpace
 from .transport import Host, host_text
 

@@ -270,7 +270,7 @@ def test_a_launch_above_the_batch_size_takes_several_calls_with_tokens_of_their_
     aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ec2_settings, "LAUNCH_BATCH", 2)
-    provider = Ec2Provider(ProviderOptions(inventory=load(str(inventory)), timeout=300))
+    provider = provider_for(inventory)
     calls = Recorder()
     provider.ec2.meta.events.register("provide-client-params.ec2.RunInstances", calls)
     journal = RunJournal.start("ec2")
@@ -298,7 +298,7 @@ def test_a_batched_launch_whose_second_call_fails_leaves_nothing(
     aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ec2_settings, "LAUNCH_BATCH", 2)
-    provider = Ec2Provider(ProviderOptions(inventory=load(str(inventory)), timeout=300))
+    provider = provider_for(inventory)
     refused = FailingSend("VcpuLimitExceeded", 400, times=100, passes=1)
     provider.ec2.meta.events.register("before-send.ec2.RunInstances", refused)
     journal = RunJournal.start("ec2")

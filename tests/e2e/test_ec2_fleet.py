@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -178,13 +178,20 @@ def test_a_fleet_below_min_count_releases_everything_with_one_line(aws: Any, inv
     assert_nothing_left(aws)
 
 
+def batched_fleet(inventory: Path, monkeypatch: pytest.MonkeyPatch, min_count: int) -> Tuple[Ec2Provider, Dict[str, Recorder]]:
+    """A spot fleet launched in calls of 2 instances, each call given only one, its CreateFleet
+    calls recorded."""
+    monkeypatch.setattr(ec2_settings, "LAUNCH_BATCH", 2)
+    provider = fleet_provider(inventory, min_count=min_count)
+    calls = recorded(provider, "CreateFleet")
+    CapacityLimit(1).register(provider.ec2.meta.events)  # each call launches one instance
+    return provider, calls
+
+
 def test_a_fleet_above_the_batch_size_counts_min_count_over_every_call(
     aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ec2_settings, "LAUNCH_BATCH", 2)
-    provider = fleet_provider(inventory, min_count=3)
-    calls = recorded(provider, "CreateFleet")
-    CapacityLimit(1).register(provider.ec2.meta.events)  # each call launches one instance
+    provider, calls = batched_fleet(inventory, monkeypatch, min_count=3)
     journal = RunJournal.start("ec2")
     hosts = provider.launch(5, journal)
     try:
@@ -208,10 +215,7 @@ def test_a_fleet_above_the_batch_size_counts_min_count_over_every_call(
 def test_a_batched_fleet_stops_calling_once_min_count_is_out_of_reach(
     aws: Any, inventory: Path, no_ssh: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ec2_settings, "LAUNCH_BATCH", 2)
-    provider = fleet_provider(inventory, min_count=4)
-    calls = recorded(provider, "CreateFleet")
-    CapacityLimit(1).register(provider.ec2.meta.events)
+    provider, calls = batched_fleet(inventory, monkeypatch, min_count=4)
     with pytest.raises(ProviderError) as refused:
         with launched(provider, 5):
             pytest.fail("a run short of its minimum must not start")

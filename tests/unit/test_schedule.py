@@ -273,9 +273,9 @@ def test_settled_units_jump_over_runs_and_keep_the_prefix() -> None:
     assert settled.prefix == 2 and settled.next_unsettled(0) == 2 and settled.next_unsettled(5) == 7
     assert settled.next_settled(3) == 5 and settled.next_settled(10) is None
     settled.add_run(2, 5)
-    assert settled.prefix == 7 and settled.above_sorted() == (9,)
+    assert settled.prefix == 7 and settled.above_runs() == ((9, 10),)
     settled.add_run(7, 12)
-    assert settled.prefix == 12 and len(settled) == 12 and settled.above_sorted() == ()
+    assert settled.prefix == 12 and len(settled) == 12 and settled.above_runs() == ()
     settled.drop_from(4)
     assert settled.prefix == 4 and 5 not in settled
 
