@@ -143,6 +143,8 @@ class JobLog:
         the host that lost it."""
         at = self._at(now)
         rows = self._open.setdefault(host, [])
+        # Grants mostly come in order; a reissued unit may lie below what the host holds.
+        in_order = not rows or rows[-1].unit < start
         if self._awaiting_redo and any(unit in self._awaiting_redo for unit in range(start, end)):
             for unit in range(start, end):
                 row = UnitRow(unit, host, at)
@@ -153,7 +155,8 @@ class JobLog:
                 rows.append(row)
         else:
             rows.append(UnitRow(start, host, at, units=end - start))
-        rows.sort(key=lambda row: row.unit)
+        if not in_order:
+            rows.sort(key=lambda row: row.unit)
 
     def started_units(self, host: str, units: Iterable[int], now: float) -> None:
         """`host` reported the grants that begin with these units in progress."""
@@ -197,8 +200,7 @@ class JobLog:
             if row.end > end:
                 kept.append(row.split_at(end))
             taken.append(row)
-        kept.sort(key=lambda row: row.unit)
-        self._open[host] = kept
+        self._open[host] = kept  # still lowest first: a row's pieces replace it in place
         return taken
 
     def host_lost(self, host: str, reissued: Iterable[int], now: float) -> None:

@@ -35,6 +35,23 @@ GRANT_SECONDS = 2.0
 GRANT_GROWTH = 4
 #: Grants each host holds at once: one its cores work on and the next, so they never wait.
 GRANTS_AHEAD = 2
+#: A host may ask for this many queued units per core, and no more than MAX_PREFETCH in all,
+#: so that one host cannot hold every unit of the run.
+MAX_PREFETCH_PER_CORE = 4
+MAX_PREFETCH = 64
+#: A fleet's hosts say HELLO together, and its loop answers them one after another, then
+#: their first DONEs: a fleet of more hosts than this gives each new host proportionally
+#: more to start with, so that its first grants last until the loop answers it.
+HOSTS_PER_PREFETCH = 250
+
+
+def fleet_prefetch(asked: int, cores: int, hosts: int) -> int:
+    """The units a new host's first grants share: the `prefetch` its HELLO `asked` for, times
+    one more for every HOSTS_PER_PREFETCH hosts of the fleet past the first, and never more
+    than MAX_PREFETCH_PER_CORE a core or MAX_PREFETCH in all (a host may ask for anything).
+    The fleet (session.py) and the --within model (model.py) both start hosts with this."""
+    scaled = asked * max(1, -(-hosts // HOSTS_PER_PREFETCH))
+    return max(1, min(scaled, MAX_PREFETCH_PER_CORE * cores, MAX_PREFETCH))
 
 
 def grant_size(prefetch: int, largest_settled: int, rate: float, unit_size: int, fair_share: int) -> int:
@@ -283,6 +300,10 @@ class Scheduler:
         """How many units a host holds now, without copying them."""
         held = self._held.get(host)
         return held.count if held is not None else 0
+
+    def held_runs(self, host: str) -> UnitRuns:
+        """The units a host holds now (the scheduler's own: do not change them)."""
+        return self._held.get(host) or UnitRuns()
 
     def holds(self, host: str, index: int) -> bool:
         """True while `host` holds unit `index`."""

@@ -23,13 +23,13 @@ import threading
 from collections import deque
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Container, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from remote import worker
 
 from .errors import CndError
 from .outcome import READY, STARTING, STOPPED, HostView
-from .schedule import GRANTS_AHEAD, grant_size
+from .schedule import GRANTS_AHEAD, fleet_prefetch, grant_size
 from .spec import UnitSpace
 from .transport import Host, WorkerChannel, WorkerPayload, host_text
 
@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 RATE_SMOOTHING = 0.3
 #: Lines waiting for a host's stdin; a host that lets this many pile up is not reading.
 OUTBOX_LIMIT = 256
-#: A host may ask for this many queued units per core, and no more than MAX_PREFETCH in all,
-#: so that one host cannot hold every unit of the run.
-MAX_PREFETCH_PER_CORE = 4
-MAX_PREFETCH = 64
 
 
 @dataclass(frozen=True)
@@ -206,15 +202,16 @@ class HostSession:
         self.backlog.discard(self.name)
         return self.write_failure
 
-    def joined(self, hello: worker.Hello) -> Optional[str]:
-        """The worker said HELLO: take its cores, kernel and prefetch. Returns why it cannot
-        join (another protocol version), or None."""
+    def joined(self, hello: worker.Hello, fleet_hosts: int) -> Optional[str]:
+        """The worker said HELLO: take its cores, kernel and prefetch (scaled to the fleet's
+        `fleet_hosts`, see schedule.fleet_prefetch). Returns why it cannot join (another
+        protocol version), or None."""
         if hello.version != worker.PROTOCOL_VERSION:
             return f"worker speaks protocol {hello.version}, this controller speaks {worker.PROTOCOL_VERSION}"
         self.view.state = READY
         self.view.cores = hello.cores
         self.view.kernel = host_text(hello.kernel)
-        self.prefetch = max(1, min(hello.prefetch, MAX_PREFETCH_PER_CORE * hello.cores, MAX_PREFETCH))
+        self.prefetch = fleet_prefetch(hello.prefetch, hello.cores, fleet_hosts)
         return None
 
     @staticmethod
@@ -237,7 +234,15 @@ class HostSession:
 
     def grant_units(self, unit_size: int, fair_share: int) -> int:
         """How many units the next grant to this host holds (see schedule.grant_size)."""
-        return grant_size(self.prefetch, self.largest_settled_grant, self.view.rate, unit_size, fair_share)
+        return grant_size(self.prefetch, self.largest_settled_grant, self.working_rate(), unit_size, fair_share)
+
+    def working_rate(self) -> float:
+        """Nonces a second: the smoothed PROGRESS rate, or before the first PROGRESS (a large
+        fleet's heartbeat is seconds apart) the settled hashes over the time spent settling
+        them, as this controller clocked it (0: nothing settled yet)."""
+        if self.view.rate > 0:
+            return self.view.rate
+        return self._done_hashes / self._working_seconds if self._working_seconds > 0 else 0.0
 
     def open_grant(self, first: int, last: int) -> None:
         """A grant of units `first` to `last` was sent."""
@@ -252,10 +257,11 @@ class HostSession:
                     self.largest_settled_grant = max(self.largest_settled_grant, last - key + 1)
                 return
 
-    def grants_held(self, holds: Callable[[int], bool]) -> int:
-        """Grants with units still held (`holds(unit)`); forgets those all settled or cancelled."""
+    def grants_held(self, held: Container[int]) -> int:
+        """Grants with units still `held` (the units the scheduler has this host hold);
+        forgets those all settled or cancelled."""
         for key, (lowest, last) in list(self.grants.items()):
-            if lowest > last or not holds(lowest):
+            if lowest > last or lowest not in held:
                 del self.grants[key]
         return len(self.grants)
 
@@ -335,13 +341,18 @@ class HostSession:
         self.issued_nonces += nonces
 
     def close(self) -> None:
-        """Stop the writer and close the channel, off this thread: a host that reads nothing
-        may hold the channel's write side for ever; the release then kills it."""
+        """Stop the writer and close the channel, off this thread unless its close cannot
+        block: a host that reads nothing may hold the channel's write side for ever; the
+        release then kills it."""
         try:
             self._outbox.put_nowait(None)
         except queue.Full:
             pass
-        if self.channel is not None:
+        if self.channel is None:
+            return
+        if self.channel.closes_without_blocking:
+            self.channel.close()  # a thread each would cost a fleet of a thousand more than this
+        else:
             threading.Thread(target=self.channel.close, name=f"host-{self.name}-close", daemon=True).start()
 
 

@@ -181,6 +181,7 @@ class SimulatedChannel(WorkerChannel):
     """The controller's end of one simulated worker: its own pipe to read, the shared one to write."""
 
     sends_without_blocking = True
+    closes_without_blocking = True
 
     def __init__(self, fleet: "SimulatedFleet", name: str, stdout: int) -> None:
         self.fleet = fleet
@@ -208,8 +209,9 @@ class SimulatedChannel(WorkerChannel):
         raise NotImplementedError("read through fileno()")
 
     def close(self) -> None:
-        """Close the worker's stdin: it exits, and its stdout ends."""
-        self.fleet.command(self.name, "close")
+        """Close the worker's stdin: it exits, and its stdout ends. Only tried now: when the
+        command pipe is full, the simulation's end stops this worker with the others."""
+        self.fleet.command(self.name, "close", wait=0)
 
 
 class SimulatedHost(Host):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 DEFAULT_BLOCK_TEXT = "COMSM0010cloud"
@@ -97,9 +98,9 @@ class UnitSpace:
         """Nonces in the whole space."""
         return 1 << (8 * self.nonce_bytes)
 
-    @property
+    @cached_property
     def unit_size(self) -> int:
-        """Nonces in each unit."""
+        """Nonces in each unit (computed once: the fleet's loop asks at every grant)."""
         return self.space // self.count
 
     def unit(self, index: int) -> Unit:

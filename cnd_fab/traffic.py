@@ -75,7 +75,10 @@ class HostTraffic:
 
     def on_message(self, session: HostSession, message: worker.ToController) -> None:
         """Check one decoded message from `session`'s worker and act on it."""
-        if isinstance(message, worker.Hello):
+        # The commonest first: a DONE for every grant.
+        if isinstance(message, worker.Done):
+            self._done(session, message)
+        elif isinstance(message, worker.Hello):
             self._hello(session, message)
         elif isinstance(message, worker.Progress):
             lie = session.count_progress(message.hashes)
@@ -94,8 +97,6 @@ class HostTraffic:
             if self._verified(session, golden):
                 self._note_candidate(session, golden)
                 self._apply(self.scheduler.found(session.name, golden))
-        elif isinstance(message, worker.Done):
-            self._done(session, message)
         elif isinstance(message, worker.Leaving):
             # Reissued now, not when the host vanishes: the notice gives two minutes at most.
             notice = f"spot interruption notice: {host_text(message.action)} at {host_text(message.time)}"
@@ -106,7 +107,7 @@ class HostTraffic:
                 self.reporter.event(traceback_event(session.name, message.traceback))
 
     def _hello(self, session: HostSession, hello: worker.Hello) -> None:
-        refusal = "sent a second HELLO" if session.view.state == READY else session.joined(hello)
+        refusal = "sent a second HELLO" if session.view.state == READY else session.joined(hello, len(self.sessions))
         if refusal is not None:
             self.lose(session, refusal)
             return
@@ -180,7 +181,7 @@ class HostTraffic:
     def _fill(self, session: HostSession) -> None:
         """Keep GRANTS_AHEAD grants at the host, each sized to its rate (see HostSession.grant_units)."""
         scheduler, name = self.scheduler, session.name
-        while session.grants_held(lambda unit: scheduler.holds(name, unit)) < GRANTS_AHEAD:
+        while session.grants_held(scheduler.held_runs(name)) < GRANTS_AHEAD:
             idle = scheduler.held_count(name) == 0
             # Near the end, no host takes more than its share of what is left.
             fair_share = max(1, scheduler.units_left() // (2 * self._ready_hosts()))

@@ -89,6 +89,9 @@ class WorkerChannel(ABC):
     #: True when send_nowait() works: the fleet's loop then writes to the worker itself,
     #: with no writer thread (see session.py).
     sends_without_blocking: bool = False
+    #: True when close() returns at once whatever the worker does: the fleet then closes the
+    #: channel itself, not on a thread of its own (see HostSession.close).
+    closes_without_blocking: bool = False
 
     @abstractmethod
     def send_line(self, line: str) -> None:

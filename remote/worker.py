@@ -185,11 +185,16 @@ class ProtocolError(ValueError):
     """A line that is not a valid protocol message; the text names the type and field."""
 
 
+# json.dumps() and json.loads() build a new encoder or decoder at every call that passes an
+# option: a fleet's controller codes tens of thousands of lines a second, so these are made once.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(message: Message) -> str:
     """One compact JSON line for message, without the newline."""
     fields: Dict[str, Any] = {"type": message.TYPE}
     fields.update(message._asdict())
-    return json.dumps(fields, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(fields)
 
 
 # A field check returns the value as the message holds it, or raises _Unfit with what the
@@ -359,6 +364,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError("%s is not a JSON number" % name)
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _consistent(message: Message) -> Message:
     """message, after the checks that span fields (each field alone is checked already)."""
     if isinstance(message, Work):
@@ -386,7 +394,7 @@ def decode(line: str) -> Message:
     if len(line) > MAX_LINE_CHARS:
         raise ProtocolError("line of %d characters is longer than %d" % (len(line), MAX_LINE_CHARS))
     try:
-        fields = json.loads(line, parse_constant=_refuse_constant)
+        fields = _DECODER.decode(line)
     except (ValueError, RecursionError) as error:  # RecursionError: "[[[[..." nested too deep
         raise ProtocolError("line is not JSON (%s): %s" % (error, _shown(line))) from None
     if type(fields) is not dict:

@@ -116,7 +116,7 @@ def test_a_hostile_host_is_dropped_alone(mode: str, lost_reason: str, journal: R
 
 
 def test_huge_prefetch_is_capped(journal: RunJournal, tmp_path: Path) -> None:
-    from cnd_fab.session import MAX_PREFETCH_PER_CORE
+    from cnd_fab.schedule import MAX_PREFETCH_PER_CORE
     from cnd_fab.traffic import GRANTS_AHEAD
 
     hosts: List[Host] = [HostileHost("hostile", "huge-prefetch-no-work", tmp_path), LocalHost("honest", 1, journal)]
