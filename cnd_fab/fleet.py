@@ -77,6 +77,8 @@ FLEET_HEARTBEATS_PER_SECOND = 500
 #: The longest gap between heartbeats a fleet asks for, and at most this share of the deadline.
 MAX_HEARTBEAT_SECONDS = 2.0
 HEARTBEATS_PER_DEADLINE = 4
+#: A fleet lost whole names this many hosts' errors, then counts the rest.
+LOST_REASONS_SHOWN = 5
 #: A run's ending when the loop raised (every host lost, or a bug): resumable like any other.
 FAILED_STATUS = "failed"
 
@@ -198,8 +200,11 @@ class FleetSearch:
         if self.scheduler.finished:
             return FOUND_STATUS if self.scheduler.best else NONE_STATUS
         if not any(s.view.state in (STARTING, READY) for s in self.sessions.values()):
-            reasons = "; ".join(s.view.error for s in self.sessions.values() if s.view.error)
-            raise FleetLostError(f"every host was lost before the search finished: {reasons}")
+            errors = [s.view.error for s in self.sessions.values() if s.view.error]
+            # One line: a thousand hosts lost for one cause would otherwise fill the screen.
+            shown = "; ".join(errors[:LOST_REASONS_SHOWN])
+            more = f"; and {len(errors) - LOST_REASONS_SHOWN:,} more" if len(errors) > LOST_REASONS_SHOWN else ""
+            raise FleetLostError(f"every host was lost before the search finished: {shown}{more}")
         return None
 
     def _lose_overdue(self, now: float) -> None:

@@ -255,6 +255,12 @@ class JobLog:
             return
         self._last.append(row)
         self._last_units += row.units
+        # Trimmed in batches, not at every row: each trim may cut a row in two.
+        if self._last_units > 2 * self.last_rows:
+            self._trim_last()
+
+    def _trim_last(self) -> None:
+        """Keep only the last `last_rows` units in `_last`; count the rest into buckets."""
         while self._last_units > self.last_rows:
             excess = self._last_units - self.last_rows
             if self._last[0].units <= excess:
@@ -267,14 +273,18 @@ class JobLog:
 
     def _count(self, row: UnitRow) -> None:
         at = row.done_at if row.done_at is not None else row.issued_at
-        tally = self._buckets.setdefault((row.host, int(at // self.bucket_seconds)), [0, 0])
+        key = (row.host, int(at // self.bucket_seconds))
+        tally = self._buckets.get(key)
+        if tally is None:
+            self._buckets[key] = tally = [0, 0]
+            self._bucket_hosts.add(row.host)
+            # Widening merges time, never hosts: a fleet of more hosts than max_buckets keeps
+            # two buckets a host, as its record keeps a line a host anyway.
+            while len(self._buckets) > max(self.max_buckets, 2 * len(self._bucket_hosts)):
+                self._widen()
+                tally = self._buckets[(row.host, int(at // self.bucket_seconds))]
         tally[0] += row.units
         tally[1] += (row.hashes or 0) * row.units
-        self._bucket_hosts.add(row.host)
-        # Widening merges time, never hosts: a fleet of more hosts than max_buckets keeps two
-        # buckets a host, as its record keeps a line a host anyway.
-        while len(self._buckets) > max(self.max_buckets, 2 * len(self._bucket_hosts)):
-            self._widen()
 
     def _widen(self) -> None:
         merged: Dict[Tuple[str, int], List[int]] = {}
@@ -288,12 +298,14 @@ class JobLog:
     # --- output ------------------------------------------------------------------------
     def rows(self) -> List[UnitRow]:
         """Every row kept in full, one per unit, in the order the units were issued."""
+        self._trim_last()
         open_rows = [row for rows in self._open.values() for row in rows]
         kept = [unit for row in self._first + list(self._last) + self._reissue + open_rows for unit in row.expanded()]
         return sorted(kept, key=lambda row: (row.issued_at, row.unit))
 
     def to_record(self) -> Dict[str, Any]:
         """The log as JSON for the run record: rows as lists under `columns`, then buckets."""
+        self._trim_last()  # before the buckets are read: trimming counts rows into them
         width = self.bucket_seconds
         return {
             "columns": list(ROW_COLUMNS),

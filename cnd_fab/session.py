@@ -126,10 +126,10 @@ class HostSession:
             self.channel = channel
             if not channel.sends_without_blocking:
                 threading.Thread(target=self._write_lines, args=(channel,), name=f"host-{self.name}-writer", daemon=True).start()
-            inbox.put(self.name, WorkerOpened())
             if channel.fileno() is not None:
-                inbox.add_channel(self.name, channel)
+                inbox.add_channel(self.name, channel)  # the loop reads it from now on
                 return
+            inbox.put(self.name, WorkerOpened())
             while True:
                 # One more than the codec takes: an over-long line is refused, never buffered whole.
                 line = channel.read_line(worker.MAX_LINE_CHARS + 1)

@@ -167,3 +167,24 @@ def test_before_its_first_progress_a_host_is_sized_by_what_it_settled(monkeypatc
         assert session.working_rate() == 8.0 * unit and session.grant_units(unit, fair_share=1000) == 16
     finally:
         simulation.finish()
+
+
+def test_a_whole_fleet_lost_is_one_line_that_names_a_few_and_counts_the_rest() -> None:
+    from cnd_fab.errors import FleetLostError
+    from cnd_fab.fleet import LOST_REASONS_SHOWN
+    from cnd_fab.outcome import LOST
+
+    count = LOST_REASONS_SHOWN + 995
+    simulation = SimulatedFleet([f"sim-{index}" for index in range(count)], 1e6, 1 << 22, planted_golden(BLOCK, 12, 8, 0))
+    try:
+        search = joined_fleet(count, Told(), simulation)
+        for session in search.sessions.values():
+            session.view.state, session.view.error = LOST, f"{session.name}: silent for 8.1s (heartbeat deadline)"
+        with pytest.raises(FleetLostError) as lost:
+            search._ending()
+        message = str(lost.value)
+        assert "\n" not in message and message.count("heartbeat deadline") == LOST_REASONS_SHOWN
+        assert message.startswith("every host was lost before the search finished: sim-0: silent")
+        assert message.endswith("; and 995 more")
+    finally:
+        simulation.finish()
