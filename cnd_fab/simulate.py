@@ -187,6 +187,7 @@ class SimulatedChannel(WorkerChannel):
         self.fleet = fleet
         self.name = name
         self.stdout = stdout
+        self._line_command = f"{name}\tline\t".encode()
 
     def send_line(self, line: str) -> None:
         if not self.fleet.command(self.name, "line", line):
@@ -194,7 +195,8 @@ class SimulatedChannel(WorkerChannel):
         self.written_at = time.monotonic()
 
     def send_nowait(self, data: bytes) -> int:
-        if not self.fleet.command(self.name, "line", data.decode().rstrip("\n"), wait=0):
+        # The loop writes whole lines (each ends in a newline), so the command is its bytes.
+        if not self.fleet.write_command(self._line_command + data, wait=0):
             return 0
         self.written_at = time.monotonic()
         return len(data)
@@ -272,7 +274,10 @@ class SimulatedFleet:
     def command(self, name: str, kind: str, text: str = "", wait: float = COMMAND_SECONDS) -> bool:
         """Tell the simulation about host `name`: open, line (what the controller wrote), close,
         kill. Returns False when its pipe had no room within `wait` seconds (0: only now)."""
-        data = f"{name}\t{kind}\t{text}\n".encode()
+        return self.write_command(f"{name}\t{kind}\t{text}\n".encode(), wait)
+
+    def write_command(self, data: bytes, wait: float = COMMAND_SECONDS) -> bool:
+        """Write one command line (see command())."""
         # One write of at most PIPE_BUF bytes goes into a pipe whole or not at all, so hosts'
         # commands never interleave in the one pipe they share.
         assert len(data) <= select.PIPE_BUF, "the simulation's lines are short"

@@ -186,14 +186,34 @@ class ProtocolError(ValueError):
 
 
 # json.dumps() and json.loads() build a new encoder or decoder at every call that passes an
-# option: a fleet's controller codes tens of thousands of lines a second, so these are made once.
+# option, and JSONEncoder.encode() its C encoder at every call: a fleet's controller codes
+# tens of thousands of lines a second, so these are made once. The C encoder is the one
+# JSONEncoder itself uses (flat messages need no check for cycles); a Python without it, or
+# whose encoder does not answer as expected, uses JSONEncoder.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _c_encoder() -> Optional[Callable[[Dict[str, Any], int], Any]]:
+    try:
+        from json.encoder import c_make_encoder, encode_basestring_ascii
+
+        made = c_make_encoder(None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False)
+        if "".join(made({"a": [1, None, True, "\u00e9"], "b": 0.5}, 0)) == '{"a":[1,null,true,"\\u00e9"],"b":0.5}':
+            return made
+    except Exception:  # absent, or another signature: JSONEncoder does the same, only slower
+        pass
+    return None
+
+
+_C_ENCODE = _c_encoder()
 
 
 def encode(message: Message) -> str:
     """One compact JSON line for message, without the newline."""
     fields: Dict[str, Any] = {"type": message.TYPE}
     fields.update(message._asdict())
+    if _C_ENCODE is not None:
+        return "".join(_C_ENCODE(fields, 0))
     return _ENCODER.encode(fields)
 
 

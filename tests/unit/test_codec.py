@@ -247,9 +247,21 @@ def test_direction_is_checked_by_the_directed_decoders() -> None:
         protocol.decode_to_worker(hello)
 
 
-def test_encode_refuses_numbers_json_cannot_carry() -> None:
-    with pytest.raises(ValueError):
-        protocol.encode(protocol.Done(unit=0, hashes=0, seconds=float("nan"), nonce=None, hash=None))
+@pytest.mark.parametrize("fast", [True, False], ids=["c-encoder", "json-encoder"])
+def test_encode_refuses_numbers_json_cannot_carry(fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not fast:
+        monkeypatch.setattr(protocol, "_C_ENCODE", None)
+    for seconds in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            protocol.encode(protocol.Done(unit=0, hashes=0, seconds=seconds, nonce=None, hash=None))
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda message: message.TYPE)
+def test_the_fast_encoder_writes_what_json_writes(message: protocol.Message, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert protocol._C_ENCODE is not None  # CPython has it; other Pythons fall back
+    fast = protocol.encode(message)
+    monkeypatch.setattr(protocol, "_C_ENCODE", None)
+    assert fast == protocol.encode(message) == json.dumps({"type": message.TYPE, **message._asdict()}, separators=(",", ":"))
 
 
 def test_a_protocol_error_is_a_value_error() -> None:
