@@ -180,16 +180,17 @@ class HostTraffic:
 
     def _fill(self, session: HostSession) -> None:
         """Keep GRANTS_AHEAD grants at the host, each sized to its rate (see HostSession.grant_units)."""
-        scheduler, name = self.scheduler, session.name
-        while session.grants_held(scheduler.held_runs(name)) < GRANTS_AHEAD:
+        scheduler, name, size = self.scheduler, session.name, self.space.unit_size
+        held = session.grants_held(scheduler.held_runs(name))
+        while held < GRANTS_AHEAD:
             idle = scheduler.held_count(name) == 0
             # Near the end, no host takes more than its share of what is left.
             fair_share = max(1, scheduler.units_left() // (2 * self._ready_hosts()))
-            indices = scheduler.take_run(name, session.grant_units(self.space.unit_size, fair_share))
+            indices = scheduler.take_run(name, session.grant_units(size, fair_share))
             if not indices:
                 self._hungry.add(name)
                 return
-            size = self.space.unit_size
+            held += 1
             start, end = indices.start * size, indices.stop * size
             session.note_issued(end - start, idle=idle)
             session.open_grant(indices.start, indices.stop - 1)
