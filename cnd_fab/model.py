@@ -10,9 +10,10 @@ The model, stated so it can be checked:
   out (schedule.grant_size): every host holds GRANTS_AHEAD grants. Its first two, given at
   its HELLO, share its `prefetch` (more in a fleet of hundreds, schedule.fleet_prefetch);
   each later one is given when a grant settles, grown up to GRANT_GROWTH times the largest
-  settled so far and capped at GRANT_SECONDS of its work and at its share of what is left. Identical hosts run in step, so the grants form rounds: in
-  round k every host runs a grant of s_k units, host i the i-th lowest; rounds 0 and 1 are
-  the first two grants, host i holding units 2i*s_0 .. 2(i+1)*s_0 - 1;
+  settled so far and capped at GRANT_SECONDS of its work and at its share of what is left.
+  Identical hosts run in step, so the grants form rounds: in round k every host runs a
+  grant of s_k units, host i the i-th lowest; rounds 0 and 1 are the first two grants, host
+  i holding units 2i*s_0 .. 2(i+1)*s_0 - 1;
 - a grant is hashed in index order (the worker cuts it into chunks across its cores, lowest
   first), so a golden nonce at offset o of a grant that starts at time t0 is seen at
   t0 + (o + 1) / r;

@@ -47,8 +47,8 @@ HOSTS_PER_PREFETCH = 250
 
 def fleet_prefetch(asked: int, cores: int, hosts: int) -> int:
     """The units a new host's first grants share: the `prefetch` its HELLO `asked` for, times
-    one more for every HOSTS_PER_PREFETCH hosts of the fleet past the first, and never more
-    than MAX_PREFETCH_PER_CORE a core or MAX_PREFETCH in all (a host may ask for anything).
+    the fleet's `hosts` counted in HOSTS_PER_PREFETCH (rounded up), and never more than
+    MAX_PREFETCH_PER_CORE a core or MAX_PREFETCH in all (a host may ask for anything).
     The fleet (session.py) and the --within model (model.py) both start hosts with this."""
     scaled = asked * max(1, -(-hosts // HOSTS_PER_PREFETCH))
     return max(1, min(scaled, MAX_PREFETCH_PER_CORE * cores, MAX_PREFETCH))
