@@ -194,13 +194,14 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def _c_encoder() -> Optional[Callable[[Dict[str, Any], int], Any]]:
+    make = getattr(json.encoder, "c_make_encoder", None)  # None without the C accelerator
+    if make is None:
+        return None
     try:
-        from json.encoder import c_make_encoder, encode_basestring_ascii
-
-        made = c_make_encoder(None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False)
+        made = make(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
         if "".join(made({"a": [1, None, True, "\u00e9"], "b": 0.5}, 0)) == '{"a":[1,null,true,"\\u00e9"],"b":0.5}':
             return made
-    except Exception:  # absent, or another signature: JSONEncoder does the same, only slower
+    except Exception:  # another signature: JSONEncoder does the same, only slower
         pass
     return None
 
