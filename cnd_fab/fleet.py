@@ -222,10 +222,11 @@ class FleetSearch:
         if session.view.state in GONE:
             return
         try:
-            # WorkerOpened needs nothing: the HELLO deadline counts from session.opened_at.
             if isinstance(event, (WorkerClosed, HostFailed)):
                 self.traffic.lose(session, session.exit_reason() if isinstance(event, WorkerClosed) else event.reason)
-            elif not isinstance(event, WorkerOpened):
+            elif isinstance(event, WorkerOpened):
+                self.traffic.opened(session)  # the HELLO deadline counts from session.opened_at
+            else:
                 session.view.last_heard = time.monotonic()
                 self.traffic.on_message(session, event)
         except FleetLostError:

@@ -8,12 +8,11 @@ The model, stated so it can be checked:
   or a built-in default);
 - units go out lowest first in grants of consecutive units, exactly as the fleet hands them
   out (schedule.grant_size): every host holds GRANTS_AHEAD grants. Its first two, given at
-  its HELLO, share its `prefetch` (more in a fleet of hundreds, schedule.fleet_prefetch);
-  each later one is given when a grant settles, grown up to GRANT_GROWTH times the largest
-  settled so far and capped at GRANT_SECONDS of its work and at its share of what is left.
-  Identical hosts run in step, so the grants form rounds: in round k every host runs a
-  grant of s_k units, host i the i-th lowest; rounds 0 and 1 are the first two grants, host
-  i holding units 2i*s_0 .. 2(i+1)*s_0 - 1;
+  its HELLO, share its `prefetch`; each later one is given when a grant settles, grown up to
+  GRANT_GROWTH times the largest settled so far and capped at GRANT_SECONDS of its work and
+  at its share of what is left. Identical hosts run in step, so the grants form rounds: in
+  round k every host runs a grant of s_k units, host i the i-th lowest; rounds 0 and 1 are
+  the first two grants, host i holding units 2i*s_0 .. 2(i+1)*s_0 - 1;
 - a grant is hashed in index order (the worker cuts it into chunks across its cores, lowest
   first), so a golden nonce at offset o of a grant that starts at time t0 is seen at
   t0 + (o + 1) / r;
@@ -33,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .schedule import GRANTS_AHEAD, fleet_prefetch, grant_size
+from .schedule import GRANTS_AHEAD, grant_size
 
 NEGLIGIBLE = 1e-15
 
@@ -54,12 +53,9 @@ class FleetModel:
     difficulty: int
     space: int
     unit_size: int
-    #: Units each host's HELLO asks to hold: its first grants share them, scaled to the fleet
-    #: (schedule.fleet_prefetch).
+    #: Units each host's HELLO asks to hold: its first grants share them.
     prefetch: int
     first_found_wins: bool
-    #: Each host's cores, which cap its prefetch.
-    cores: int
 
     @property
     def log_q(self) -> float:
@@ -96,8 +92,7 @@ class FleetModel:
 
         # Rounds 0 and 1: every host's first two grants, given together at its HELLO (when
         # one host is counted ready, so its fair share is half the space).
-        prefetch = fleet_prefetch(self.prefetch, self.cores, hosts)
-        grant = grant_size(prefetch, 0, rate, size, max(1, units // GRANTS_AHEAD))
+        grant = grant_size(self.prefetch, 0, rate, size, max(1, units // GRANTS_AHEAD))
         first_two = min(units, GRANTS_AHEAD * hosts * grant)
         round_ends = (grant * unit_seconds, 2 * grant * unit_seconds)
         if round_ends[1] <= working:
@@ -113,7 +108,7 @@ class FleetModel:
         first, ended = first_two, round_ends[1]
         while first < units:
             fair_share = max(1, (units - first) // (GRANTS_AHEAD * hosts))
-            grant = grant_size(prefetch, max(sizes[:-1]), rate, size, fair_share)
+            grant = grant_size(self.prefetch, max(sizes[:-1]), rate, size, fair_share)
             if grant == sizes[-1] == sizes[-2]:
                 # Grants stopped growing: whole rounds of this size until T, while the share
                 # left stays above it, sum in closed form.

@@ -45,7 +45,6 @@ def plan_fleet(
         unit_size=request.space.unit_size,
         prefetch=worker.split_prefetch(provider.cores_per_host()),
         first_found_wins=request.first_found_wins,
-        cores=provider.cores_per_host(),
     )
     plan = smallest_fleet(model, host, request.within, request.confidence, provider.max_hosts())
     console.print(describe(model, host, plan, request.within, request.confidence), highlight=False, soft_wrap=True)

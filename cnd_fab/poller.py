@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 from remote import worker
 
 from .errors import CndError
-from .session import HostEvent, HostFailed, WorkerClosed
+from .session import HostEvent, HostFailed, WorkerClosed, WorkerOpened
 from .transport import WorkerChannel
 
 #: Bytes read from one channel per turn, so that a flooding host cannot starve the others.
@@ -56,7 +56,8 @@ class HostInbox:
         self._wake()
 
     def add_channel(self, name: str, channel: WorkerChannel) -> None:
-        """Read `channel` (which has a fileno()) in the loop from now on, its events under `name`."""
+        """Read `channel` (which has a fileno()) in the loop from now on, its events under `name`,
+        the first of them WorkerOpened."""
         self._joining.put((name, channel))
         self._wake()
 
@@ -77,7 +78,7 @@ class HostInbox:
             if len(events) >= MAX_QUEUED_EVENTS:
                 break  # the channels left are still ready at the next call
             if key.data is None:
-                self._take_joining()
+                self._take_joining(events)
             else:
                 self._read(key.fd, key.data[0], key.data[1], events)
         while True:
@@ -94,7 +95,7 @@ class HostInbox:
             os.close(self._wake_write)
             self._wake_write = -1
 
-    def _take_joining(self) -> None:
+    def _take_joining(self, events: HostEvents) -> None:
         try:
             while os.read(self._wake_read, 4096):
                 pass
@@ -109,6 +110,7 @@ class HostInbox:
             assert descriptor is not None, "only pollable channels are added"
             self._partial[descriptor] = bytearray()
             self._selector.register(descriptor, selectors.EVENT_READ, (name, channel))
+            events.append((name, WorkerOpened()))  # before any of its lines
 
     def _read(self, descriptor: int, name: str, channel: WorkerChannel, events: HostEvents) -> None:
         try:

@@ -39,18 +39,18 @@ GRANTS_AHEAD = 2
 #: so that one host cannot hold every unit of the run.
 MAX_PREFETCH_PER_CORE = 4
 MAX_PREFETCH = 64
-#: A fleet's hosts say HELLO together, and its loop answers them one after another, then
-#: their first DONEs: a fleet of more hosts than this gives each new host proportionally
-#: more to start with, so that its first grants last until the loop answers it.
+#: Hosts that say HELLO together are answered one after another, and their first DONEs only
+#: after that: past this many, a new host's first grants hold more, to last until then.
 HOSTS_PER_PREFETCH = 250
 
 
-def fleet_prefetch(asked: int, cores: int, hosts: int) -> int:
+def joining_prefetch(asked: int, cores: int, joining: int) -> int:
     """The units a new host's first grants share: the `prefetch` its HELLO `asked` for, times
-    the fleet's `hosts` counted in HOSTS_PER_PREFETCH (rounded up), and never more than
-    MAX_PREFETCH_PER_CORE a core or MAX_PREFETCH in all (a host may ask for anything).
-    The fleet (session.py) and the --within model (model.py) both start hosts with this."""
-    scaled = asked * max(1, -(-hosts // HOSTS_PER_PREFETCH))
+    the `joining` hosts (this one, and those whose HELLO the loop has still to answer) counted
+    in HOSTS_PER_PREFETCH, rounded up; never more than MAX_PREFETCH_PER_CORE a core or
+    MAX_PREFETCH in all (a host may ask for anything). Hosts that join seconds apart, as
+    launched and booted machines do, are answered at once and start with what they asked."""
+    scaled = asked * max(1, -(-joining // HOSTS_PER_PREFETCH))
     return max(1, min(scaled, MAX_PREFETCH_PER_CORE * cores, MAX_PREFETCH))
 
 

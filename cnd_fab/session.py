@@ -29,7 +29,7 @@ from remote import worker
 
 from .errors import CndError
 from .outcome import READY, STARTING, STOPPED, HostView
-from .schedule import GRANTS_AHEAD, fleet_prefetch, grant_size
+from .schedule import GRANTS_AHEAD, grant_size, joining_prefetch
 from .spec import UnitSpace
 from .transport import Host, WorkerChannel, WorkerPayload, host_text
 
@@ -129,7 +129,7 @@ class HostSession:
             if channel.fileno() is not None:
                 inbox.add_channel(self.name, channel)  # the loop reads it from now on
                 return
-            inbox.put(self.name, WorkerOpened())
+            inbox.put(self.name, WorkerOpened())  # as the inbox says it of a channel it reads
             while True:
                 # One more than the codec takes: an over-long line is refused, never buffered whole.
                 line = channel.read_line(worker.MAX_LINE_CHARS + 1)
@@ -202,16 +202,16 @@ class HostSession:
         self.backlog.discard(self.name)
         return self.write_failure
 
-    def joined(self, hello: worker.Hello, fleet_hosts: int) -> Optional[str]:
-        """The worker said HELLO: take its cores, kernel and prefetch (scaled to the fleet's
-        `fleet_hosts`, see schedule.fleet_prefetch). Returns why it cannot join (another
-        protocol version), or None."""
+    def joined(self, hello: worker.Hello, joining: int) -> Optional[str]:
+        """The worker said HELLO: take its cores, kernel and prefetch (scaled to the `joining`
+        hosts whose HELLO the loop answers now, see schedule.joining_prefetch). Returns why it
+        cannot join (another protocol version), or None."""
         if hello.version != worker.PROTOCOL_VERSION:
             return f"worker speaks protocol {hello.version}, this controller speaks {worker.PROTOCOL_VERSION}"
         self.view.state = READY
         self.view.cores = hello.cores
         self.view.kernel = host_text(hello.kernel)
-        self.prefetch = fleet_prefetch(hello.prefetch, hello.cores, fleet_hosts)
+        self.prefetch = joining_prefetch(hello.prefetch, hello.cores, joining)
         return None
 
     @staticmethod
@@ -237,9 +237,10 @@ class HostSession:
         return grant_size(self.prefetch, self.largest_settled_grant, self.working_rate(), unit_size, fair_share)
 
     def working_rate(self) -> float:
-        """Nonces a second: the smoothed PROGRESS rate, or before the first PROGRESS (a large
-        fleet's heartbeat is seconds apart) the settled hashes over the time spent settling
-        them, as this controller clocked it (0: nothing settled yet)."""
+        """Nonces a second: the smoothed rate of its PROGRESS counts, or until two of them
+        have given one (a large fleet's heartbeats are seconds apart) the settled hashes over
+        the time spent settling them, as this controller clocked it (0: nothing settled yet).
+        That clock includes the loop's own delays, so it errs low, never high."""
         if self.view.rate > 0:
             return self.view.rate
         return self._done_hashes / self._working_seconds if self._working_seconds > 0 else 0.0
@@ -351,7 +352,10 @@ class HostSession:
         if self.channel is None:
             return
         if self.channel.closes_without_blocking:
-            self.channel.close()  # a thread each would cost a fleet of a thousand more than this
+            try:
+                self.channel.close()  # a thread each would cost a fleet of a thousand more than this
+            except OSError:
+                pass  # the worker is gone already; the release makes sure of it
         else:
             threading.Thread(target=self.channel.close, name=f"host-{self.name}-close", daemon=True).start()
 

@@ -72,6 +72,13 @@ class HostTraffic:
         #: host's units can go to at once (the rest get theirs as they settle).
         self._hungry: Set[str] = set()
         self._joined = 0
+        #: Hosts whose worker's channel opened and whose HELLO is not answered yet: the loop
+        #: answers them one after another (see schedule.joining_prefetch).
+        self._awaiting_hello: Set[str] = set()
+
+    def opened(self, session: HostSession) -> None:
+        """`session`'s worker started: its HELLO is on the way."""
+        self._awaiting_hello.add(session.name)
 
     def on_message(self, session: HostSession, message: worker.ToController) -> None:
         """Check one decoded message from `session`'s worker and act on it."""
@@ -107,7 +114,10 @@ class HostTraffic:
                 self.reporter.event(traceback_event(session.name, message.traceback))
 
     def _hello(self, session: HostSession, hello: worker.Hello) -> None:
-        refusal = "sent a second HELLO" if session.view.state == READY else session.joined(hello, len(self.sessions))
+        self._awaiting_hello.add(session.name)  # counted even if its channel was not announced
+        joining = len(self._awaiting_hello)
+        self._awaiting_hello.discard(session.name)
+        refusal = "sent a second HELLO" if session.view.state == READY else session.joined(hello, joining)
         if refusal is not None:
             self.lose(session, refusal)
             return
@@ -235,6 +245,7 @@ class HostTraffic:
         if view.state in GONE:
             return
         view.state = state
+        self._awaiting_hello.discard(view.name)
         view.error = reason if reason.startswith(f"{view.name}:") else f"{view.name}: {reason}"
         view.rate = 0.0
         reissued = self.scheduler.host_lost(view.name)

@@ -199,10 +199,14 @@ def _c_encoder() -> Optional[Callable[[Dict[str, Any], int], Any]]:
         return None
     try:
         made = make(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
-        if "".join(made({"a": [1, None, True, "\u00e9"], "b": 0.5}, 0)) == '{"a":[1,null,true,"\\u00e9"],"b":0.5}':
-            return made
+        if "".join(made({"a": [1, None, True, "\u00e9"], "b": 0.5}, 0)) != '{"a":[1,null,true,"\\u00e9"],"b":0.5}':
+            return None
     except Exception:  # another signature: JSONEncoder does the same, only slower
-        pass
+        return None
+    try:
+        made({"a": float("nan")}, 0)
+    except ValueError:
+        return made  # and it refuses NaN, as allow_nan=False does
     return None
 
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
 from rich.console import Console
 
 from cnd_fab.fleet import FleetSearch
 from cnd_fab.journal import RunJournal
-from cnd_fab.outcome import FOUND_STATUS, LOST, SearchOutcome
+from cnd_fab.outcome import FOUND_STATUS, LOST, STARTING, SearchOutcome
 from cnd_fab.progress import print_summary
 from cnd_fab.providers.local import LocalHost
 from cnd_fab.spec import Problem, UnitSpace
-from cnd_fab.transport import Host, WorkerPayload
+from cnd_fab.transport import Host, WorkerChannel, WorkerPayload
 from tests.e2e.conftest import Testbed
 from tests.testbed.hostile import HostileHost, StalledSetupHost
 
@@ -35,6 +35,21 @@ def journal() -> RunJournal:
     return RunJournal.start("local")
 
 
+class HonestAfterHostile(LocalHost):
+    """An honest host whose worker starts only once the host named "hostile" has joined or
+    been lost (10 s at most), so that the hostile one holds the lowest units: an honest host
+    that joined first could settle the answer alone, and the hostile one would never be
+    tested."""
+
+    fleet: Optional[FleetSearch] = None
+
+    def start_worker(self, run_id: str, payload: WorkerPayload) -> WorkerChannel:
+        give_up = time.monotonic() + 10.0
+        while time.monotonic() < give_up and (self.fleet is None or self.fleet.sessions["hostile"].view.state == STARTING):
+            time.sleep(0.01)
+        return super().start_worker(run_id, payload)
+
+
 def search_with(hosts: List[Host], problem: Problem, space: UnitSpace, run_id: str) -> Tuple[SearchOutcome, float]:
     began = time.monotonic()
     fleet = FleetSearch(
@@ -47,6 +62,9 @@ def search_with(hosts: List[Host], problem: Problem, space: UnitSpace, run_id: s
         on_lost=lambda host: host.stop_worker(),
         payload=PYTHON,
     )
+    for host in hosts:
+        if isinstance(host, HonestAfterHostile):
+            host.fleet = fleet
     try:
         outcome = fleet.run()
     finally:
@@ -109,7 +127,7 @@ ROWS = [
 @pytest.mark.parametrize("mode, lost_reason", ROWS, ids=[row[0] for row in ROWS])
 def test_a_hostile_host_is_dropped_alone(mode: str, lost_reason: str, journal: RunJournal, tmp_path: Path) -> None:
     problem, space = Problem(BLOCK, 4, 14), UnitSpace(4, 1 << 14)
-    hosts: List[Host] = [HostileHost("hostile", mode, tmp_path), LocalHost("honest", 1, journal)]
+    hosts: List[Host] = [HostileHost("hostile", mode, tmp_path), HonestAfterHostile("honest", 1, journal)]
     outcome, seconds = search_with(hosts, problem, space, journal.run_id)
     assert_honest_answer(outcome, problem, space, lost_reason)
     assert seconds < DEADLINE

@@ -9,9 +9,10 @@ import pytest
 
 from cnd_fab.fleet import FleetSearch, heartbeat_for
 from cnd_fab.outcome import Reporter
-from cnd_fab.schedule import HOSTS_PER_PREFETCH, MAX_PREFETCH, MAX_PREFETCH_PER_CORE, fleet_prefetch
+from cnd_fab.schedule import HOSTS_PER_PREFETCH, MAX_PREFETCH, MAX_PREFETCH_PER_CORE, joining_prefetch
 from cnd_fab.simulate import SimulatedFleet, SimulatedHost, planted_golden
 from cnd_fab.spec import Problem, UnitSpace
+from cnd_fab.session import WorkerOpened
 from cnd_fab.transport import Host, WorkerChannel, WorkerPayload
 from remote import worker
 
@@ -78,12 +79,16 @@ class Takes(WorkerChannel):
         pass
 
 
-def joined_fleet(count: int, reporter: Reporter, simulation: SimulatedFleet) -> FleetSearch:
-    """A fleet of `count` hosts that have all said HELLO (8 cores, prefetch 3) and been answered."""
+def joined_fleet(count: int, reporter: Reporter, simulation: SimulatedFleet, together: bool = False) -> FleetSearch:
+    """A fleet of `count` hosts that have all said HELLO (8 cores, prefetch 3) and been
+    answered: one after another, or (`together`) after every worker had started."""
     hosts: List[Host] = [SimulatedHost(simulation, f"sim-{index}") for index in range(count)]
     search = FleetSearch(Problem(BLOCK, 8, 12), UnitSpace(8, 1 << 42), hosts, "run", reporter=reporter)
     for session in search.sessions.values():
         session.channel = Takes()
+        if together:
+            search._handle(session.name, WorkerOpened())
+    for session in search.sessions.values():
         hello = worker.Hello(
             version=worker.PROTOCOL_VERSION, cores=8, kernel="native:sha-ni", kernel_note=None, mode=worker.SPLIT,
             prefetch=3, pid=1, pgid=1, python="3.11", host=session.name,
@@ -106,41 +111,30 @@ def test_a_large_fleet_is_told_joining_in_tenths_and_a_small_one_host_by_host() 
             simulation.finish()
 
 
-def test_a_large_fleet_starts_each_host_with_more_queued_within_the_caps() -> None:
-    assert fleet_prefetch(3, 8, 1) == 3 and fleet_prefetch(3, 8, HOSTS_PER_PREFETCH) == 3
-    assert fleet_prefetch(3, 8, HOSTS_PER_PREFETCH + 1) == 6 and fleet_prefetch(3, 8, 1000) == 12
-    assert fleet_prefetch(3, 8, 10_000) == MAX_PREFETCH_PER_CORE * 8
-    assert fleet_prefetch(3, 64, 10_000) == MAX_PREFETCH
-    assert fleet_prefetch(10**9, 1, 1) == MAX_PREFETCH_PER_CORE  # a host may ask for anything
-    assert fleet_prefetch(0, 8, 1) == 1
-    # The fleet answers each HELLO with two grants that share the scaled prefetch.
-    for count, first_grant in ((100, 2), (1000, 6)):
-        simulation = SimulatedFleet([f"sim-{index}" for index in range(count)], 1e6, 1 << 22, planted_golden(BLOCK, 12, 8, 0))
-        try:
-            search = joined_fleet(count, Told(), simulation)
-            for session in search.sessions.values():
-                assert sorted(last - first + 1 for first, last in session.grants.values()) == [first_grant, first_grant]
-        finally:
-            simulation.finish()
-
-
-def test_a_fleet_gets_the_open_files_it_needs_or_a_clear_refusal_before_launch() -> None:
-    import resource
-
-    from cnd_fab.checks import FILES_PER_HOST, SPARE_FILES, check_open_files
-    from cnd_fab.errors import InputError
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def test_hosts_that_join_together_start_with_more_queued_within_the_caps() -> None:
+    assert joining_prefetch(3, 8, 1) == 3 and joining_prefetch(3, 8, HOSTS_PER_PREFETCH) == 3
+    assert joining_prefetch(3, 8, HOSTS_PER_PREFETCH + 1) == 6 and joining_prefetch(3, 8, 1000) == 12
+    assert joining_prefetch(3, 8, 10_000) == MAX_PREFETCH_PER_CORE * 8
+    assert joining_prefetch(3, 64, 10_000) == MAX_PREFETCH
+    assert joining_prefetch(10**9, 1, 1) == MAX_PREFETCH_PER_CORE  # a host may ask for anything
+    assert joining_prefetch(0, 8, 1) == 1
+    # Each HELLO is answered with two grants that share the prefetch. When a thousand workers
+    # have started before the first HELLO is answered, the first hosts answered wait longest
+    # for their first DONE to be: they start with the most, and the last with what it asked.
+    count = 1000
+    simulation = SimulatedFleet([f"sim-{index}" for index in range(count)], 1e6, 1 << 22, planted_golden(BLOCK, 12, 8, 0))
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
-        check_open_files(200)  # the soft limit is raised as far as needed, no privilege needed
-        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= FILES_PER_HOST * 200 + SPARE_FILES
-        if hard != resource.RLIM_INFINITY:
-            too_many = hard // FILES_PER_HOST + 1
-            with pytest.raises(InputError, match=f"a fleet of {too_many:,} hosts needs .* open files.*nothing was launched"):
-                check_open_files(too_many)
+        for together in (False, True):
+            search = joined_fleet(count, Told(), simulation, together)
+            grants = [sorted(high - low + 1 for low, high in s.grants.values()) for s in search.sessions.values()]
+            # Answered one by one, each asks its 3 units (two grants of 2). Together, the first
+            # 250 are answered with 1,000 to 751 hosts joining (4 x 3 = 12 units), ..., the last
+            # 250 with 250 to 1 (3 units).
+            expected = [[2, 2]] * count if not together else [[6, 6]] * 250 + [[5, 5]] * 250 + [[3, 3]] * 250 + [[2, 2]] * 250
+            assert grants == expected
+            assert not search.traffic._awaiting_hello
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        simulation.finish()
 
 
 def test_before_its_first_progress_a_host_is_sized_by_what_it_settled(monkeypatch: pytest.MonkeyPatch) -> None:

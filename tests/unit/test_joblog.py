@@ -6,7 +6,7 @@ import csv
 import io
 import random
 
-from cnd_fab.joblog import GOLDEN, LOST, SETTLED, JobLog, joblog_csv, rows_of
+from cnd_fab.joblog import GOLDEN, LOST, SETTLED, JobLog, UnitRow, joblog_csv, rows_of
 
 START = 1000.0
 
@@ -95,3 +95,46 @@ def test_more_hosts_than_buckets_keep_two_buckets_a_host_and_never_loop() -> Non
     record = log.to_record()
     assert len(record["buckets"]) <= 200 and sum(bucket["units"] for bucket in record["buckets"]) == 300
     assert {bucket["host"] for bucket in record["buckets"]} == {f"h{index}" for index in range(100)}
+
+
+def test_the_last_rows_trimmed_in_batches_give_the_record_trimming_at_every_row_gives() -> None:
+    class TrimsAtEveryRow(JobLog):
+        def _keep(self, row: UnitRow) -> None:
+            super()._keep(row)
+            self._trim_last()
+
+    for seed in range(150):
+        rng = random.Random(seed)
+        settings = dict(first_rows=rng.randint(0, 8), last_rows=rng.randint(1, 12), max_reissue_rows=rng.randint(0, 6), max_buckets=4)
+        logs = [JobLog(START, **settings), TrimsAtEveryRow(START, **settings)]
+        now, next_unit, held = START, 0, {"h1": [], "h2": [], "h3": []}
+        lost: list = []
+        for _ in range(120):
+            now += rng.uniform(0.01, 0.7)
+            host = rng.choice(list(held))
+            action = rng.random()
+            if action < 0.4 or not held[host]:
+                units = [lost.pop(0)] if lost and rng.random() < 0.5 else list(range(next_unit, next_unit + rng.randint(1, 9)))
+                next_unit = max(next_unit, units[-1] + 1)
+                for log in logs:
+                    log.issued_run(units[0], units[-1] + 1, host, now)
+                held[host].extend(units)
+            elif action < 0.85:
+                first = min(held[host])
+                count = 1
+                while first + count in held[host] and rng.random() < 0.8:
+                    count += 1
+                for log in logs:
+                    log.settled_run(first, first + count, host, now, 1 << 10, None, 0.01)
+                held[host] = [unit for unit in held[host] if not first <= unit < first + count]
+            else:
+                reissued = sorted(held[host])
+                for log in logs:
+                    log.host_lost(host, reissued, now)
+                lost.extend(reissued)
+                held[host] = []
+            if rng.random() < 0.05:
+                assert logs[0].to_record() == logs[1].to_record(), seed  # a record taken mid-run
+        for log in logs:
+            log.finish(now)
+        assert logs[0].to_record() == logs[1].to_record(), seed

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from cnd_fab.model import FleetModel, HostModel, smallest_fleet
-from cnd_fab.schedule import GRANTS_AHEAD, GoldenNonce, Scheduler, fleet_prefetch, grant_size
+from cnd_fab.schedule import GRANTS_AHEAD, GoldenNonce, Scheduler, grant_size
 from cnd_fab.spec import UnitSpace
 
 
@@ -18,12 +18,11 @@ def simulate(model: FleetModel, hosts: int, host: HostModel, rng: random.Random,
     """One run under the model's assumptions: independent golden nonces (each unit's first
     one drawn as a geometric offset when the unit is reached), hosts of the given rate and
     startup (optionally jittered), grants from the real Scheduler sized by the fleet's own
-    rule (fleet_prefetch, grant_size), each host holding GRANTS_AHEAD of them and hashing its units lowest
+    rule (grant_size), each host holding GRANTS_AHEAD of them and hashing its units lowest
     first, a new grant given as one settles. Returns the time the answer is settled."""
     space = UnitSpace(4, model.space // model.unit_size)
     log_q = math.log1p(-(2.0 ** -model.difficulty))
     first_golden: Dict[int, Optional[int]] = {}
-    prefetch = fleet_prefetch(model.prefetch, model.cores, hosts)
 
     def golden_in(index: int) -> Optional[int]:
         if index not in first_golden:
@@ -42,7 +41,7 @@ def simulate(model: FleetModel, hosts: int, host: HostModel, rng: random.Random,
     def give(name: str, ready: int) -> None:
         while len(grants[name]) < GRANTS_AHEAD:
             fair_share = max(1, scheduler.units_left() // (GRANTS_AHEAD * ready))
-            most = grant_size(prefetch, largest[name], rates[name], space.unit_size, fair_share)
+            most = grant_size(model.prefetch, largest[name], rates[name], space.unit_size, fair_share)
             grant = scheduler.take_run(name, most)
             if not grant:
                 return
@@ -111,7 +110,7 @@ CASES = [
 
 @pytest.mark.parametrize("difficulty, units, hosts, within, any_mode", CASES)
 def test_model_matches_simulated_runs(difficulty: int, units: int, hosts: int, within: float, any_mode: bool) -> None:
-    model = FleetModel(difficulty, 1 << 32, (1 << 32) // units, 2, any_mode, cores=1)
+    model = FleetModel(difficulty, 1 << 32, (1 << 32) // units, 2, any_mode)
     host = HostModel(1e6, 2.0, "test")
     rng = random.Random(difficulty * 1000 + units + hosts)
     runs = 1500
@@ -123,7 +122,7 @@ def test_model_matches_simulated_runs(difficulty: int, units: int, hosts: int, w
 
 @pytest.mark.parametrize("confidence", [0.5, 0.9, 0.99])
 def test_chosen_fleet_reaches_the_confidence_in_simulation(confidence: float) -> None:
-    model = FleetModel(22, 1 << 32, 1 << 18, 2, False, cores=1)
+    model = FleetModel(22, 1 << 32, 1 << 18, 2, False)
     host = HostModel(1e6, 1.0, "test")
     plan = smallest_fleet(model, host, within=4.0, confidence=confidence, most=64)
     assert plan.reached and plan.probability >= confidence
@@ -138,7 +137,7 @@ def test_chosen_fleet_reaches_the_confidence_in_simulation(confidence: float) ->
 
 
 def test_more_hosts_never_hurt_and_the_space_caps_everything() -> None:
-    model = FleetModel(32, 1 << 32, 1 << 22, 2, False, cores=1)
+    model = FleetModel(32, 1 << 32, 1 << 22, 2, False)
     host = HostModel(2e7, 5.0, "test")
     chances = [model.probability(n, host, 600.0) for n in (1, 2, 4, 8, 16, 64, 256)]
     assert all(later >= earlier - 1e-12 for earlier, later in zip(chances, chances[1:]))
@@ -150,5 +149,5 @@ def test_more_hosts_never_hurt_and_the_space_caps_everything() -> None:
 
 
 def test_no_time_to_work_is_no_chance() -> None:
-    model = FleetModel(8, 1 << 32, 1 << 22, 2, False, cores=1)
+    model = FleetModel(8, 1 << 32, 1 << 22, 2, False)
     assert model.probability(10, HostModel(1e7, 30.0, "t"), 29.0) == 0.0
