@@ -114,8 +114,9 @@ class HostTraffic:
                 self.reporter.event(traceback_event(session.name, message.traceback))
 
     def _hello(self, session: HostSession, hello: worker.Hello) -> None:
-        self._awaiting_hello.add(session.name)  # counted even if its channel was not announced
-        joining = len(self._awaiting_hello)
+        # This host and those still waiting for an answer (it counts even if its channel was
+        # never announced).
+        joining = len(self._awaiting_hello) + (session.name not in self._awaiting_hello)
         self._awaiting_hello.discard(session.name)
         refusal = "sent a second HELLO" if session.view.state == READY else session.joined(hello, joining)
         if refusal is not None:
